@@ -1,0 +1,193 @@
+//! Types shared by the eBPF programs and the userspace tracer.
+//!
+//! Everything here is `#[repr(C)]` plain data: the eBPF side writes these records into the
+//! ring buffer and reads its configuration from globals, and userspace reads and writes the same
+//! bytes. The `user` feature adds the `aya::Pod` impls userspace needs to move them through maps.
+#![no_std]
+
+/// Length of `task_struct.comm`.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Which probe produced a record. The discriminant doubles as the index into the per-probe loss
+/// counters, so the order is part of the BPF/userspace contract.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    CprEnter = 0,
+    CprExit = 1,
+    HugetlbEnter = 2,
+    HugetlbExit = 3,
+    GupEnter = 4,
+    GupExit = 5,
+    MmFree = 6,
+    WriteBegin = 7,
+    WriteEnd = 8,
+    ReadBegin = 9,
+    ReadRetry = 10,
+    RetryFail = 11,
+}
+
+/// Number of probes, i.e. of loss counters.
+pub const PROBE_COUNT: usize = 12;
+
+impl Probe {
+    pub const ALL: [Probe; PROBE_COUNT] = [
+        Probe::CprEnter,
+        Probe::CprExit,
+        Probe::HugetlbEnter,
+        Probe::HugetlbExit,
+        Probe::GupEnter,
+        Probe::GupExit,
+        Probe::MmFree,
+        Probe::WriteBegin,
+        Probe::WriteEnd,
+        Probe::ReadBegin,
+        Probe::ReadRetry,
+        Probe::RetryFail,
+    ];
+
+    pub const fn from_u8(v: u8) -> Option<Probe> {
+        if (v as usize) < PROBE_COUNT {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
+    /// The name used for this probe in logs and in the attach plan.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Probe::CprEnter => "cpr_enter",
+            Probe::CprExit => "cpr_exit",
+            Probe::HugetlbEnter => "hugetlb_enter",
+            Probe::HugetlbExit => "hugetlb_exit",
+            Probe::GupEnter => "gup_enter",
+            Probe::GupExit => "gup_exit",
+            Probe::MmFree => "mm_free",
+            Probe::WriteBegin => "write_begin",
+            Probe::WriteEnd => "write_end",
+            Probe::ReadBegin => "read_begin",
+            Probe::ReadRetry => "read_retry",
+            Probe::RetryFail => "retry_fail",
+        }
+    }
+}
+
+/// One record in the ring buffer. Field meaning depends on `probe`:
+///
+/// | probe            | `a`        | `b`       | `flags`            |
+/// |------------------|------------|-----------|--------------------|
+/// | cpr/hugetlb enter| vma start  | vma end   | vm_flags (low 32)  |
+/// | cpr/hugetlb exit | return     | -         | -                  |
+/// | gup_enter        | start      | nr_pages  | gup_flags          |
+/// | gup_exit         | return     | -         | -                  |
+/// | site probes      | -          | -         | -                  |
+///
+/// `seq` is `mm->write_protect_seq.sequence` read by the probe (for sites: at the accessed
+/// address, at that instant); `seq_ok` is 0 when it could not be read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawEvent {
+    pub ts: u64,
+    pub mm: u64,
+    pub a: u64,
+    pub b: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    pub seq: u32,
+    pub flags: u32,
+    pub probe: u8,
+    pub seq_ok: u8,
+    pub _pad: [u8; 2],
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Kernel structure offsets, resolved from BTF in userspace and handed to the programs as a
+/// global (Rust eBPF has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `mm_struct.write_protect_seq` + `seqcount.sequence`
+    pub mm_seq: u32,
+    /// `vm_area_struct.vm_mm`
+    pub vma_mm: u32,
+    /// `vm_area_struct.vm_flags`
+    pub vma_flags: u32,
+    /// `vm_area_struct.vm_start`
+    pub vma_start: u32,
+    /// `vm_area_struct.vm_end`
+    pub vma_end: u32,
+    /// Index of the `src_vma` argument of `copy_page_range`.
+    pub cpr_vma_arg: u32,
+    /// Index of the `src_vma` argument of `copy_hugetlb_page_range`.
+    pub hugetlb_vma_arg: u32,
+    /// 1 when the GUP-fast probe's second argument is `end` (`gup_fast`,
+    /// `lockless_pages_from_mm`) rather than `nr_pages` (the functions they inline into).
+    pub gup_arg_is_end: u32,
+}
+
+/// Filters applied in BPF before a record is reserved.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this tgid, when non-zero.
+    pub pid: u32,
+    /// Compare `comm` when non-zero.
+    pub comm_enabled: u32,
+    /// NUL-padded command name.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// x86-64 `pt_regs` registers a site probe can read a base address from, in the kernel's
+/// `struct pt_regs` order.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reg {
+    R15 = 0,
+    R14 = 1,
+    R13 = 2,
+    R12 = 3,
+    Rbp = 4,
+    Rbx = 5,
+    R11 = 6,
+    R10 = 7,
+    R9 = 8,
+    R8 = 9,
+    Rax = 10,
+    Rcx = 11,
+    Rdx = 12,
+    Rsi = 13,
+    Rdi = 14,
+}
+
+/// Number of instruction-level site probe slots compiled into the eBPF object.
+pub const SITE_SLOTS: usize = 8;
+
+/// Configuration of one instruction-level site probe slot. The value read is
+/// `*(u32 *)(regs[base] + disp)`; the mm is `regs[base] + disp - mm_seq` (the seqcount is a field
+/// of the mm, so the accessed address identifies it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteConfig {
+    /// A `Probe` discriminant (`WriteBegin`..=`RetryFail`); 0 disables the slot.
+    pub probe: u8,
+    /// A `Reg` discriminant.
+    pub base: u8,
+    /// 1 when the value is read through the base register (read/write sites), 0 for sites
+    /// that only mark a point in the code (`retry_fail`), which read `current->mm` instead.
+    pub has_mem: u8,
+    pub _pad: u8,
+    pub disp: i32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all these are repr(C) plain old data with explicit padding and no pointers.
+    unsafe impl aya::Pod for super::RawEvent {}
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::Filter {}
+    unsafe impl aya::Pod for super::SiteConfig {}
+}

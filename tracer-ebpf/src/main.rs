@@ -1,0 +1,342 @@
+//! Kernel side of the tracer: kprobes on fork's page-table copy, GUP-fast, mm teardown and the
+//! seqcount's own instruction sites, all feeding one ring buffer of `RawEvent`s.
+//!
+//! Layouts come from userspace (BTF) through the `OFFSETS` global; nothing here knows a kernel
+//! version. Every failed ring-buffer reservation is counted per probe in `LOST`.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{kprobe, kretprobe, map},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tracer_common::{Filter, Offsets, PROBE_COUNT, Probe, RawEvent, SITE_SLOTS, SiteConfig};
+
+/// Set by userspace before load (aya `override_global`).
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    task_mm: 0,
+    mm_seq: 0,
+    vma_mm: 0,
+    vma_flags: 0,
+    vma_start: 0,
+    vma_end: 0,
+    cpr_vma_arg: 1,
+    hugetlb_vma_arg: 3,
+    gup_arg_is_end: 0,
+};
+
+#[unsafe(no_mangle)]
+static FILTER: Filter = Filter {
+    pid: 0,
+    comm_enabled: 0,
+    comm: [0; 16],
+};
+
+/// Userspace sets the size with `set_max_entries` before load.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Failed reservations, per probe and CPU.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_COUNT as u32, 0);
+
+/// The source mm of an in-flight `copy_page_range`, by tid, for the return probe.
+#[map]
+static CPR_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Same for `copy_hugetlb_page_range`, which runs inside `copy_page_range`.
+#[map]
+static HUGETLB_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Instruction-level site configuration, one entry per `siteN` program.
+#[map]
+static SITES: Array<SiteConfig> = Array::with_max_entries(SITE_SLOTS as u32, 0);
+
+#[inline(always)]
+fn offsets() -> Offsets {
+    // SAFETY: a plain read of a global that userspace fills in before load; volatile so the
+    // compiler does not constant-fold the placeholder value.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+fn filter() -> Filter {
+    // SAFETY: as for `offsets`.
+    unsafe { core::ptr::read_volatile(&FILTER) }
+}
+
+struct Task {
+    pid: u32,
+    tid: u32,
+    comm: [u8; 16],
+}
+
+/// Applies `--pid`/`--comm`; `None` means the event is filtered out.
+#[inline(always)]
+fn current_if_wanted() -> Option<Task> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    let f = filter();
+    if f.pid != 0 && f.pid != pid {
+        return None;
+    }
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    if f.comm_enabled != 0 {
+        let mut i = 0;
+        while i < 16 {
+            if comm[i] != f.comm[i] {
+                return None;
+            }
+            if comm[i] == 0 {
+                break;
+            }
+            i += 1;
+        }
+    }
+    Some(Task { pid, tid, comm })
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address and fails cleanly.
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
+}
+
+#[inline(always)]
+fn read_u32(addr: u64) -> Option<u32> {
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel(addr as *const u32) }.ok()
+}
+
+#[inline(always)]
+fn current_mm() -> u64 {
+    // SAFETY: helper with no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    read_u64(task + offsets().task_mm as u64).unwrap_or(0)
+}
+
+#[inline(always)]
+fn lost(probe: Probe) {
+    if let Some(p) = LOST.get_ptr_mut(probe as u32) {
+        // SAFETY: per-CPU slot, so no concurrent writer.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Reserves and submits one record; counts a loss when the ring buffer is full.
+#[inline(always)]
+fn emit(task: &Task, probe: Probe, mm: u64, seq: Option<u32>, a: u64, b: u64, flags: u32) {
+    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
+        lost(probe);
+        return;
+    };
+    // SAFETY: helper with no preconditions.
+    let ts = unsafe { bpf_ktime_get_ns() };
+    entry.write(RawEvent {
+        ts,
+        mm,
+        a,
+        b,
+        pid: task.pid,
+        tid: task.tid,
+        // SAFETY: helper with no preconditions.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        seq: seq.unwrap_or(0),
+        flags,
+        probe: probe as u8,
+        seq_ok: seq.is_some() as u8,
+        _pad: [0; 2],
+        comm: task.comm,
+    });
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn seq_of(mm: u64) -> Option<u32> {
+    if mm == 0 {
+        return None;
+    }
+    read_u32(mm + offsets().mm_seq as u64)
+}
+
+#[inline(always)]
+fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u32, u64>) {
+    let Some(task) = current_if_wanted() else {
+        return;
+    };
+    let off = offsets();
+    let vma: u64 = match ctx.arg(vma_arg as usize) {
+        Some(v) => v,
+        None => return,
+    };
+    let mm = read_u64(vma + off.vma_mm as u64).unwrap_or(0);
+    let start = read_u64(vma + off.vma_start as u64).unwrap_or(0);
+    let end = read_u64(vma + off.vma_end as u64).unwrap_or(0);
+    let vm_flags = read_u64(vma + off.vma_flags as u64).unwrap_or(0);
+    // A full map only loses the exit's mm; the exit then reports mm 0 and no seq.
+    let _ = stash.insert(&task.tid, &mm, 0);
+    emit(&task, probe, mm, seq_of(mm), start, end, vm_flags as u32);
+}
+
+#[inline(always)]
+fn copy_exit(ctx: &RetProbeContext, probe: Probe, stash: &HashMap<u32, u64>) {
+    let Some(task) = current_if_wanted() else {
+        return;
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let mm = unsafe { stash.get(&task.tid) }.copied().unwrap_or(0);
+    let _ = stash.remove(&task.tid);
+    let ret: i64 = ctx.ret();
+    emit(&task, probe, mm, seq_of(mm), ret as u64, 0, 0);
+}
+
+#[kprobe]
+pub fn cpr_enter(ctx: ProbeContext) -> u32 {
+    copy_enter(&ctx, offsets().cpr_vma_arg, Probe::CprEnter, &CPR_MM);
+    0
+}
+
+#[kretprobe]
+pub fn cpr_exit(ctx: RetProbeContext) -> u32 {
+    copy_exit(&ctx, Probe::CprExit, &CPR_MM);
+    0
+}
+
+#[kprobe]
+pub fn hugetlb_enter(ctx: ProbeContext) -> u32 {
+    copy_enter(&ctx, offsets().hugetlb_vma_arg, Probe::HugetlbEnter, &HUGETLB_MM);
+    0
+}
+
+#[kretprobe]
+pub fn hugetlb_exit(ctx: RetProbeContext) -> u32 {
+    copy_exit(&ctx, Probe::HugetlbExit, &HUGETLB_MM);
+    0
+}
+
+#[kprobe]
+pub fn gup_enter(ctx: ProbeContext) -> u32 {
+    let Some(task) = current_if_wanted() else {
+        return 0;
+    };
+    let start: u64 = ctx.arg(0).unwrap_or(0);
+    let second: u64 = ctx.arg(1).unwrap_or(0);
+    let flags: u64 = ctx.arg(2).unwrap_or(0);
+    let nr_pages = if offsets().gup_arg_is_end != 0 {
+        second.saturating_sub(start) >> 12
+    } else {
+        second
+    };
+    let mm = current_mm();
+    emit(&task, Probe::GupEnter, mm, seq_of(mm), start, nr_pages, flags as u32);
+    0
+}
+
+#[kretprobe]
+pub fn gup_exit(ctx: RetProbeContext) -> u32 {
+    let Some(task) = current_if_wanted() else {
+        return 0;
+    };
+    let ret: i64 = ctx.ret();
+    let mm = current_mm();
+    emit(&task, Probe::GupExit, mm, seq_of(mm), ret as u64, 0, 0);
+    0
+}
+
+/// `__mmdrop(mm)`: the mm is about to be freed, so its address may be reused. Not filtered:
+/// the last reference is often dropped by an unrelated task, and userspace needs every free to
+/// keep mm names unique.
+#[kprobe]
+pub fn mm_free(ctx: ProbeContext) -> u32 {
+    let mm: u64 = ctx.arg(0).unwrap_or(0);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let task = Task {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    emit(&task, Probe::MmFree, mm, None, 0, 0, 0);
+    0
+}
+
+/// Reads one general-purpose register. Context reads must use constant offsets, hence the match.
+#[inline(always)]
+fn reg(regs: &pt_regs, r: u8) -> Option<u64> {
+    Some(match r {
+        0 => regs.r15,
+        1 => regs.r14,
+        2 => regs.r13,
+        3 => regs.r12,
+        4 => regs.rbp,
+        5 => regs.rbx,
+        6 => regs.r11,
+        7 => regs.r10,
+        8 => regs.r9,
+        9 => regs.r8,
+        10 => regs.rax,
+        11 => regs.rcx,
+        12 => regs.rdx,
+        13 => regs.rsi,
+        14 => regs.rdi,
+        _ => return None,
+    })
+}
+
+#[inline(always)]
+fn site(ctx: &ProbeContext, slot: u32) {
+    let Some(cfg) = SITES.get(slot) else {
+        return;
+    };
+    let Some(probe) = Probe::from_u8(cfg.probe) else {
+        return;
+    };
+    let Some(task) = current_if_wanted() else {
+        return;
+    };
+    let off = offsets();
+    let (mm, seq) = if cfg.has_mem != 0 {
+        // SAFETY: ctx.regs is the kprobe's pt_regs, valid for the program's duration.
+        let regs = unsafe { &*ctx.regs };
+        let Some(base) = reg(regs, cfg.base) else {
+            return;
+        };
+        let addr = base.wrapping_add(cfg.disp as i64 as u64);
+        (addr.wrapping_sub(off.mm_seq as u64), read_u32(addr))
+    } else {
+        let mm = current_mm();
+        (mm, seq_of(mm))
+    };
+    emit(&task, probe, mm, seq, 0, 0, 0);
+}
+
+macro_rules! site_slots {
+    ($($name:ident = $slot:expr),* $(,)?) => {
+        $(
+            #[kprobe]
+            pub fn $name(ctx: ProbeContext) -> u32 {
+                site(&ctx, $slot);
+                0
+            }
+        )*
+    };
+}
+
+site_slots!(site0 = 0, site1 = 1, site2 = 2, site3 = 3, site4 = 4, site5 = 5, site6 = 6, site7 = 7);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

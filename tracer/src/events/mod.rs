@@ -1,0 +1,10 @@
+//! The event log (schema 1): the typed records every part of the tracer exchanges.
+//!
+//! Data flow: the BPF ring buffer yields `RawEvent`s, [`decode`] turns them into [`Event`]s
+//! (naming mms, decoding FOLL_* flags), the recorder writes them as JSON Lines with
+//! [`schema`], and the validator and the TUI read the same lines back. The schema is documented
+//! in `docs/event-log.md`.
+pub mod decode;
+pub mod schema;
+
+pub use schema::{Body, Event, Header, Kind, ProbeInfo, Record, Summary};

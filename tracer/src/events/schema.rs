@@ -1,0 +1,559 @@
+//! Schema 1 of the JSON Lines event log: one JSON object per line, with a `kind`.
+//!
+//! Writing is hand-rolled (one `write!` per line, no intermediate map) because the recorder
+//! writes every event; reading goes through a flat, all-optional [`Line`] that is then checked
+//! into a typed [`Record`], so a missing field is reported by name.
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The schema version written in every header.
+pub const SCHEMA: u32 = 1;
+
+/// Event kinds. `as_str` is the `kind` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    CprEnter,
+    CprExit,
+    GupEnter,
+    GupExit,
+    WriteBegin,
+    WriteEnd,
+    ReadBegin,
+    ReadRetry,
+    RetryFail,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 9] = [
+        Kind::CprEnter,
+        Kind::CprExit,
+        Kind::GupEnter,
+        Kind::GupExit,
+        Kind::WriteBegin,
+        Kind::WriteEnd,
+        Kind::ReadBegin,
+        Kind::ReadRetry,
+        Kind::RetryFail,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::CprEnter => "cpr_enter",
+            Kind::CprExit => "cpr_exit",
+            Kind::GupEnter => "gup_enter",
+            Kind::GupExit => "gup_exit",
+            Kind::WriteBegin => "write_begin",
+            Kind::WriteEnd => "write_end",
+            Kind::ReadBegin => "read_begin",
+            Kind::ReadRetry => "read_retry",
+            Kind::RetryFail => "retry_fail",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Per-kind payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    CprEnter {
+        vma_start: u64,
+        vma_end: u64,
+        cow: bool,
+        seq: u32,
+    },
+    CprExit {
+        seq: u32,
+        ret: i64,
+    },
+    GupEnter {
+        start: u64,
+        nr_pages: u64,
+        flags: u32,
+        pin: bool,
+        fast_only: bool,
+        longterm: bool,
+        seq: u32,
+    },
+    GupExit {
+        ret: i64,
+        seq: u32,
+    },
+    /// `write_begin`, `write_end`, `read_begin`, `read_retry`, `retry_fail`.
+    Site {
+        kind: Kind,
+        seq: u32,
+    },
+}
+
+impl Body {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Body::CprEnter { .. } => Kind::CprEnter,
+            Body::CprExit { .. } => Kind::CprExit,
+            Body::GupEnter { .. } => Kind::GupEnter,
+            Body::GupExit { .. } => Kind::GupExit,
+            Body::Site { kind, .. } => *kind,
+        }
+    }
+
+    pub fn seq(&self) -> u32 {
+        match self {
+            Body::CprEnter { seq, .. }
+            | Body::CprExit { seq, .. }
+            | Body::GupEnter { seq, .. }
+            | Body::GupExit { seq, .. }
+            | Body::Site { seq, .. } => *seq,
+        }
+    }
+}
+
+/// One traced event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub ts: u64,
+    pub cpu: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// Opaque name of one mm_struct lifetime within the log.
+    pub mm: String,
+    /// The kernel address, only with `--raw-pointers`.
+    pub mm_addr: Option<u64>,
+    pub body: Body,
+}
+
+/// One attached probe, as listed in the header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeInfo {
+    /// Event kind or probe name (`cpr_enter`, `read_retry`, ...).
+    pub name: String,
+    /// Kernel symbol.
+    pub target: String,
+    /// Byte offset into `target` (0 for function entry/return).
+    pub offset: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub schema: u32,
+    pub tool: String,
+    pub kernel: String,
+    pub probes: Vec<ProbeInfo>,
+    /// Anything else a writer adds (attach mode, filters, flag values...).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub events: u64,
+    pub lost: BTreeMap<String, u64>,
+    pub duration_ns: u64,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// One line of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Header(Header),
+    Event(Event),
+    Lost { probe: String, count: u64 },
+    Summary(Summary),
+    /// A `kind` this reader does not know; readers skip and count these.
+    Unknown(String),
+}
+
+fn hex(v: u64) -> String {
+    format!("0x{v:x}")
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+impl Event {
+    /// Appends this event as one JSON object (no newline).
+    pub fn write_json(&self, out: &mut String) {
+        let Event {
+            ts,
+            cpu,
+            pid,
+            tid,
+            comm,
+            mm,
+            mm_addr,
+            body,
+        } = self;
+        let _ = write!(
+            out,
+            "{{\"kind\":\"{}\",\"ts\":{ts},\"cpu\":{cpu},\"pid\":{pid},\"tid\":{tid},\"comm\":",
+            body.kind().as_str()
+        );
+        push_json_str(out, comm);
+        out.push_str(",\"mm\":");
+        push_json_str(out, mm);
+        if let Some(addr) = mm_addr {
+            let _ = write!(out, ",\"mm_addr\":\"{}\"", hex(*addr));
+        }
+        let _ = match body {
+            Body::CprEnter {
+                vma_start,
+                vma_end,
+                cow,
+                seq,
+            } => write!(
+                out,
+                ",\"vma_start\":\"{}\",\"vma_end\":\"{}\",\"cow\":{cow},\"seq\":{seq}",
+                hex(*vma_start),
+                hex(*vma_end)
+            ),
+            Body::CprExit { seq, ret } => write!(out, ",\"seq\":{seq},\"ret\":{ret}"),
+            Body::GupEnter {
+                start,
+                nr_pages,
+                flags,
+                pin,
+                fast_only,
+                longterm,
+                seq,
+            } => write!(
+                out,
+                ",\"start\":\"{}\",\"nr_pages\":{nr_pages},\"flags\":{flags},\"pin\":{pin},\"fast_only\":{fast_only},\"longterm\":{longterm},\"seq\":{seq}",
+                hex(*start)
+            ),
+            Body::GupExit { ret, seq } => write!(out, ",\"ret\":{ret},\"seq\":{seq}"),
+            Body::Site { seq, .. } => write!(out, ",\"seq\":{seq}"),
+        };
+        out.push('}');
+    }
+}
+
+impl Record {
+    /// Appends this record as one JSON line, newline included.
+    pub fn write_line(&self, out: &mut String) -> Result<(), serde_json::Error> {
+        match self {
+            Record::Header(h) => {
+                let mut v = serde_json::to_value(h)?;
+                if let Some(o) = v.as_object_mut() {
+                    // `kind` first reads better; serde_json keeps insertion order only with the
+                    // preserve_order feature, so build the line by hand.
+                    o.remove("kind");
+                }
+                out.push_str("{\"kind\":\"header\",");
+                let body = serde_json::to_string(&v)?;
+                out.push_str(body.trim_start_matches('{'));
+            }
+            Record::Event(e) => e.write_json(out),
+            Record::Lost { probe, count } => {
+                out.push_str("{\"kind\":\"lost\",\"probe\":");
+                push_json_str(out, probe);
+                let _ = write!(out, ",\"count\":{count}}}");
+            }
+            Record::Summary(s) => {
+                out.push_str("{\"kind\":\"summary\",");
+                let body = serde_json::to_string(s)?;
+                out.push_str(body.trim_start_matches('{'));
+            }
+            Record::Unknown(kind) => {
+                out.push_str("{\"kind\":");
+                push_json_str(out, kind);
+                out.push('}');
+            }
+        }
+        out.push('\n');
+        Ok(())
+    }
+}
+
+/// Why a line is not a valid schema-1 record.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("no \"kind\" field")]
+    NoKind,
+    #[error("{kind} is missing required field \"{field}\"")]
+    Missing { kind: String, field: &'static str },
+    #[error("field \"{field}\" of {kind} is not a valid {expected}")]
+    BadField {
+        kind: String,
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("{kind} has a field of the wrong type: {detail}")]
+    BadValue { kind: String, detail: String },
+    #[error("header has schema {0}, this tool reads schema {SCHEMA}")]
+    Schema(u64),
+}
+
+/// Every field any kind may carry, all optional: the permissive first stage of parsing.
+#[derive(Deserialize, Default)]
+struct Line {
+    ts: Option<u64>,
+    cpu: Option<u32>,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    comm: Option<String>,
+    mm: Option<String>,
+    mm_addr: Option<String>,
+    vma_start: Option<String>,
+    vma_end: Option<String>,
+    cow: Option<bool>,
+    seq: Option<u32>,
+    ret: Option<i64>,
+    start: Option<String>,
+    nr_pages: Option<u64>,
+    flags: Option<u32>,
+    pin: Option<bool>,
+    fast_only: Option<bool>,
+    longterm: Option<bool>,
+    probe: Option<String>,
+    count: Option<u64>,
+}
+
+fn parse_hex(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
+}
+
+impl Record {
+    /// Parses one line of a log.
+    pub fn parse(line: &str) -> Result<Record, ParseError> {
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| ParseError::NotJson(e.to_string()))?;
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .ok_or(ParseError::NoKind)?
+            .to_owned();
+        match kind.as_str() {
+            "header" => {
+                let schema = value.get("schema").and_then(|s| s.as_u64()).ok_or(
+                    ParseError::Missing {
+                        kind: kind.clone(),
+                        field: "schema",
+                    },
+                )?;
+                if schema != u64::from(SCHEMA) {
+                    return Err(ParseError::Schema(schema));
+                }
+                let mut h: Header =
+                    serde_json::from_value(value).map_err(|e| ParseError::NotJson(e.to_string()))?;
+                h.extra.remove("kind");
+                Ok(Record::Header(h))
+            }
+            "summary" => {
+                let mut s: Summary =
+                    serde_json::from_value(value).map_err(|e| ParseError::NotJson(e.to_string()))?;
+                s.extra.remove("kind");
+                Ok(Record::Summary(s))
+            }
+            _ => {
+                let l: Line = serde_json::from_value(value).map_err(|e| ParseError::BadValue {
+                    kind: kind.clone(),
+                    detail: e.to_string(),
+                })?;
+                l.into_record(kind)
+            }
+        }
+    }
+}
+
+impl Line {
+    fn into_record(self, kind: String) -> Result<Record, ParseError> {
+        macro_rules! req {
+            ($f:ident) => {
+                self.$f.clone().ok_or_else(|| ParseError::Missing {
+                    kind: kind.clone(),
+                    field: stringify!($f),
+                })?
+            };
+        }
+        macro_rules! req_hex {
+            ($f:ident) => {{
+                let s = req!($f);
+                parse_hex(&s).ok_or_else(|| ParseError::BadField {
+                    kind: kind.clone(),
+                    field: stringify!($f),
+                    expected: "hex string \"0x…\"",
+                })?
+            }};
+        }
+        if kind == "lost" {
+            return Ok(Record::Lost {
+                probe: req!(probe),
+                count: req!(count),
+            });
+        }
+        let Some(k) = Kind::from_name(&kind) else {
+            return Ok(Record::Unknown(kind));
+        };
+        let body = match k {
+            Kind::CprEnter => Body::CprEnter {
+                vma_start: req_hex!(vma_start),
+                vma_end: req_hex!(vma_end),
+                cow: req!(cow),
+                seq: req!(seq),
+            },
+            Kind::CprExit => Body::CprExit {
+                seq: req!(seq),
+                ret: req!(ret),
+            },
+            Kind::GupEnter => Body::GupEnter {
+                start: req_hex!(start),
+                nr_pages: req!(nr_pages),
+                flags: req!(flags),
+                pin: req!(pin),
+                fast_only: req!(fast_only),
+                longterm: req!(longterm),
+                seq: req!(seq),
+            },
+            Kind::GupExit => Body::GupExit {
+                ret: req!(ret),
+                seq: req!(seq),
+            },
+            Kind::WriteBegin | Kind::WriteEnd | Kind::ReadBegin | Kind::ReadRetry | Kind::RetryFail => {
+                Body::Site {
+                    kind: k,
+                    seq: req!(seq),
+                }
+            }
+        };
+        let mm_addr = match &self.mm_addr {
+            Some(s) => Some(parse_hex(s).ok_or_else(|| ParseError::BadField {
+                kind: kind.clone(),
+                field: "mm_addr",
+                expected: "hex string \"0x…\"",
+            })?),
+            None => None,
+        };
+        Ok(Record::Event(Event {
+            ts: req!(ts),
+            cpu: req!(cpu),
+            pid: req!(pid),
+            tid: req!(tid),
+            comm: req!(comm),
+            mm: req!(mm),
+            mm_addr,
+            body,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(body: Body) -> Event {
+        Event {
+            ts: 123,
+            cpu: 1,
+            pid: 10,
+            tid: 11,
+            comm: "a\"b\\c\u{1}".into(),
+            mm: "mm1".into(),
+            mm_addr: None,
+            body,
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let bodies = [
+            Body::CprEnter {
+                vma_start: 0x7f00_0000_0000,
+                vma_end: 0x7f00_0000_4000,
+                cow: true,
+                seq: 4,
+            },
+            Body::CprExit { seq: 6, ret: 0 },
+            Body::GupEnter {
+                start: 0x1000,
+                nr_pages: 3,
+                flags: 0x80001,
+                pin: true,
+                fast_only: false,
+                longterm: false,
+                seq: u32::MAX,
+            },
+            Body::GupExit { ret: -14, seq: 0 },
+            Body::Site {
+                kind: Kind::ReadRetry,
+                seq: 7,
+            },
+        ];
+        for b in bodies {
+            let r = Record::Event(ev(b));
+            let mut s = String::new();
+            r.write_line(&mut s).unwrap();
+            assert!(s.ends_with('\n'));
+            assert_eq!(Record::parse(s.trim_end()).unwrap(), r, "{s}");
+        }
+    }
+
+    #[test]
+    fn header_and_summary_round_trip_with_kind_first() {
+        let h = Record::Header(Header {
+            schema: SCHEMA,
+            tool: "tracer 0.1.0".into(),
+            kernel: "6.12.0".into(),
+            probes: vec![ProbeInfo {
+                name: "cpr_enter".into(),
+                target: "copy_page_range".into(),
+                offset: 0,
+            }],
+            extra: BTreeMap::from([("mode".into(), serde_json::json!("function"))]),
+        });
+        let mut s = String::new();
+        h.write_line(&mut s).unwrap();
+        assert!(s.starts_with("{\"kind\":\"header\","), "{s}");
+        assert_eq!(Record::parse(s.trim_end()).unwrap(), h);
+        let sum = Record::Summary(Summary {
+            events: 5,
+            lost: BTreeMap::from([("gup_enter".into(), 2)]),
+            duration_ns: 9,
+            extra: BTreeMap::new(),
+        });
+        let mut s = String::new();
+        sum.write_line(&mut s).unwrap();
+        assert_eq!(Record::parse(s.trim_end()).unwrap(), sum);
+    }
+
+    #[test]
+    fn bad_lines_name_the_problem() {
+        assert_eq!(
+            Record::parse(r#"{"kind":"cpr_exit","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"x","mm":"m","ret":0}"#),
+            Err(ParseError::Missing {
+                kind: "cpr_exit".into(),
+                field: "seq"
+            })
+        );
+        assert_eq!(
+            Record::parse(r#"{"kind":"header","schema":2,"tool":"t","kernel":"k","probes":[]}"#),
+            Err(ParseError::Schema(2))
+        );
+        assert!(matches!(Record::parse("{not json"), Err(ParseError::NotJson(_))));
+        assert_eq!(Record::parse(r#"{"ts":1}"#), Err(ParseError::NoKind));
+        assert_eq!(
+            Record::parse(r#"{"kind":"something_new","x":1}"#),
+            Ok(Record::Unknown("something_new".into()))
+        );
+    }
+}

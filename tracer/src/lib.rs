@@ -1,0 +1,16 @@
+//! The tracer as a library: each module is one stage of the data flow
+//!
+//! `kernel` (what the running kernel is: BTF, kallsyms, FOLL_* values) → `sites` (where the
+//! seqcount is touched, found in machine code) → `probes` (attach plan, eBPF load, ring buffer)
+//! → `events` (decode and the schema-1 log) → `record` (JSON Lines writer) / `model` +
+//! `validate` (the protocol, replayed) → `tui` (live view). `stress` is the workload that makes
+//! the kernel fork and pin.
+pub mod events;
+pub mod kernel;
+pub mod model;
+pub mod probes;
+pub mod record;
+pub mod sites;
+pub mod stress;
+pub mod tui;
+pub mod validate;
