@@ -163,7 +163,10 @@ pub struct Summary {
 pub enum Record {
     Header(Header),
     Event(Event),
-    Lost { probe: String, count: u64 },
+    Lost {
+        probe: String,
+        count: u64,
+    },
     Summary(Summary),
     /// A `kind` this reader does not know; readers skip and count these.
     Unknown(String),
@@ -345,23 +348,25 @@ impl Record {
             .to_owned();
         match kind.as_str() {
             "header" => {
-                let schema = value.get("schema").and_then(|s| s.as_u64()).ok_or(
-                    ParseError::Missing {
-                        kind: kind.clone(),
-                        field: "schema",
-                    },
-                )?;
+                let schema =
+                    value
+                        .get("schema")
+                        .and_then(|s| s.as_u64())
+                        .ok_or(ParseError::Missing {
+                            kind: kind.clone(),
+                            field: "schema",
+                        })?;
                 if schema != u64::from(SCHEMA) {
                     return Err(ParseError::Schema(schema));
                 }
-                let mut h: Header =
-                    serde_json::from_value(value).map_err(|e| ParseError::NotJson(e.to_string()))?;
+                let mut h: Header = serde_json::from_value(value)
+                    .map_err(|e| ParseError::NotJson(e.to_string()))?;
                 h.extra.remove("kind");
                 Ok(Record::Header(h))
             }
             "summary" => {
-                let mut s: Summary =
-                    serde_json::from_value(value).map_err(|e| ParseError::NotJson(e.to_string()))?;
+                let mut s: Summary = serde_json::from_value(value)
+                    .map_err(|e| ParseError::NotJson(e.to_string()))?;
                 s.extra.remove("kind");
                 Ok(Record::Summary(s))
             }
@@ -429,12 +434,14 @@ impl Line {
                 ret: req!(ret),
                 seq: req!(seq),
             },
-            Kind::WriteBegin | Kind::WriteEnd | Kind::ReadBegin | Kind::ReadRetry | Kind::RetryFail => {
-                Body::Site {
-                    kind: k,
-                    seq: req!(seq),
-                }
-            }
+            Kind::WriteBegin
+            | Kind::WriteEnd
+            | Kind::ReadBegin
+            | Kind::ReadRetry
+            | Kind::RetryFail => Body::Site {
+                kind: k,
+                seq: req!(seq),
+            },
         };
         let mm_addr = match &self.mm_addr {
             Some(s) => Some(parse_hex(s).ok_or_else(|| ParseError::BadField {
@@ -539,7 +546,9 @@ mod tests {
     #[test]
     fn bad_lines_name_the_problem() {
         assert_eq!(
-            Record::parse(r#"{"kind":"cpr_exit","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"x","mm":"m","ret":0}"#),
+            Record::parse(
+                r#"{"kind":"cpr_exit","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"x","mm":"m","ret":0}"#
+            ),
             Err(ParseError::Missing {
                 kind: "cpr_exit".into(),
                 field: "seq"
@@ -549,7 +558,10 @@ mod tests {
             Record::parse(r#"{"kind":"header","schema":2,"tool":"t","kernel":"k","probes":[]}"#),
             Err(ParseError::Schema(2))
         );
-        assert!(matches!(Record::parse("{not json"), Err(ParseError::NotJson(_))));
+        assert!(matches!(
+            Record::parse("{not json"),
+            Err(ParseError::NotJson(_))
+        ));
         assert_eq!(Record::parse(r#"{"ts":1}"#), Err(ParseError::NoKind));
         assert_eq!(
             Record::parse(r#"{"kind":"something_new","x":1}"#),

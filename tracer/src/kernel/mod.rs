@@ -1,1 +1,6 @@
-//! Placeholder
+//! What the running (or a given) kernel is: its BTF layouts, its symbols, its FOLL_* values,
+//! and which functions the probes attach to.
+pub mod btf;
+pub mod foll;
+pub mod kallsyms;
+pub mod target;

@@ -1,0 +1,181 @@
+//! The function-level attach plan: which kernel functions the probes attach to on this kernel,
+//! and the struct offsets the programs need, all resolved from kallsyms and BTF.
+use thiserror::Error;
+use tracer_common::{Offsets, Probe};
+
+use super::{
+    btf::{Btf, BtfError},
+    foll::{FollError, FollFlags, parse_release},
+    kallsyms::Kallsyms,
+};
+
+#[derive(Debug, Error)]
+pub enum TargetError {
+    #[error(
+        "this kernel has no mm_struct.write_protect_seq: it predates the fork/GUP-fast seqcount (Linux 5.11, backported to 5.10.y), so there is no such protection to observe"
+    )]
+    NoProtection,
+    #[error("BTF: {0}")]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Foll(#[from] FollError),
+    #[error("the kernel has no {0} symbol in kallsyms (is this a kernel with the seqcount?)")]
+    NoSymbol(&'static str),
+    #[error("no GUP-fast function found: none of {0} is in kallsyms")]
+    NoGup(String),
+}
+
+/// One function-level probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionProbe {
+    pub probe: Probe,
+    pub symbol: String,
+    /// Return probe (kretprobe) rather than entry.
+    pub ret: bool,
+    /// Why this target was chosen.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct FunctionPlan {
+    pub release: String,
+    pub offsets: Offsets,
+    pub foll: FollFlags,
+    pub probes: Vec<FunctionProbe>,
+    /// Things this kernel lacks, each a sentence.
+    pub missing: Vec<String>,
+    /// The function the GUP-fast probes attach to, where instruction sites are searched.
+    pub gup_symbol: String,
+}
+
+/// GUP-fast entry points, newest names first: (symbol, is the inlined body itself, second arg
+/// is `end` rather than `nr_pages`).
+const GUP_CANDIDATES: [(&str, bool); 4] = [
+    ("gup_fast", true),
+    ("lockless_pages_from_mm", true),
+    ("gup_fast_fallback", false),
+    ("internal_get_user_pages_fast", false),
+];
+
+fn param_index(btf: &Btf, func: &str, param: &str, default: u32) -> u32 {
+    btf.func_params(func)
+        .ok()
+        .and_then(|ps| ps.iter().position(|p| p == param))
+        .map_or(default, |i| i as u32)
+}
+
+/// Resolves the plan for a kernel described by its BTF, kallsyms and release string.
+pub fn resolve(btf: &Btf, ks: &Kallsyms, release: &str) -> Result<FunctionPlan, TargetError> {
+    if !btf.has_member("mm_struct", "write_protect_seq") {
+        return Err(TargetError::NoProtection);
+    }
+    let mm_seq = btf.member_offset("mm_struct", "write_protect_seq")?
+        + btf.member_offset("seqcount", "sequence")?;
+    let mut missing = Vec::new();
+
+    if ks.get("copy_page_range").is_none() {
+        return Err(TargetError::NoSymbol("copy_page_range"));
+    }
+    let cpr_vma_arg = param_index(btf, "copy_page_range", "src_vma", 1);
+    let mut probes = vec![
+        FunctionProbe {
+            probe: Probe::CprEnter,
+            symbol: "copy_page_range".into(),
+            ret: false,
+            reason: "fork copies each VMA's page tables here; the write section is inside".into(),
+        },
+        FunctionProbe {
+            probe: Probe::CprExit,
+            symbol: "copy_page_range".into(),
+            ret: true,
+            reason: "seq after the copy: +2 for a COW VMA with page tables".into(),
+        },
+    ];
+
+    let version = parse_release(release)?;
+    let hugetlb_vma_arg = param_index(btf, "copy_hugetlb_page_range", "src_vma", 3);
+    if ks.get("copy_hugetlb_page_range").is_some() && version >= (5, 19) {
+        for (probe, ret) in [(Probe::HugetlbEnter, false), (Probe::HugetlbExit, true)] {
+            probes.push(FunctionProbe {
+                probe,
+                symbol: "copy_hugetlb_page_range".into(),
+                ret,
+                reason: "hugetlb VMAs take their own write section since 5.19".into(),
+            });
+        }
+    } else {
+        missing.push(
+            "copy_hugetlb_page_range: absent, or before 5.19 where it does not write the seqcount"
+                .into(),
+        );
+    }
+
+    let (gup_symbol, gup_is_body) = GUP_CANDIDATES
+        .iter()
+        .find(|(name, _)| ks.get(name).is_some())
+        .map(|(n, body)| ((*n).to_owned(), *body))
+        .ok_or_else(|| {
+            TargetError::NoGup(
+                GUP_CANDIDATES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })?;
+    let why = if gup_is_body {
+        format!("{gup_symbol} is a real symbol: the seqcount read side itself")
+    } else {
+        format!(
+            "{gup_symbol}: GUP-fast ({}) is inlined into it",
+            if version >= (6, 10) {
+                "gup_fast"
+            } else {
+                "lockless_pages_from_mm"
+            }
+        )
+    };
+    probes.push(FunctionProbe {
+        probe: Probe::GupEnter,
+        symbol: gup_symbol.clone(),
+        ret: false,
+        reason: why.clone(),
+    });
+    probes.push(FunctionProbe {
+        probe: Probe::GupExit,
+        symbol: gup_symbol.clone(),
+        ret: true,
+        reason: why,
+    });
+
+    if ks.get("__mmdrop").is_some() {
+        probes.push(FunctionProbe {
+            probe: Probe::MmFree,
+            symbol: "__mmdrop".into(),
+            ret: false,
+            reason: "mm teardown: keeps mm names unique when an address is reused".into(),
+        });
+    } else {
+        missing.push("__mmdrop: no mm teardown probe; a reused mm address keeps its name".into());
+    }
+
+    let offsets = Offsets {
+        task_mm: btf.member_offset("task_struct", "mm")?,
+        mm_seq,
+        vma_mm: btf.member_offset("vm_area_struct", "vm_mm")?,
+        vma_flags: btf.member_offset("vm_area_struct", "vm_flags")?,
+        vma_start: btf.member_offset("vm_area_struct", "vm_start")?,
+        vma_end: btf.member_offset("vm_area_struct", "vm_end")?,
+        cpr_vma_arg,
+        hugetlb_vma_arg,
+        gup_arg_is_end: u32::from(gup_is_body),
+    };
+    Ok(FunctionPlan {
+        release: release.to_owned(),
+        offsets,
+        foll: FollFlags::for_kernel(Some(btf), release)?,
+        probes,
+        missing,
+        gup_symbol,
+    })
+}
