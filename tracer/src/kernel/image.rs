@@ -10,11 +10,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ImageError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{what} is not a 64-bit little-endian x86-64 ELF file ({why})")]
     NotElf { what: String, why: &'static str },
     #[error("{what} is truncated: {why}")]
@@ -113,9 +110,9 @@ impl ElfImage {
     pub fn open_on_demand(path: impl AsRef<Path>) -> Result<ElfImage, ImageError> {
         let path = path.as_ref();
         let what = path.display().to_string();
-        let file = File::open(path).map_err(|source| ImageError::Io {
+        let file = File::open(path).map_err(|error| ImageError::Io {
             path: what.clone(),
-            source,
+            error,
         })?;
         let (segments, sections) = parse_headers(&what, |off, len| {
             let mut buf = vec![0; len];
@@ -141,9 +138,9 @@ impl ElfImage {
         let mut bytes = Vec::new();
         File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|source| ImageError::Io {
+            .map_err(|error| ImageError::Io {
                 path: what.clone(),
-                source,
+                error,
             })?;
         if bytes.starts_with(b"\x7fELF") {
             ElfImage::from_bytes(what, bytes)
@@ -181,9 +178,9 @@ impl ElfImage {
             Backing::File(f) => {
                 let mut buf = vec![0; len];
                 f.read_exact_at(&mut buf, offset)
-                    .map_err(|source| ImageError::Io {
+                    .map_err(|error| ImageError::Io {
                         path: self.what.clone(),
-                        source,
+                        error,
                     })?;
                 Ok(buf)
             }

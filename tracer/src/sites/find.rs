@@ -508,7 +508,17 @@ pub fn find_read_side(
     region.insert(fail);
     region.remove(&ok);
     region.remove(&odd_exit);
-    let rejoins = fail == odd_exit || region.iter().any(|&i| func.succ[i].contains(&odd_exit));
+    if fail == odd_exit {
+        return Err(SiteError::MissingBackout {
+            symbol: sym.clone(),
+            why: format!(
+                "the changed side of the branch at +{:#x} goes straight to the return-0 path (+{:#x}) without unpinning anything",
+                func.offset(branch),
+                func.offset(fail)
+            ),
+        });
+    }
+    let rejoins = region.iter().any(|&i| func.succ[i].contains(&odd_exit));
     let mut calls: Vec<usize> = region
         .iter()
         .copied()
@@ -529,7 +539,7 @@ pub fn find_read_side(
             ),
         });
     }
-    if calls.is_empty() && fail != odd_exit {
+    if calls.is_empty() {
         return Err(SiteError::MissingBackout {
             symbol: sym.clone(),
             why: format!(
@@ -538,12 +548,6 @@ pub fn find_read_side(
                 func.offset(fail)
             ),
         });
-    }
-    if fail == odd_exit {
-        notes.push(
-            "the changed side goes straight to the return-0 path: no pages are unpinned there"
-                .into(),
-        );
     }
     let backout_calls = calls
         .iter()

@@ -39,9 +39,9 @@ impl Func {
     ) -> Result<Func, SiteError> {
         let bytes = code
             .read(start, size as usize)
-            .map_err(|e| SiteError::Code {
+            .map_err(|error| SiteError::Code {
                 symbol: symbol.to_owned(),
-                source: e,
+                error,
             })?;
         let mut insns = Vec::new();
         let mut by_ip = HashMap::new();

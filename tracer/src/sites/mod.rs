@@ -74,12 +74,8 @@ pub enum SiteError {
     NoSymbol { symbol: String },
     #[error("{symbol}: kallsyms gives no usable size ({size:?}), so its code cannot be delimited")]
     NoSize { symbol: String, size: Option<u64> },
-    #[error("{symbol}: cannot read its machine code: {source}")]
-    Code {
-        symbol: String,
-        #[source]
-        source: ImageError,
-    },
+    #[error("{symbol}: cannot read its machine code: {error}")]
+    Code { symbol: String, error: ImageError },
     #[error("{symbol}: the machine code does not decode unambiguously: {why}")]
     Decode { symbol: String, why: String },
     #[error(
@@ -751,9 +747,11 @@ impl Inputs {
             .with_context(|| format!("kallsyms {}", kallsyms_path.display()))?;
         let code = match offline {
             Some(p) => ElfImage::from_kernel_file(p)?,
-            None => ElfImage::kcore().context(
-                "reading the live kernel's code needs /proc/kcore (root, CONFIG_PROC_KCORE); or pass --vmlinux/--image",
-            )?,
+            None => ElfImage::kcore().map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}: reading the live kernel's code needs /proc/kcore (root, CONFIG_PROC_KCORE); or pass --vmlinux/--image"
+                )
+            })?,
         };
         let btf = match (&args.btf, offline) {
             (Some(p), _) => Btf::from_file(p)?,
