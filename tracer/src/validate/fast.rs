@@ -99,7 +99,6 @@ fn field(key: &[u8]) -> Option<F> {
 }
 
 struct Cur<'a> {
-    s: &'a str,
     b: &'a [u8],
     i: usize,
 }
@@ -138,8 +137,9 @@ impl<'a> Cur<'a> {
             }
             self.i += 1;
         }
-        // Both ends are ASCII quotes in a &str, so this is a char boundary.
-        let out = self.s.get(start..self.i)?;
+        // The line may not have been checked as UTF-8 yet (the canonical path works on bytes):
+        // checking the string alone is cheap and, with ASCII everywhere else, covers the line.
+        let out = std::str::from_utf8(self.b.get(start..self.i)?).ok()?;
         self.i += 1;
         Some(out)
     }
@@ -298,12 +298,12 @@ fn kind_of(name: &[u8]) -> Option<Kind> {
 
 /// The exact layout `Event::write_json` produces: fixed literals between the values, so each
 /// field costs one prefix comparison. Any deviation returns `None` (the general path decides).
-fn parse_canonical(line: &str) -> Option<FastEvent<'_>> {
-    let mut c = Cur {
-        s: line,
-        b: line.as_bytes(),
-        i: 0,
-    };
+///
+/// Works on raw bytes: every byte it accepts outside the string values is ASCII and every
+/// string value is checked as UTF-8, so an accepted line is valid UTF-8 and the caller may
+/// skip checking the whole line.
+pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
+    let mut c = Cur { b: line, i: 0 };
     c.lit(b"{\"kind\":")?;
     let kind = kind_of(c.string()?.as_bytes())?;
     c.lit(b",\"ts\":")?;
@@ -405,7 +405,7 @@ fn parse_canonical(line: &str) -> Option<FastEvent<'_>> {
 
 /// Parses an event line, or returns `None` when the slow reader must decide.
 pub fn parse_event(line: &str) -> Option<FastEvent<'_>> {
-    if let Some(e) = parse_canonical(line) {
+    if let Some(e) = parse_canonical(line.as_bytes()) {
         return Some(e);
     }
     parse_general(line)
@@ -413,7 +413,6 @@ pub fn parse_event(line: &str) -> Option<FastEvent<'_>> {
 
 fn parse_general(line: &str) -> Option<FastEvent<'_>> {
     let mut c = Cur {
-        s: line,
         b: line.as_bytes(),
         i: 0,
     };

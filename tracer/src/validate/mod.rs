@@ -133,6 +133,14 @@ pub fn validate_reader<R: Read>(input: R, opts: Options) -> Result<Report, Input
             }
         };
         line += 1;
+        // The common case first: a canonical event line, parsed (and UTF-8 checked) in place.
+        if let Some(val) = v.as_mut()
+            && !after_summary
+            && let Some(fe) = fast::parse_canonical(bytes)
+        {
+            val.push_fast(line, &fe);
+            continue;
+        }
         let text = std::str::from_utf8(bytes).map_err(|_| InputError::NotUtf8 { line })?;
         let text = text.strip_suffix('\r').unwrap_or(text);
         if let Some(val) = v.as_mut()
