@@ -781,7 +781,7 @@ impl Inputs {
 fn linux_version(code: &ElfImage) -> Option<String> {
     let rodata = code.section(".rodata").ok()?;
     let needle = b"Linux version ";
-    let at = rodata.windows(needle.len()).position(|w| w == needle)?;
+    let at = memchr::memmem::find(&rodata, needle)?;
     let rest = &rodata[at + needle.len()..];
     let end = rest.iter().position(|&c| c == b' ' || c == 0)?;
     let r = std::str::from_utf8(&rest[..end]).ok()?;
