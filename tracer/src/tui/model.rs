@@ -184,8 +184,21 @@ impl Model {
             .find_map(|k| h.extra.get(*k).and_then(|v| v.as_str()))
             .map(str::to_owned)
             .unwrap_or_else(|| {
-                // Without a mode field, instruction-level probes show up as nonzero offsets.
-                if h.probes.iter().any(|p| p.offset != 0) {
+                // Without a mode field, instruction-level probes show up by name (the site
+                // events) or as nonzero offsets.
+                let site = |n: &str| {
+                    Kind::from_name(n).is_some_and(|k| {
+                        matches!(
+                            k,
+                            Kind::WriteBegin
+                                | Kind::WriteEnd
+                                | Kind::ReadBegin
+                                | Kind::ReadRetry
+                                | Kind::RetryFail
+                        )
+                    })
+                };
+                if h.probes.iter().any(|p| p.offset != 0 || site(&p.name)) {
                     "instruction".into()
                 } else {
                     "function".into()
