@@ -7,7 +7,6 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -173,9 +172,8 @@ fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u3
         return;
     };
     let off = offsets();
-    let vma: u64 = match ctx.arg(vma_arg as usize) {
-        Some(v) => v,
-        None => return,
+    let Some(vma) = arg_at(ctx, vma_arg) else {
+        return;
     };
     let mm = read_u64(vma + off.vma_mm as u64).unwrap_or(0);
     let start = read_u64(vma + off.vma_start as u64).unwrap_or(0);
@@ -267,27 +265,31 @@ pub fn mm_free(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Reads one general-purpose register. Context reads must use constant offsets, hence the match.
+/// Reads the saved register at byte offset `off` of `pt_regs`. The offset is only known at run
+/// time (it comes from userspace), and the verifier forbids loads through a ctx pointer with a
+/// computed offset, so the value is copied with bpf_probe_read_kernel instead.
 #[inline(always)]
-fn reg(regs: &pt_regs, r: u8) -> Option<u64> {
-    Some(match r {
-        0 => regs.r15,
-        1 => regs.r14,
-        2 => regs.r13,
-        3 => regs.r12,
-        4 => regs.rbp,
-        5 => regs.rbx,
-        6 => regs.r11,
-        7 => regs.r10,
-        8 => regs.r9,
-        9 => regs.r8,
-        10 => regs.rax,
-        11 => regs.rcx,
-        12 => regs.rdx,
-        13 => regs.rsi,
-        14 => regs.rdi,
+fn regs_at(ctx: &ProbeContext, off: u64) -> Option<u64> {
+    if off > 14 * 8 {
+        return None;
+    }
+    read_u64((ctx.regs as u64).wrapping_add(off))
+}
+
+/// The `n`th argument (x86-64 SysV: rdi, rsi, rdx, rcx, r8, r9), `n` known only at run time.
+#[inline(always)]
+fn arg_at(ctx: &ProbeContext, n: u32) -> Option<u64> {
+    // pt_regs offsets of di, si, dx, cx, r8, r9.
+    let off = match n {
+        0 => 112,
+        1 => 104,
+        2 => 96,
+        3 => 88,
+        4 => 72,
+        5 => 64,
         _ => return None,
-    })
+    };
+    regs_at(ctx, off)
 }
 
 #[inline(always)]
@@ -303,9 +305,8 @@ fn site(ctx: &ProbeContext, slot: u32) {
     };
     let off = offsets();
     let (mm, seq) = if cfg.has_mem != 0 {
-        // SAFETY: ctx.regs is the kprobe's pt_regs, valid for the program's duration.
-        let regs = unsafe { &*ctx.regs };
-        let Some(base) = reg(regs, cfg.base) else {
+        // `Reg` discriminants are pt_regs slots in order, 8 bytes each.
+        let Some(base) = regs_at(ctx, u64::from(cfg.base) * 8) else {
             return;
         };
         let addr = base.wrapping_add(cfg.disp as i64 as u64);

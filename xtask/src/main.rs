@@ -45,7 +45,7 @@ struct VmArgs {
     #[arg(long)]
     modules: Option<PathBuf>,
     /// Modules to load in the guest before COMMAND.
-    #[arg(long = "module", default_values = ["virtio_blk", "rds"])]
+    #[arg(long = "module", default_values = ["virtio_pci", "virtio_blk", "rds"])]
     module: Vec<String>,
     /// Where the guest's /out lands, as DIR/<kernel release>/.
     #[arg(long, default_value = "target/vm-out")]

@@ -132,8 +132,9 @@ impl Pinner {
                 let r = unsafe {
                     libc::getsockopt(*fd, SOL_RDS, RDS_INFO_COUNTERS, buf.cast(), &mut l)
                 };
-                // A short buffer gives ENOSPC after the pages were pinned; that is fine here.
-                r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSPC)
+                // Success returns the item size (positive); a short buffer gives ENOSPC after
+                // the pages were pinned, which serves as well here.
+                r >= 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSPC)
             }
             Pinner::Uring(fd) => {
                 let iov = libc::iovec {
