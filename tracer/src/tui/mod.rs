@@ -1,8 +1,491 @@
-//! Placeholder: being written.
+//! `tracer tui`: the live terminal UI, or `--replay` of a recorded log through the same
+//! screens.
+//!
+//! Threads: a consumer owns the record stream (a tokio `Receiver<Record>` from the live
+//! session, or the replay reader) and feeds the validator, the [`model::Model`] and the spool
+//! (`--record` file); the main thread only draws, at a steady 10 Hz, and reads keys. The model
+//! sits behind one mutex that the draw holds for the duration of one frame.
+//!
+//! Exit status: 0 when the stream showed no violation, 1 when it did, 2 for bad input (an
+//! unreadable log, no terminal).
+pub mod check;
+pub mod model;
+pub mod render;
+pub mod source;
+pub mod term;
+pub mod view;
+
+use std::{
+    io::IsTerminal,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ratatui::crossterm::event::{self, Event as TermEvent};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::events::{Header, Record};
+
+use self::{
+    check::Checker,
+    model::Model,
+    render::Status,
+    source::{Pacer, SourceError, Spool},
+    view::{Action, View},
+};
+
+/// Redraw period: 10 Hz whatever the event rate.
+const FRAME: Duration = Duration::from_millis(100);
+/// Without a record for this long, the validator's reorder window is flushed.
+const IDLE_FLUSH: Duration = Duration::from_millis(250);
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Play a recorded schema-1 event log through the screens instead of tracing live.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+    /// Replay speed: 1 plays in real time (paced by the events' ts), 10 ten times faster.
+    #[arg(long, value_name = "X", default_value_t = 1.0, requires = "replay")]
+    pub speed: f64,
+    /// Also write every record shown to FILE (schema 1) while showing it.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Test hook: panic after this many ms, to check that the terminal is restored.
+    #[arg(long, hide = true)]
+    pub panic_after_ms: Option<u64>,
+}
 
-pub fn main(_args: Args) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("not implemented yet")
+#[derive(Debug, Error)]
+pub enum TuiError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("--speed must be a positive number, got {0}")]
+    Speed(f64),
+    #[error(
+        "tracer tui needs a terminal on stdout (use `tracer record` or `tracer validate` for files)"
+    )]
+    NotATerminal,
+    #[error("terminal: {0}")]
+    Terminal(#[from] std::io::Error),
+    #[error(
+        "live tracing is not available in this build yet; run `tracer tui --replay FILE` on a recorded log"
+    )]
+    NoLive,
+}
+
+/// Options common to live and replay sessions.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Write every record to this file (schema 1) while showing it.
+    pub record: Option<PathBuf>,
+    /// Shown in the header: "live", "replay x4".
+    pub source: String,
+    /// Test hook, see [`Args::panic_after_ms`].
+    pub panic_after: Option<Duration>,
+}
+
+/// State shared between the consumer and the draw loop.
+pub struct Shared {
+    pub model: Model,
+    /// When the newest event arrived: "now" in the log's clock is its ts plus the time since.
+    last_rx: Option<Instant>,
+    /// The source has ended (no more records will come).
+    done: bool,
+    checker_status: String,
+    note: Option<String>,
+}
+
+fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    // A panic elsewhere ends the TUI anyway; the data is still fine to draw.
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let opts = Options {
+        record: args.record.clone(),
+        source: String::new(),
+        panic_after: args.panic_after_ms.map(Duration::from_millis),
+    };
+    match &args.replay {
+        Some(path) => Ok(run_replay(path.clone(), args.speed, opts)?),
+        None => Err(TuiError::NoLive.into()),
+    }
+}
+
+/// Replays `path` at `speed` through the TUI.
+pub fn run_replay(path: PathBuf, speed: f64, mut opts: Options) -> Result<ExitCode, TuiError> {
+    if !(speed.is_finite() && speed > 0.0) {
+        return Err(TuiError::Speed(speed));
+    }
+    let (header, lines) = source::open_replay(&path)?;
+    if !std::io::stdout().is_terminal() {
+        return Err(TuiError::NotATerminal);
+    }
+    opts.source = format!("replay x{speed}");
+    let pacer = Arc::new(Pacer::new(speed));
+    let (tx, rx) = mpsc::channel(4096);
+    let app = App::new(&opts)?;
+    let quit = Arc::new(AtomicBool::new(false));
+    let reader = source::spawn_replay(
+        path,
+        lines,
+        tx,
+        Arc::clone(&pacer),
+        Arc::clone(&quit),
+        Arc::clone(&app.shared),
+    );
+    let r = app.run(header, Input::Replay(rx), Some(&pacer), opts, speed);
+    quit.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    r
+}
+
+/// Shows a live session. `rx` yields the records after `header` (if it repeats the header,
+/// the copy is dropped); `Record::Lost` records show as lost events. Blocks until the person
+/// quits; call it outside async code (from `spawn_blocking` or a plain thread) so the tokio
+/// tasks feeding `rx` keep running.
+pub fn run_live(
+    rx: mpsc::Receiver<Record>,
+    header: Header,
+    mut opts: Options,
+) -> Result<ExitCode, TuiError> {
+    if !std::io::stdout().is_terminal() {
+        return Err(TuiError::NotATerminal);
+    }
+    if opts.source.is_empty() {
+        opts.source = "live".into();
+    }
+    let app = App::new(&opts)?;
+    app.run(header, Input::Live(rx), None, opts, 1.0)
+}
+
+enum Input {
+    Live(mpsc::Receiver<Record>),
+    Replay(mpsc::Receiver<(u64, Record)>),
+}
+
+impl Input {
+    async fn next(&mut self) -> Option<(Option<u64>, Record)> {
+        match self {
+            Input::Live(rx) => rx.recv().await.map(|r| (None, r)),
+            Input::Replay(rx) => rx.recv().await.map(|(n, r)| (Some(n), r)),
+        }
+    }
+}
+
+enum Cmd {
+    Export(PathBuf),
+    Stop,
+}
+
+struct App {
+    shared: Arc<Mutex<Shared>>,
+    spool: Spool,
+}
+
+impl App {
+    fn new(opts: &Options) -> Result<App, TuiError> {
+        let spool = Spool::create(opts.record.as_deref())?;
+        let shared = Arc::new(Mutex::new(Shared {
+            model: Model::new(),
+            last_rx: None,
+            done: false,
+            checker_status: String::new(),
+            note: None,
+        }));
+        Ok(App { shared, spool })
+    }
+
+    fn run(
+        self,
+        header: Header,
+        input: Input,
+        pacer: Option<&Pacer>,
+        opts: Options,
+        speed: f64,
+    ) -> Result<ExitCode, TuiError> {
+        let App { shared, spool } = self;
+        let checker = check::for_header(&header);
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let consumer = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || consume(header, input, cmd_rx, shared, checker, spool))
+        };
+        let result = draw_loop(&shared, &cmd_tx, pacer, &opts, speed);
+        let _ = cmd_tx.send(Cmd::Stop);
+        let _ = consumer.join();
+        let s = lock(&shared);
+        for m in s
+            .model
+            .messages
+            .iter()
+            .filter(|m| m.starts_with("recording"))
+        {
+            eprintln!("tracer: {m}");
+        }
+        result?;
+        Ok(if s.model.violations > 0 {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
+    }
+}
+
+/// Feeds one record to the checker, the model and the spool: the same path for live, replay
+/// and the tests.
+pub fn feed(model: &mut Model, checker: &mut dyn Checker, line: u64, rec: &Record) {
+    let found = checker.push(line, rec);
+    model.apply(line, rec);
+    model.add_findings(line, rec, found);
+}
+
+/// Hands the checker's held-back verdicts to the model: when the stream is idle, or (with
+/// `ended`) for good.
+pub fn settle(model: &mut Model, checker: &mut dyn Checker, ended: bool) {
+    let found = if ended {
+        checker.end()
+    } else {
+        checker.flush()
+    };
+    let line = model.lines;
+    model.add_findings(line, &Record::Unknown(String::new()), found);
+}
+
+fn consume(
+    header: Header,
+    mut input: Input,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    shared: Arc<Mutex<Shared>>,
+    mut checker: Box<dyn Checker>,
+    mut spool: Spool,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            lock(&shared)
+                .model
+                .message(format!("cannot start the consumer: {e}"));
+            return;
+        }
+    };
+    let header_rec = Record::Header(header);
+    {
+        let mut s = lock(&shared);
+        feed(&mut s.model, checker.as_mut(), 1, &header_rec);
+        s.checker_status = checker.status();
+    }
+    spool.write(&header_rec);
+    let mut line = 1u64;
+    let mut open = true;
+    // Records pushed since the checker was last flushed.
+    let mut dirty = false;
+    rt.block_on(async {
+        loop {
+            tokio::select! {
+                biased;
+                cmd = cmds.recv() => match cmd {
+                    Some(Cmd::Export(path)) => export(&shared, &mut spool, path),
+                    Some(Cmd::Stop) | None => break,
+                },
+                item = input.next(), if open => match item {
+                    Some((no, rec)) => {
+                        if line == 1 && rec == header_rec {
+                            continue;
+                        }
+                        line = no.unwrap_or(line + 1);
+                        let mut s = lock(&shared);
+                        feed(&mut s.model, checker.as_mut(), line, &rec);
+                        s.checker_status = checker.status();
+                        if matches!(rec, Record::Event(_)) {
+                            s.last_rx = Some(Instant::now());
+                        }
+                        drop(s);
+                        spool.write(&rec);
+                        dirty = true;
+                    }
+                    None => {
+                        open = false;
+                        let mut s = lock(&shared);
+                        settle(&mut s.model, checker.as_mut(), true);
+                        s.checker_status = checker.status();
+                        s.done = true;
+                        drop(s);
+                        let _ = spool.flush();
+                    }
+                },
+                // A quiet stream: let the validator judge what its reorder window holds.
+                () = tokio::time::sleep(IDLE_FLUSH), if open && dirty => {
+                    dirty = false;
+                    let mut s = lock(&shared);
+                    settle(&mut s.model, checker.as_mut(), false);
+                    s.checker_status = checker.status();
+                }
+            }
+        }
+    });
+    let mut s = lock(&shared);
+    if !spool.summary_seen {
+        let sum = source::partial_summary(&s.model, "quit before the end of the stream");
+        spool.write(&Record::Summary(sum));
+    }
+    if let Err(e) = spool.flush() {
+        spool.broken.get_or_insert(e.to_string());
+    }
+    if let Some(e) = &spool.broken {
+        let m = format!("recording stopped: {e}");
+        s.model.message(m);
+    }
+}
+
+fn export(shared: &Arc<Mutex<Shared>>, spool: &mut Spool, path: PathBuf) {
+    let sum = source::partial_summary(&lock(shared).model, "exported while running");
+    match spool.export(path.clone(), sum) {
+        Ok(job) => {
+            let shared = Arc::clone(shared);
+            std::thread::spawn(move || {
+                let note = match job.join() {
+                    Ok(Ok(p)) => format!("wrote {}", p.display()),
+                    Ok(Err(e)) => format!("export to {} failed: {e}", path.display()),
+                    Err(_) => format!("export to {} failed", path.display()),
+                };
+                let mut s = lock(&shared);
+                s.model.message(note.clone());
+                s.note = Some(note);
+            });
+        }
+        Err(e) => {
+            let mut s = lock(shared);
+            let note = format!("export failed: {e}");
+            s.model.message(note.clone());
+            s.note = Some(note);
+        }
+    }
+}
+
+fn export_path() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut p = PathBuf::from(format!("tracer-tui-{secs}.jsonl"));
+    let mut n = 1;
+    while p.exists() {
+        n += 1;
+        p = PathBuf::from(format!("tracer-tui-{secs}-{n}.jsonl"));
+    }
+    p
+}
+
+/// "Now" in the log's ts clock: the newest event's ts plus the (speed-scaled) time since it
+/// arrived, frozen once the source has ended.
+fn now_ns(s: &Shared, speed: f64) -> u64 {
+    let since = match (s.last_rx, s.done) {
+        (Some(t), false) => (t.elapsed().as_secs_f64() * speed * 1e9) as u64,
+        _ => 0,
+    };
+    s.model.last_ts.saturating_add(since)
+}
+
+fn draw_loop(
+    shared: &Arc<Mutex<Shared>>,
+    cmds: &mpsc::UnboundedSender<Cmd>,
+    pacer: Option<&Pacer>,
+    opts: &Options,
+    speed: f64,
+) -> Result<(), TuiError> {
+    let mut session = term::Session::enter(term::message_sink(Arc::clone(shared)))?;
+    let started = Instant::now();
+    let mut view = View::default();
+    let mut cpu = term::CpuMeter::new();
+    // While paused the screen shows this frozen copy; the stream keeps flowing underneath.
+    let mut frozen: Option<(Model, u64)> = None;
+    let recording = opts.record.as_ref().map(|p| p.display().to_string());
+    let mut next_frame = Instant::now();
+    loop {
+        if session.signalled.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if let Some(after) = opts.panic_after
+            && started.elapsed() >= after
+        {
+            panic!("test panic requested with --panic-after-ms");
+        }
+        cpu.sample();
+        {
+            let s = lock(shared);
+            let live_now = now_ns(&s, speed);
+            let mut source = opts.source.clone();
+            if s.done {
+                source.push_str(" done");
+            }
+            let (model, now_ns) = match &frozen {
+                Some((m, now)) => (m, *now),
+                None => (&s.model, live_now),
+            };
+            let status = Status {
+                now_ns,
+                cpu_pct: cpu.pct,
+                source,
+                recording: recording.clone(),
+                checker: s.checker_status.clone(),
+                note: s.note.clone(),
+                new_while_paused: frozen
+                    .as_ref()
+                    .map_or(0, |(m, _)| s.model.events - m.events),
+            };
+            session
+                .terminal
+                .draw(|f| render::draw(f, model, &view, &status))?;
+        }
+        next_frame += FRAME;
+        let now = Instant::now();
+        if next_frame < now {
+            next_frame = now;
+        }
+        // Keys until the next frame is due.
+        while let Some(left) = next_frame.checked_duration_since(Instant::now()) {
+            if !event::poll(left)? {
+                break;
+            }
+            let TermEvent::Key(key) = event::read()? else {
+                continue;
+            };
+            let mut s = lock(shared);
+            let action = {
+                let model = frozen.as_ref().map_or(&s.model, |(m, _)| m);
+                view.on_key(key, model)
+            };
+            match action {
+                Action::None => {}
+                Action::Quit => return Ok(()),
+                Action::Pause => {
+                    if let Some(p) = pacer {
+                        p.set_paused(view.paused);
+                    }
+                    frozen = if view.paused {
+                        Some((s.model.clone(), now_ns(&s, speed)))
+                    } else {
+                        None
+                    };
+                }
+                Action::Export => {
+                    let p = export_path();
+                    s.note = Some(format!("writing {}…", p.display()));
+                    let _ = cmds.send(Cmd::Export(p));
+                }
+            }
+            drop(s);
+            // Show the effect of a key at once rather than at the next tick.
+            break;
+        }
+    }
 }

@@ -1,8 +1,211 @@
-//! Placeholder: being written.
+//! `tracer validate`: replay a schema-1 event log through the protocol and judge it.
+//!
+//! The rules, the verdicts and the exit statuses are documented in `docs/validate.md`. The
+//! engine ([`Validator`]) is incremental so the live TUI can feed it records as they arrive;
+//! this module adds the streaming reader and the reports.
+mod engine;
+pub mod fast;
+
+use std::{
+    fmt::Write as _,
+    fs::File,
+    io::{self, BufRead, BufReader, Read, Write},
+    process::ExitCode,
+};
+
+pub use engine::{
+    DEFAULT_WINDOW, MAX_STORED_VIOLATIONS, Options, Report, Rule, Stats, Validator, Verdict,
+    Violation,
+};
+use thiserror::Error;
+
+use crate::events::Record;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Event log (JSON Lines, schema 1), or `-` for standard input.
+    pub file: String,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Reorder window, in events: how far out of timestamp order a line may be delivered.
+    #[arg(long, default_value_t = DEFAULT_WINDOW)]
+    pub window: usize,
+}
 
-pub fn main(_args: Args) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// Why a log cannot be judged at all (exit status 2).
+#[derive(Debug, Error)]
+pub enum InputError {
+    #[error("cannot read {path}: {err}")]
+    Open { path: String, err: io::Error },
+    #[error("line {line}: read error: {err}")]
+    Read { line: u64, err: io::Error },
+    #[error("line {line}: not UTF-8 text")]
+    NotUtf8 { line: u64 },
+    // The causes are formatted inline (not as `source`) so the one-line message is not
+    // repeated by the CLI's error-chain printing.
+    #[error("line {line}: {err}")]
+    Parse {
+        line: u64,
+        err: crate::events::schema::ParseError,
+    },
+    #[error("line {line}: the first record must be a header with \"schema\":1")]
+    NoHeader { line: u64 },
+    #[error("line {line}: a second header")]
+    SecondHeader { line: u64 },
+    #[error("line {line}: a record after the summary")]
+    AfterSummary { line: u64 },
+    #[error("the log is empty (no header)")]
+    Empty,
+}
+
+/// Validates a whole log from a reader. The fast path handles plain event lines; everything
+/// else goes through [`Record::parse`].
+pub fn validate_reader<R: Read>(input: R, opts: Options) -> Result<Report, InputError> {
+    let mut rd = BufReader::with_capacity(1 << 20, input);
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    let mut line: u64 = 0;
+    let mut v: Option<Validator> = None;
+    let mut after_summary = false;
+    loop {
+        buf.clear();
+        let n = rd
+            .read_until(b'\n', &mut buf)
+            .map_err(|err| InputError::Read {
+                line: line + 1,
+                err,
+            })?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        let text = std::str::from_utf8(&buf).map_err(|_| InputError::NotUtf8 { line })?;
+        let text = text.trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() {
+            continue;
+        }
+        if after_summary {
+            return Err(InputError::AfterSummary { line });
+        }
+        if let Some(val) = v.as_mut()
+            && let Some(fe) = fast::parse_event(text)
+        {
+            val.push_fast(line, &fe);
+            continue;
+        }
+        let rec = Record::parse(text).map_err(|err| InputError::Parse { line, err })?;
+        match (&mut v, &rec) {
+            (None, Record::Header(h)) => v = Some(Validator::with_options(h, opts)),
+            (None, _) => return Err(InputError::NoHeader { line }),
+            (Some(_), Record::Header(_)) => return Err(InputError::SecondHeader { line }),
+            (Some(val), r) => {
+                after_summary = matches!(r, Record::Summary(_));
+                val.push(line, r);
+            }
+        }
+    }
+    v.map(Validator::finish).ok_or(InputError::Empty)
+}
+
+fn fmt_lines(lines: &[u64]) -> String {
+    let mut s = String::new();
+    for (i, l) in lines.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{l}");
+    }
+    s
+}
+
+/// The report for a person.
+pub fn render_text(r: &Report) -> String {
+    let s = &r.stats;
+    let mut o = String::new();
+    let _ = writeln!(o, "verdict: {}", r.verdict.as_str());
+    let _ = writeln!(
+        o,
+        "events: {} ({} copies, {} COW; {} GUP-fast calls)",
+        r.events, s.copies, s.cow_copies, s.gup_calls
+    );
+    let _ = writeln!(
+        o,
+        "went right: {} write sections, {} PIN GUP-fast calls, {} bails on odd, {} failed retries, {} protected overlaps",
+        s.write_sections, s.pin_gup_fast, s.odd_bails, s.failed_retries, s.protected_overlaps
+    );
+    let mut limits = Vec::new();
+    if s.lost > 0 {
+        limits.push(format!("{} events lost", s.lost));
+    }
+    if !s.summary {
+        limits.push("no summary line (log truncated?)".to_string());
+    }
+    if s.out_of_window > 0 {
+        limits.push(format!(
+            "{} events arrived beyond the reorder window and were not replayed",
+            s.out_of_window
+        ));
+    }
+    if s.unknown_kinds > 0 {
+        limits.push(format!(
+            "{} lines of unknown kinds skipped",
+            s.unknown_kinds
+        ));
+    }
+    if !limits.is_empty() {
+        let _ = writeln!(o, "limits: {}", limits.join("; "));
+    }
+    if s.violations > 0 {
+        let by: Vec<String> = s
+            .violations_by_rule
+            .iter()
+            .map(|(k, n)| format!("{} {n}", k.as_str()))
+            .collect();
+        let _ = writeln!(o, "violations: {} ({})", s.violations, by.join(", "));
+        for v in &r.violations {
+            let _ = writeln!(
+                o,
+                "  {} at line {} (ts {}, mm {}, tid {}): {}\n    lines: {}",
+                v.rule.as_str(),
+                v.line,
+                v.ts,
+                v.mm,
+                v.tid,
+                v.message,
+                fmt_lines(&v.lines)
+            );
+        }
+        if s.violations > r.violations.len() as u64 {
+            let _ = writeln!(
+                o,
+                "  ... {} more not shown",
+                s.violations - r.violations.len() as u64
+            );
+        }
+    }
+    o
+}
+
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let opts = Options {
+        window: args.window,
+    };
+    let report = if args.file == "-" {
+        validate_reader(io::stdin().lock(), opts)?
+    } else {
+        let f = File::open(&args.file).map_err(|err| InputError::Open {
+            path: args.file.clone(),
+            err,
+        })?;
+        validate_reader(f, opts)?
+    };
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(render_text(&report).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(ExitCode::from(report.verdict.exit_status()))
 }

@@ -1,0 +1,592 @@
+//! Drawing: one pure function from (model, view, status) to a frame, so the snapshot tests
+//! draw exactly what a person sees.
+use ratatui::{
+    Frame,
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Modifier, Style},
+    text::{Line, Span},
+    widgets::{Block, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Wrap},
+};
+
+use crate::{
+    events::{Body, Event},
+    kernel::foll::FollFlags,
+};
+
+use super::{
+    model::{HIST_BUCKETS, HIST_SHIFT, Hist, Model},
+    view::{Pane, View},
+};
+
+/// What the runtime knows that the records do not.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    /// "Now" in the log's `ts` clock (ns).
+    pub now_ns: u64,
+    /// This process's CPU use over the last redraw period, in percent of one CPU.
+    pub cpu_pct: Option<f64>,
+    /// "live", "replay x4", "replay x4 · done" ...
+    pub source: String,
+    /// The `--record` file, if any.
+    pub recording: Option<String>,
+    /// The checker's one-line state.
+    pub checker: String,
+    /// The latest note for the person (export written, errors).
+    pub note: Option<String>,
+    /// Events that arrived since the pause (the paused screen is a frozen copy).
+    pub new_while_paused: u64,
+}
+
+/// The footer: every key and what it does.
+pub const FOOTER: [(&str, &str); 9] = [
+    ("q", "quit"),
+    ("p", "pause"),
+    ("/", "filter"),
+    ("s", "sort"),
+    ("tab", "pane"),
+    ("↑↓/jk", "move"),
+    ("enter", "focus"),
+    ("?", "help"),
+    ("e", "export"),
+];
+
+const DIM: Style = Style::new().fg(Color::DarkGray);
+
+pub fn draw(f: &mut Frame, model: &Model, view: &View, st: &Status) {
+    let area = f.area();
+    let wide = area.width >= 120 && area.height >= 40;
+    let chart_h = if area.height >= 40 { 8 } else { 6 };
+    let table_h = if wide {
+        (model.mms().count() as u16 + 3).clamp(6, area.height / 3)
+    } else {
+        7
+    };
+    let [header, table, charts, bottom, footer] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Length(table_h),
+        Constraint::Length(chart_h),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+
+    draw_header(f, header, model, st);
+    draw_table(f, table, model, view);
+    draw_charts(f, charts, model, st);
+    if wide {
+        let [top, msgs] =
+            Layout::vertical([Constraint::Min(3), Constraint::Length(6)]).areas(bottom);
+        let [tail, viol] =
+            Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(top);
+        draw_tail(f, tail, model, view, " events ".into());
+        draw_violations(f, viol, model, view, st, None);
+        draw_messages(f, msgs, model, view, " messages ".into());
+    } else {
+        // One pane at a time below the charts: the focused one, or the tail while the table has
+        // the focus. The title names all three, the shown one in brackets.
+        let shown = if view.pane == Pane::Table {
+            Pane::Tail
+        } else {
+            view.pane
+        };
+        let tab = |p: Pane, name: String| {
+            if p == shown {
+                format!("[{name}]")
+            } else {
+                name
+            }
+        };
+        let title = format!(
+            " {} {} {} ",
+            tab(Pane::Tail, "events".into()),
+            tab(Pane::Violations, format!("violations {}", model.violations)),
+            tab(Pane::Messages, format!("messages {}", model.messages.len())),
+        );
+        match shown {
+            Pane::Violations => draw_violations(f, bottom, model, view, st, Some(title)),
+            Pane::Messages => draw_messages(f, bottom, model, view, title),
+            _ => draw_tail(f, bottom, model, view, title),
+        }
+    }
+    draw_footer(f, footer, view);
+    if view.help {
+        draw_help(f, area, model);
+    }
+}
+
+fn block(title: String, focused: bool) -> Block<'static> {
+    let b = Block::bordered().title(title);
+    if focused {
+        b.border_style(Style::new().fg(Color::Cyan))
+    } else {
+        b.border_style(DIM)
+    }
+}
+
+fn clock(ns: u64) -> String {
+    let s = ns / 1_000_000_000;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn draw_header(f: &mut Frame, area: Rect, model: &Model, st: &Status) {
+    let kernel = model.header.as_ref().map_or("?", |h| h.kernel.as_str());
+    let mode = model.attach_mode();
+    let line1 = Line::from(vec![
+        Span::styled("tracer", Style::new().bold()),
+        Span::raw(format!(
+            " · {kernel} · {mode}-level (? plan) · {}",
+            st.source
+        )),
+    ]);
+    let lost = model.total_lost();
+    let mut spans = vec![
+        Span::raw(format!(
+            "events {} · {}/s · ",
+            model.events,
+            model.rate_now(st.now_ns)
+        )),
+        Span::styled(
+            format!("lost {lost}"),
+            if lost > 0 {
+                Style::new().fg(Color::Red).bold()
+            } else {
+                Style::new()
+            },
+        ),
+        Span::raw(" · "),
+        Span::styled(
+            format!("violations {}", model.violations),
+            if model.violations > 0 {
+                Style::new().fg(Color::Red).bold()
+            } else {
+                Style::new()
+            },
+        ),
+        Span::raw(format!(" · {}", clock(model.elapsed_ns(st.now_ns)))),
+    ];
+    if let Some(c) = st.cpu_pct {
+        spans.push(Span::raw(format!(" · cpu {c:.1}%")));
+    }
+    if let Some(r) = &st.recording {
+        spans.push(Span::styled(
+            format!(" · REC {r}"),
+            Style::new().fg(Color::Red),
+        ));
+    }
+    if st.new_while_paused > 0 || st.source.contains("paused") {
+        spans.push(Span::styled(
+            format!(" · PAUSED +{}", st.new_while_paused),
+            Style::new().fg(Color::Yellow).bold(),
+        ));
+    }
+    if let Some(n) = &st.note {
+        spans.push(Span::styled(
+            format!(" · {n}"),
+            Style::new().fg(Color::Cyan),
+        ));
+    }
+    f.render_widget(Paragraph::new(vec![line1, Line::from(spans)]), area);
+}
+
+fn draw_table(f: &mut Frame, area: Rect, model: &Model, view: &View) {
+    let rows = view.rows(model);
+    let header = Row::new(
+        [
+            "comm", "pid", "mm", "seq", "state", "forks", "cow", "pins", "bails", "rfail", "slow",
+            "viol",
+        ]
+        .map(Cell::from),
+    )
+    .style(Style::new().bold());
+    let num = |n: u64| Cell::from(n.to_string());
+    let body = rows.iter().map(|m| {
+        let state = if m.is_odd() {
+            Cell::from("odd").style(Style::new().fg(Color::Yellow).bold())
+        } else {
+            Cell::from("even")
+        };
+        let viol = if m.violations > 0 {
+            num(m.violations).style(Style::new().fg(Color::Red).bold())
+        } else {
+            num(0)
+        };
+        let mut row = Row::new(vec![
+            Cell::from(m.comm.clone()),
+            num(u64::from(m.pid)),
+            Cell::from(m.mm.clone()),
+            num(u64::from(m.seq)),
+            state,
+            num(m.forks),
+            num(m.cow_copied),
+            num(m.pin_calls),
+            num(m.bails),
+            num(m.retry_fails),
+            num(m.slow_path),
+            viol,
+        ]);
+        if view.focus.as_deref() == Some(m.mm.as_str()) {
+            row = row.style(Style::new().fg(Color::Cyan));
+        }
+        row
+    });
+    let widths = [
+        Constraint::Min(8),
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(4),
+    ];
+    let mut title = format!(" mms {} · sort {} ", rows.len(), view.sort.name());
+    if let Some(flt) = &view.filter {
+        title.push_str(&format!("· filter {flt} "));
+    }
+    if let Some(fc) = &view.focus {
+        title.push_str(&format!("· focus {fc} "));
+    }
+    let table = Table::new(body, widths)
+        .header(header)
+        .column_spacing(1)
+        .block(block(title, view.pane == Pane::Table))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut state = TableState::default();
+    if view.pane == Pane::Table && !rows.is_empty() {
+        state.select(Some(view.table_sel.min(rows.len() - 1)));
+    }
+    f.render_stateful_widget(table, area, &mut state);
+}
+
+fn short_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{}µs", ns / 1_000),
+        1_000_000..1_000_000_000 => format!("{}ms", ns / 1_000_000),
+        _ => format!("{}s", ns / 1_000_000_000),
+    }
+}
+
+/// Repeats each value so `data` fills `width` columns.
+fn stretch(data: &[u64], width: u16) -> Vec<u64> {
+    let w = usize::from(width);
+    if data.is_empty() || w == 0 {
+        return Vec::new();
+    }
+    (0..w).map(|i| data[i * data.len() / w]).collect()
+}
+
+fn draw_hist(
+    f: &mut Frame,
+    area: Rect,
+    title: &str,
+    primary: (&str, &Hist),
+    fallback: (&str, &Hist),
+) {
+    // Instruction-level sites measure the window itself; without them the function-level
+    // pair brackets it.
+    let (src, h) = if primary.1.count > 0 {
+        primary
+    } else {
+        fallback
+    };
+    let b = Block::bordered()
+        .title(format!(" {title} "))
+        .title_bottom(format!(
+            " {src}{} ",
+            if h.count > 0 {
+                format!(" · max {}", short_ns(h.max))
+            } else {
+                String::new()
+            }
+        ))
+        .border_style(DIM);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    if inner.height == 0 {
+        return;
+    }
+    let stats = match (h.percentile_upper(50), h.percentile_upper(99)) {
+        (Some(p50), Some(p99)) => {
+            format!("n={} p50≤{} p99≤{}", h.count, short_ns(p50), short_ns(p99),)
+        }
+        _ => "none yet".to_owned(),
+    };
+    let [text, spark, axis] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(if inner.height >= 3 { 1 } else { 0 }),
+    ])
+    .areas(inner);
+    f.render_widget(Paragraph::new(stats), text);
+    f.render_widget(
+        Sparkline::default()
+            .data(stretch(&h.buckets, spark.width))
+            .style(Style::new().fg(Color::Green)),
+        spark,
+    );
+    let lo = short_ns(1 << HIST_SHIFT);
+    let hi = format!("{}+", short_ns(1 << (HIST_SHIFT + HIST_BUCKETS as u32 - 1)));
+    let pad = usize::from(axis.width).saturating_sub(lo.chars().count() + hi.chars().count());
+    f.render_widget(
+        Paragraph::new(format!("{lo}{}{hi}", " ".repeat(pad))).style(DIM),
+        axis,
+    );
+}
+
+fn draw_charts(f: &mut Frame, area: Rect, model: &Model, st: &Status) {
+    let [rate, cow, gup] = Layout::horizontal([
+        Constraint::Ratio(1, 3),
+        Constraint::Ratio(1, 3),
+        Constraint::Ratio(1, 3),
+    ])
+    .areas(area);
+    let b = Block::bordered().title(" events/s ").border_style(DIM);
+    let inner = b.inner(rate);
+    f.render_widget(b, rate);
+    let hist = model.rate_history(st.now_ns, usize::from(inner.width));
+    let peak = hist.iter().copied().max().unwrap_or(0);
+    let [text, spark] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(inner);
+    f.render_widget(
+        Paragraph::new(format!("last {}s · peak {peak}/s", inner.width)),
+        text,
+    );
+    f.render_widget(
+        Sparkline::default()
+            .data(hist)
+            .style(Style::new().fg(Color::Cyan)),
+        spark,
+    );
+    draw_hist(
+        f,
+        cow,
+        "COW write sections",
+        ("write site", &model.write_sections),
+        ("copy_page_range", &model.cow_calls),
+    );
+    draw_hist(
+        f,
+        gup,
+        "GUP-fast windows",
+        ("read site", &model.read_windows),
+        ("PIN call", &model.pin_calls),
+    );
+}
+
+fn event_line(e: &Event, first_ts: u64, foll: Option<&FollFlags>) -> Line<'static> {
+    let t = e.ts.saturating_sub(first_ts);
+    let kind = e.body.kind().as_str();
+    let seq = e.body.seq();
+    let detail = match &e.body {
+        Body::CprEnter {
+            vma_start,
+            vma_end,
+            cow,
+            ..
+        } => format!(
+            "vma {vma_start:#x}-{vma_end:#x}{}",
+            if *cow { " cow" } else { "" }
+        ),
+        Body::CprExit { ret, .. } => format!("ret={ret}"),
+        Body::GupEnter {
+            start,
+            nr_pages,
+            flags,
+            pin,
+            fast_only,
+            longterm,
+            ..
+        } => {
+            // The probe decoded pin/fast_only/longterm at record time; WRITE and GET come from
+            // the raw value with the FOLL_* table of the kernel's era.
+            let mut d = foll.map(|t| t.decode(*flags)).unwrap_or_default();
+            d.pin = *pin;
+            d.fast_only = *fast_only;
+            d.longterm = *longterm;
+            format!("{start:#x} nr={nr_pages} {} ({flags:#x})", d.names())
+        }
+        Body::GupExit { ret, .. } => format!("ret={ret}"),
+        Body::Site { .. } => String::new(),
+    };
+    let seq_style = if seq & 1 == 1 {
+        Style::new().fg(Color::Yellow).bold()
+    } else {
+        Style::new()
+    };
+    Line::from(vec![
+        Span::styled(
+            format!("{:>4}.{:06} ", t / 1_000_000_000, t % 1_000_000_000 / 1_000),
+            DIM,
+        ),
+        Span::raw(format!("{}[{}] {} ", e.comm, e.tid, e.mm)),
+        Span::styled(format!("{kind} "), Style::new().fg(Color::Cyan)),
+        Span::styled(format!("seq={seq}"), seq_style),
+        Span::raw(format!(" {detail}")),
+    ])
+}
+
+fn draw_tail(f: &mut Frame, area: Rect, model: &Model, view: &View, title: String) {
+    let b = block(title, view.pane == Pane::Tail);
+    let inner = b.inner(area);
+    let h = usize::from(inner.height);
+    let foll = model
+        .header
+        .as_ref()
+        .and_then(|hd| FollFlags::for_kernel(None, &hd.kernel).ok());
+    let first = model.first_ts.unwrap_or(0);
+    let mut shown: Vec<Line> = model
+        .tail
+        .iter()
+        .rev()
+        .filter(|(_, e)| view.shows_mm(model, &e.mm))
+        .skip(view.tail_back)
+        .take(h)
+        .map(|(_, e)| event_line(e, first, foll.as_ref()))
+        .collect();
+    shown.reverse();
+    let b = if view.tail_back > 0 {
+        b.title_bottom(format!(" {} back · ↓ to follow ", view.tail_back))
+    } else {
+        b
+    };
+    f.render_widget(Paragraph::new(shown).block(b), area);
+}
+
+fn draw_violations(
+    f: &mut Frame,
+    area: Rect,
+    model: &Model,
+    view: &View,
+    st: &Status,
+    title: Option<String>,
+) {
+    let title = title.unwrap_or_else(|| format!(" violations {} ", model.violations));
+    let b = block(title, view.pane == Pane::Violations).title_bottom(format!(" {} ", st.checker));
+    let inner = b.inner(area);
+    let list = view.findings(model);
+    let h = usize::from(inner.height).max(1);
+    let sel = view.viol_sel.min(list.len().saturating_sub(1));
+    let start = sel.saturating_sub(h - 1);
+    let lines: Vec<Line> = if list.is_empty() {
+        vec![Line::styled("no violations", DIM)]
+    } else {
+        list.iter()
+            .enumerate()
+            .skip(start)
+            .take(h)
+            .map(|(i, v)| {
+                let lines = v
+                    .lines
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let mut l = Line::from(vec![
+                    Span::styled(format!("{} ", v.rule), Style::new().fg(Color::Red).bold()),
+                    Span::raw(format!(
+                        "line {lines} {}: {}",
+                        v.mm.as_deref().unwrap_or("-"),
+                        v.message
+                    )),
+                ]);
+                if i == sel && view.pane == Pane::Violations {
+                    l = l.style(Style::new().add_modifier(Modifier::REVERSED));
+                }
+                l
+            })
+            .collect()
+    };
+    f.render_widget(Paragraph::new(lines).block(b), area);
+}
+
+fn draw_messages(f: &mut Frame, area: Rect, model: &Model, view: &View, title: String) {
+    let b = block(title, view.pane == Pane::Messages);
+    let h = usize::from(b.inner(area).height);
+    let mut lines: Vec<Line> = model
+        .messages
+        .iter()
+        .rev()
+        .skip(view.msg_back)
+        .take(h)
+        .map(|m| Line::raw(m.clone()))
+        .collect();
+    lines.reverse();
+    if lines.is_empty() {
+        lines.push(Line::styled("no messages", DIM));
+    }
+    f.render_widget(Paragraph::new(lines).block(b), area);
+}
+
+fn draw_footer(f: &mut Frame, area: Rect, view: &View) {
+    let line = match &view.typing {
+        Some(t) => Line::from(vec![
+            Span::styled(" filter (comm or pid): ", Style::new().bold()),
+            Span::raw(format!("{t}_")),
+            Span::styled("  enter apply  esc cancel", DIM),
+        ]),
+        None => Line::from(
+            FOOTER
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (k, what))| {
+                    [
+                        Span::raw(if i == 0 { "" } else { " " }),
+                        Span::styled(*k, Style::new().fg(Color::Black).bg(Color::Gray)),
+                        Span::raw(format!(" {what}")),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    };
+    f.render_widget(Paragraph::new(line), area);
+}
+
+fn draw_help(f: &mut Frame, area: Rect, model: &Model) {
+    let w = area.width.saturating_sub(4).min(100);
+    let h = area.height.saturating_sub(2);
+    let popup = Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    };
+    let mut text = vec![
+        Line::styled("keys", Style::new().bold()),
+        Line::raw("q / Ctrl-C quit · p pause (replay stops; live keeps recording)"),
+        Line::raw("/ filter by comm or pid · s sort · tab next pane · esc clear"),
+        Line::raw("↑↓ j k move · enter focus on an mm (again: all) · e export log"),
+        Line::styled("columns", Style::new().bold()),
+        Line::raw("state odd: fork write-protect window open · cow: COW VMAs copied"),
+        Line::raw("pins: PIN GUP-fast calls · bails: gave up on an odd seq"),
+        Line::raw("rfail: retry failed · slow: PIN call fell back to slow GUP"),
+        Line::styled(
+            format!("attach plan: {}", model.attach_mode()),
+            Style::new().bold(),
+        ),
+    ];
+    match &model.header {
+        Some(hd) if !hd.probes.is_empty() => {
+            for p in &hd.probes {
+                text.push(Line::raw(if p.offset == 0 {
+                    format!("{:<12} {}", p.name, p.target)
+                } else {
+                    format!("{:<12} {}+{:#x}", p.name, p.target, p.offset)
+                }));
+            }
+        }
+        _ => text.push(Line::raw("no probes listed in the header")),
+    }
+    f.render_widget(Clear, popup);
+    f.render_widget(
+        Paragraph::new(text).wrap(Wrap { trim: false }).block(
+            Block::bordered()
+                .title(" help · any key closes ")
+                .border_style(Style::new().fg(Color::Cyan)),
+        ),
+        popup,
+    );
+}

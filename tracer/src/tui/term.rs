@@ -1,0 +1,188 @@
+//! The terminal and the process around it: raw mode and the alternate screen, restored on
+//! every exit path (normal return, signal, panic); stderr captured into the messages pane so
+//! nothing writes over the screen; our own CPU use.
+use std::{
+    io::{self, BufRead, BufReader},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicI32, Ordering},
+    },
+    time::Instant,
+};
+
+use ratatui::DefaultTerminal;
+
+/// The real stderr while it is redirected (-1 otherwise), for the panic hook.
+static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
+
+fn restore_stderr() {
+    let fd = SAVED_STDERR.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: `fd` is the duplicate of the original stderr made in `Session::enter`, still
+        // open (only this function, which runs once per swap, closes it).
+        unsafe {
+            libc::dup2(fd, 2);
+            libc::close(fd);
+        }
+    }
+}
+
+/// Writes `log` records to stderr: while the TUI runs stderr goes to the messages pane, so
+/// aya-log output lands there instead of over the screen.
+struct StderrLogger;
+
+static STDERR_LOGGER: StderrLogger = StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        eprintln!("{} {}: {}", r.level(), r.target(), r.args());
+    }
+    fn flush(&self) {}
+}
+
+/// Everything that must be undone when the TUI ends.
+pub struct Session {
+    pub terminal: DefaultTerminal,
+    pub signalled: Arc<AtomicBool>,
+    sig_ids: Vec<signal_hook::SigId>,
+}
+
+impl Session {
+    /// Redirects stderr into `messages` (one line at a time), installs the signal flags and
+    /// the panic hook, then enters raw mode and the alternate screen.
+    pub fn enter(messages: impl Fn(String) + Send + 'static) -> io::Result<Session> {
+        let (reader, writer) = io::pipe()?;
+        // SAFETY: dup of fd 2, which is open for the life of the process.
+        let saved = unsafe { libc::dup(2) };
+        if saved < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors are open; dup2 atomically points fd 2 at the pipe.
+        if unsafe { libc::dup2(writer.as_raw_fd(), 2) } < 0 {
+            let e = io::Error::last_os_error();
+            // SAFETY: `saved` came from dup above and is not used elsewhere.
+            drop(unsafe { OwnedFd::from_raw_fd(saved) });
+            return Err(e);
+        }
+        drop(writer);
+        SAVED_STDERR.store(saved, Ordering::SeqCst);
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                match line {
+                    Ok(l) => messages(l),
+                    Err(_) => break,
+                }
+            }
+        });
+        if log::set_logger(&STDERR_LOGGER).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+
+        let signalled = Arc::new(AtomicBool::new(false));
+        let mut sig_ids = Vec::new();
+        for sig in [
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ] {
+            match signal_hook::flag::register(sig, Arc::clone(&signalled)) {
+                Ok(id) => sig_ids.push(id),
+                Err(e) => {
+                    restore_stderr();
+                    return Err(e);
+                }
+            }
+        }
+
+        // Chained before ratatui's own hook, which restores the terminal first and then calls
+        // this one: stderr comes back before the panic message is printed.
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_stderr();
+            prev(info);
+        }));
+        let terminal = match ratatui::try_init() {
+            Ok(t) => t,
+            Err(e) => {
+                ratatui::restore();
+                restore_stderr();
+                return Err(e);
+            }
+        };
+        Ok(Session {
+            terminal,
+            signalled,
+            sig_ids,
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        ratatui::restore();
+        restore_stderr();
+        for id in self.sig_ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+/// CPU time of this process (all threads), sampled once a second.
+pub struct CpuMeter {
+    last_wall: Instant,
+    last_cpu: f64,
+    pub pct: Option<f64>,
+}
+
+fn cpu_seconds() -> Option<f64> {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct on success; we only read it then.
+    let ru = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) != 0 {
+            return None;
+        }
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(tv(ru.ru_utime) + tv(ru.ru_stime))
+}
+
+impl CpuMeter {
+    pub fn new() -> CpuMeter {
+        CpuMeter {
+            last_wall: Instant::now(),
+            last_cpu: cpu_seconds().unwrap_or(0.0),
+            pct: None,
+        }
+    }
+
+    pub fn sample(&mut self) {
+        let wall = self.last_wall.elapsed().as_secs_f64();
+        if wall < 1.0 {
+            return;
+        }
+        if let Some(cpu) = cpu_seconds() {
+            self.pct = Some((cpu - self.last_cpu) / wall * 100.0);
+            self.last_cpu = cpu;
+        }
+        self.last_wall = Instant::now();
+    }
+}
+
+impl Default for CpuMeter {
+    fn default() -> CpuMeter {
+        CpuMeter::new()
+    }
+}
+
+/// Shared sink for the stderr reader thread.
+pub fn message_sink(shared: Arc<Mutex<super::Shared>>) -> impl Fn(String) + Send + 'static {
+    move |line| {
+        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.model.message(line);
+    }
+}

@@ -1,0 +1,432 @@
+//! A fast, allocation-free reader for the common shape of an event line.
+//!
+//! It accepts only lines it can judge with certainty: one flat JSON object whose values are
+//! plain strings (no escapes), integers and booleans, of a known event kind with every
+//! required field. Everything else (headers, summaries, `lost`, unknown kinds, escapes, nulls,
+//! nested values, floats, duplicates, errors) returns `None`, and the caller falls back to
+//! [`Record::parse`](crate::events::Record::parse), so both readers agree on every line: what
+//! this one accepts, `Record::parse` parses to the same event (checked by a property test).
+use crate::events::{Body, Event, Kind};
+
+/// An event borrowed from its line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastEvent<'a> {
+    pub ts: u64,
+    pub cpu: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: &'a str,
+    pub mm: &'a str,
+    pub mm_addr: Option<u64>,
+    pub body: Body,
+}
+
+impl FastEvent<'_> {
+    pub fn to_event(&self) -> Event {
+        Event {
+            ts: self.ts,
+            cpu: self.cpu,
+            pid: self.pid,
+            tid: self.tid,
+            comm: self.comm.to_owned(),
+            mm: self.mm.to_owned(),
+            mm_addr: self.mm_addr,
+            body: self.body.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    Str(&'a str),
+    /// An integer with its sign.
+    Int(bool, u64),
+    Bool(bool),
+}
+
+/// Field slots of the permissive first stage of `Record::parse` (its `Line`); every one that
+/// is present must have the right JSON type even if the kind does not need it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum F {
+    Kind,
+    Ts,
+    Cpu,
+    Pid,
+    Tid,
+    Comm,
+    Mm,
+    MmAddr,
+    VmaStart,
+    VmaEnd,
+    Cow,
+    Seq,
+    Ret,
+    Start,
+    NrPages,
+    Flags,
+    Pin,
+    FastOnly,
+    Longterm,
+    Probe,
+    Count,
+}
+
+fn field(key: &[u8]) -> Option<F> {
+    Some(match key {
+        b"kind" => F::Kind,
+        b"ts" => F::Ts,
+        b"cpu" => F::Cpu,
+        b"pid" => F::Pid,
+        b"tid" => F::Tid,
+        b"comm" => F::Comm,
+        b"mm" => F::Mm,
+        b"mm_addr" => F::MmAddr,
+        b"vma_start" => F::VmaStart,
+        b"vma_end" => F::VmaEnd,
+        b"cow" => F::Cow,
+        b"seq" => F::Seq,
+        b"ret" => F::Ret,
+        b"start" => F::Start,
+        b"nr_pages" => F::NrPages,
+        b"flags" => F::Flags,
+        b"pin" => F::Pin,
+        b"fast_only" => F::FastOnly,
+        b"longterm" => F::Longterm,
+        b"probe" => F::Probe,
+        b"count" => F::Count,
+        _ => return None,
+    })
+}
+
+struct Cur<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cur<'a> {
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        if self.b.get(self.i) == Some(&c) {
+            self.i += 1;
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// A string without escapes or control characters.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        loop {
+            let c = *self.b.get(self.i)?;
+            if c == b'"' {
+                break;
+            }
+            if c == b'\\' || c < 0x20 {
+                return None;
+            }
+            self.i += 1;
+        }
+        // Both ends are ASCII quotes in a &str, so this is a char boundary.
+        let out = self.s.get(start..self.i)?;
+        self.i += 1;
+        Some(out)
+    }
+
+    fn int(&mut self) -> Option<(bool, u64)> {
+        let neg = self.eat(b'-').is_some();
+        let start = self.i;
+        let mut v: u64 = 0;
+        while let Some(&c) = self.b.get(self.i) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            self.i += 1;
+        }
+        let n = self.i - start;
+        // JSON forbids leading zeros; fractions and exponents are floats (the slow path decides).
+        if n == 0 || (n > 1 && self.b.get(start) == Some(&b'0')) || (neg && v == 0) {
+            return None;
+        }
+        if matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        Some((neg, v))
+    }
+
+    fn lit(&mut self, word: &[u8]) -> Option<()> {
+        if self.b.get(self.i..self.i + word.len())? == word {
+            self.i += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn value(&mut self) -> Option<Val<'a>> {
+        match *self.b.get(self.i)? {
+            b'"' => self.string().map(Val::Str),
+            b't' => self.lit(b"true").map(|()| Val::Bool(true)),
+            b'f' => self.lit(b"false").map(|()| Val::Bool(false)),
+            b'-' | b'0'..=b'9' => self.int().map(|(n, v)| Val::Int(n, v)),
+            _ => None,
+        }
+    }
+}
+
+fn parse_hex(s: &str) -> Option<u64> {
+    // Same acceptance as the schema's reader (`from_str_radix` after "0x").
+    u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
+}
+
+#[derive(Default)]
+struct Fields<'a> {
+    kind: Option<&'a str>,
+    ts: Option<u64>,
+    cpu: Option<u32>,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    comm: Option<&'a str>,
+    mm: Option<&'a str>,
+    mm_addr: Option<&'a str>,
+    vma_start: Option<&'a str>,
+    vma_end: Option<&'a str>,
+    cow: Option<bool>,
+    seq: Option<u32>,
+    ret: Option<i64>,
+    start: Option<&'a str>,
+    nr_pages: Option<u64>,
+    flags: Option<u32>,
+    pin: Option<bool>,
+    fast_only: Option<bool>,
+    longterm: Option<bool>,
+}
+
+fn set<T>(slot: &mut Option<T>, v: Option<T>) -> Option<()> {
+    // A duplicate key or a value of the wrong type: leave it to the slow path.
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(v?);
+    Some(())
+}
+
+fn u(v: Val<'_>) -> Option<u64> {
+    match v {
+        Val::Int(false, x) => Some(x),
+        _ => None,
+    }
+}
+
+fn u32v(v: Val<'_>) -> Option<u32> {
+    u32::try_from(u(v)?).ok()
+}
+
+fn s(v: Val<'_>) -> Option<&str> {
+    match v {
+        Val::Str(x) => Some(x),
+        _ => None,
+    }
+}
+
+fn b(v: Val<'_>) -> Option<bool> {
+    match v {
+        Val::Bool(x) => Some(x),
+        _ => None,
+    }
+}
+
+fn i(v: Val<'_>) -> Option<i64> {
+    match v {
+        Val::Int(false, x) => i64::try_from(x).ok(),
+        // -(2^63) is representable; anything beyond is not.
+        Val::Int(true, x) => 0i64.checked_sub_unsigned(x),
+        _ => None,
+    }
+}
+
+/// Parses an event line, or returns `None` when the slow reader must decide.
+pub fn parse_event(line: &str) -> Option<FastEvent<'_>> {
+    let mut c = Cur {
+        s: line,
+        b: line.as_bytes(),
+        i: 0,
+    };
+    let mut f = Fields::default();
+    // Fields the schema's permissive stage knows but no event kind needs: type-checked only.
+    let mut probe_seen = false;
+    let mut count_seen = false;
+    c.ws();
+    c.eat(b'{')?;
+    c.ws();
+    if c.eat(b'}').is_some() {
+        return None;
+    }
+    loop {
+        c.ws();
+        let key = c.string()?;
+        c.ws();
+        c.eat(b':')?;
+        c.ws();
+        let v = c.value()?;
+        match field(key.as_bytes()) {
+            None => {}
+            Some(F::Kind) => set(&mut f.kind, s(v))?,
+            Some(F::Ts) => set(&mut f.ts, u(v))?,
+            Some(F::Cpu) => set(&mut f.cpu, u32v(v))?,
+            Some(F::Pid) => set(&mut f.pid, u32v(v))?,
+            Some(F::Tid) => set(&mut f.tid, u32v(v))?,
+            Some(F::Comm) => set(&mut f.comm, s(v))?,
+            Some(F::Mm) => set(&mut f.mm, s(v))?,
+            Some(F::MmAddr) => set(&mut f.mm_addr, s(v))?,
+            Some(F::VmaStart) => set(&mut f.vma_start, s(v))?,
+            Some(F::VmaEnd) => set(&mut f.vma_end, s(v))?,
+            Some(F::Cow) => set(&mut f.cow, b(v))?,
+            Some(F::Seq) => set(&mut f.seq, u32v(v))?,
+            Some(F::Ret) => set(&mut f.ret, i(v))?,
+            Some(F::Start) => set(&mut f.start, s(v))?,
+            Some(F::NrPages) => set(&mut f.nr_pages, u(v))?,
+            Some(F::Flags) => set(&mut f.flags, u32v(v))?,
+            Some(F::Pin) => set(&mut f.pin, b(v))?,
+            Some(F::FastOnly) => set(&mut f.fast_only, b(v))?,
+            Some(F::Longterm) => set(&mut f.longterm, b(v))?,
+            Some(F::Probe) => {
+                if probe_seen {
+                    return None;
+                }
+                probe_seen = true;
+                s(v)?;
+            }
+            Some(F::Count) => {
+                if count_seen {
+                    return None;
+                }
+                count_seen = true;
+                u(v)?;
+            }
+        }
+        c.ws();
+        if c.eat(b',').is_some() {
+            continue;
+        }
+        c.eat(b'}')?;
+        break;
+    }
+    c.ws();
+    if c.i != c.b.len() {
+        return None;
+    }
+    let kind = Kind::from_name(f.kind?)?;
+    let body = match kind {
+        Kind::CprEnter => Body::CprEnter {
+            vma_start: parse_hex(f.vma_start?)?,
+            vma_end: parse_hex(f.vma_end?)?,
+            cow: f.cow?,
+            seq: f.seq?,
+        },
+        Kind::CprExit => Body::CprExit {
+            seq: f.seq?,
+            ret: f.ret?,
+        },
+        Kind::GupEnter => Body::GupEnter {
+            start: parse_hex(f.start?)?,
+            nr_pages: f.nr_pages?,
+            flags: f.flags?,
+            pin: f.pin?,
+            fast_only: f.fast_only?,
+            longterm: f.longterm?,
+            seq: f.seq?,
+        },
+        Kind::GupExit => Body::GupExit {
+            ret: f.ret?,
+            seq: f.seq?,
+        },
+        k @ (Kind::WriteBegin
+        | Kind::WriteEnd
+        | Kind::ReadBegin
+        | Kind::ReadRetry
+        | Kind::RetryFail) => Body::Site {
+            kind: k,
+            seq: f.seq?,
+        },
+    };
+    let mm_addr = match f.mm_addr {
+        Some(a) => Some(parse_hex(a)?),
+        None => None,
+    };
+    Some(FastEvent {
+        ts: f.ts?,
+        cpu: f.cpu?,
+        pid: f.pid?,
+        tid: f.tid?,
+        comm: f.comm?,
+        mm: f.mm?,
+        mm_addr,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Record;
+
+    fn agree(line: &str) {
+        if let Some(fe) = parse_event(line) {
+            assert_eq!(
+                Record::parse(line),
+                Ok(Record::Event(fe.to_event())),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_event_lines_take_the_fast_path() {
+        let l = r#"{"kind":"gup_enter","ts":5,"cpu":1,"pid":2,"tid":3,"comm":"io","mm":"m1","start":"0x1000","nr_pages":4,"flags":524289,"pin":true,"fast_only":false,"longterm":false,"seq":8}"#;
+        assert!(parse_event(l).is_some());
+        agree(l);
+        let l = r#" { "kind" : "cpr_exit" , "ts":5,"cpu":1,"pid":2,"tid":3,"comm":"a","mm":"m","seq":2,"ret":-9223372036854775808 } "#;
+        assert_eq!(
+            parse_event(l).map(|e| e.body),
+            Some(Body::CprExit {
+                seq: 2,
+                ret: i64::MIN
+            })
+        );
+        agree(l);
+    }
+
+    #[test]
+    fn anything_unusual_falls_back() {
+        for l in [
+            r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a\"","mm":"m","seq":0}"#,
+            r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":4294967296}"#,
+            r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":01}"#,
+            r#"{"kind":"write_begin","ts":1.0,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":1}"#,
+            r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":1,"seq":2}"#,
+            r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":null}"#,
+            r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":1,"ret":"x"}"#,
+            r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":1} x"#,
+            r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","x":[1],"seq":1}"#,
+            r#"{"kind":"lost","probe":"x","count":1}"#,
+            r#"{"kind":"header","schema":1}"#,
+            r#"{"kind":"zzz","ts":1}"#,
+            r#"{}"#,
+        ] {
+            assert!(parse_event(l).is_none(), "{l}");
+        }
+    }
+}
