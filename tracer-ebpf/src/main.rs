@@ -210,7 +210,12 @@ pub fn cpr_exit(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn hugetlb_enter(ctx: ProbeContext) -> u32 {
-    copy_enter(&ctx, offsets().hugetlb_vma_arg, Probe::HugetlbEnter, &HUGETLB_MM);
+    copy_enter(
+        &ctx,
+        offsets().hugetlb_vma_arg,
+        Probe::HugetlbEnter,
+        &HUGETLB_MM,
+    );
     0
 }
 
@@ -234,7 +239,15 @@ pub fn gup_enter(ctx: ProbeContext) -> u32 {
         second
     };
     let mm = current_mm();
-    emit(&task, Probe::GupEnter, mm, seq_of(mm), start, nr_pages, flags as u32);
+    emit(
+        &task,
+        Probe::GupEnter,
+        mm,
+        seq_of(mm),
+        start,
+        nr_pages,
+        flags as u32,
+    );
     0
 }
 
@@ -330,7 +343,16 @@ macro_rules! site_slots {
     };
 }
 
-site_slots!(site0 = 0, site1 = 1, site2 = 2, site3 = 3, site4 = 4, site5 = 5, site6 = 6, site7 = 7);
+site_slots!(
+    site0 = 0,
+    site1 = 1,
+    site2 = 2,
+    site3 = 3,
+    site4 = 4,
+    site5 = 5,
+    site6 = 6,
+    site7 = 7
+);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -30,7 +30,10 @@ fn assert_one_sentence_exit_2(o: &Output, needle: &str) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(2), "stderr: {err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert!(!err.contains("panicked") && !err.contains("stack backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("stack backtrace"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
@@ -40,7 +43,10 @@ fn no_kprobes_on_this_host_is_named() {
         eprintln!("skipping: this host can attach kprobes (or we are not root)");
         return;
     }
-    let o = tracer().args(["record", "--duration", "1"]).output().unwrap();
+    let o = tracer()
+        .args(["record", "--duration", "1"])
+        .output()
+        .unwrap();
     assert_one_sentence_exit_2(&o, "cannot attach kprobes");
 }
 
@@ -77,7 +83,13 @@ fn missing_btf_is_named() {
         return;
     }
     let o = tracer()
-        .args(["record", "--btf", "/nonexistent/vmlinux-btf", "--duration", "1"])
+        .args([
+            "record",
+            "--btf",
+            "/nonexistent/vmlinux-btf",
+            "--duration",
+            "1",
+        ])
         .output()
         .unwrap();
     assert_one_sentence_exit_2(&o, "no BTF");
@@ -88,13 +100,36 @@ fn deny_bpf_syscall() -> std::io::Result<()> {
     const SYS_BPF: u32 = libc::SYS_bpf as u32;
     let filter = [
         // A = seccomp_data.nr
-        libc::sock_filter { code: 0x20, jt: 0, jf: 0, k: 0 },
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
         // if A == SYS_bpf fall through, else skip one
-        libc::sock_filter { code: 0x15, jt: 0, jf: 1, k: SYS_BPF },
-        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x0005_0000 | libc::ENOSYS as u32 },
-        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000 },
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: SYS_BPF,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x0005_0000 | libc::ENOSYS as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000,
+        },
     ];
-    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
     // SAFETY: standard seccomp installation on the calling (child) process.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
@@ -122,7 +157,10 @@ fn no_bpf_syscall_is_named() {
 
 #[test]
 fn bad_arguments_exit_2_without_a_backtrace() {
-    let o = tracer().args(["record", "--ring-size", "banana"]).output().unwrap();
+    let o = tracer()
+        .args(["record", "--ring-size", "banana"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(!stderr(&o).contains("panicked"));
 }

@@ -14,27 +14,54 @@ fn resolves_targets_and_offsets_on_real_kernels() {
         let series = kernels::series(&k.release);
         let o = plan.offsets;
         // The seqcount sits inside mm_struct, and `sequence` is its first field.
-        assert!(o.mm_seq > 0 && o.mm_seq < btf.struct_size("mm_struct").unwrap(), "{}", k.release);
+        assert!(
+            o.mm_seq > 0 && o.mm_seq < btf.struct_size("mm_struct").unwrap(),
+            "{}",
+            k.release
+        );
         assert_eq!(btf.member_offset("seqcount", "sequence").unwrap(), 0);
         assert!(o.task_mm > 0 && o.task_mm < btf.struct_size("task_struct").unwrap());
-        assert_eq!(o.vma_start, 0, "vm_start is the first field of vm_area_struct");
+        assert_eq!(
+            o.vma_start, 0,
+            "vm_start is the first field of vm_area_struct"
+        );
         assert_eq!(o.vma_end, 8);
         assert_eq!(o.cpr_vma_arg, 1, "copy_page_range(dst_vma, src_vma)");
         if series >= (6, 10) {
             assert_eq!(plan.gup_symbol, "gup_fast_fallback", "{}", k.release);
-            assert_eq!(plan.foll.source, FollSource::Btf, "6.3+ declares FOLL_* in BTF");
-            assert_eq!((plan.foll.pin, plan.foll.fast_only, plan.foll.longterm), (0x80000, 0x100000, 0x100));
+            assert_eq!(
+                plan.foll.source,
+                FollSource::Btf,
+                "6.3+ declares FOLL_* in BTF"
+            );
+            assert_eq!(
+                (plan.foll.pin, plan.foll.fast_only, plan.foll.longterm),
+                (0x80000, 0x100000, 0x100)
+            );
         } else {
-            assert_eq!(plan.gup_symbol, "internal_get_user_pages_fast", "{}", k.release);
+            assert_eq!(
+                plan.gup_symbol, "internal_get_user_pages_fast",
+                "{}",
+                k.release
+            );
             assert_eq!(plan.foll.source, FollSource::VersionBefore6_3);
-            assert_eq!((plan.foll.pin, plan.foll.fast_only, plan.foll.longterm), (0x40000, 0x80000, 0x10000));
+            assert_eq!(
+                (plan.foll.pin, plan.foll.fast_only, plan.foll.longterm),
+                (0x40000, 0x80000, 0x10000)
+            );
         }
         // GUP-fast itself is inlined in Debian builds: the plan must probe the caller and never
         // a symbol that is not there.
         assert!(ks.get("gup_fast").is_none() && ks.get("lockless_pages_from_mm").is_none());
         assert_eq!(o.gup_arg_is_end, 0);
         let probes: Vec<Probe> = plan.probes.iter().map(|p| p.probe).collect();
-        for p in [Probe::CprEnter, Probe::CprExit, Probe::GupEnter, Probe::GupExit, Probe::MmFree] {
+        for p in [
+            Probe::CprEnter,
+            Probe::CprExit,
+            Probe::GupEnter,
+            Probe::GupExit,
+            Probe::MmFree,
+        ] {
             assert!(probes.contains(&p), "{}: no {p:?} in {probes:?}", k.release);
         }
         for p in &plan.probes {

@@ -41,13 +41,26 @@ fn record_under_stress_is_complete_and_lossless() {
         };
         assert_eq!(h.schema, 1);
         assert_eq!(h.kernel, k.release);
-        assert!(h.probes.iter().any(|p| p.name == "cpr_enter" && p.target == "copy_page_range"));
+        assert!(
+            h.probes
+                .iter()
+                .any(|p| p.name == "cpr_enter" && p.target == "copy_page_range")
+        );
         let Some(Record::Summary(s)) = log.records.last() else {
             panic!("{}: last line is not a summary", k.release)
         };
         let n_events = events(&log).count() as u64;
-        assert_eq!(s.events, n_events, "{}: summary counts every event line", k.release);
-        assert!(s.lost.values().all(|&n| n == 0), "{}: lost {:?}", k.release, s.lost);
+        assert_eq!(
+            s.events, n_events,
+            "{}: summary counts every event line",
+            k.release
+        );
+        assert!(
+            s.lost.values().all(|&n| n == 0),
+            "{}: lost {:?}",
+            k.release,
+            s.lost
+        );
         assert!(
             !log.records.iter().any(|r| matches!(r, Record::Lost { .. })),
             "{}: lost lines",
@@ -67,7 +80,12 @@ fn copy_page_range_windows_pair_up_and_advance_by_two_for_cow() {
         for e in events(&log) {
             match e.body {
                 Body::CprEnter { cow, seq, .. } => {
-                    assert_eq!(seq % 2, 0, "{}: odd seq {seq} at cpr_enter: {e:?}", k.release);
+                    assert_eq!(
+                        seq % 2,
+                        0,
+                        "{}: odd seq {seq} at cpr_enter: {e:?}",
+                        k.release
+                    );
                     assert!(
                         open.insert(e.tid, (cow, seq)).is_none(),
                         "{}: nested cpr_enter on tid {}",
@@ -95,8 +113,16 @@ fn copy_page_range_windows_pair_up_and_advance_by_two_for_cow() {
                 _ => {}
             }
         }
-        assert!(pairs > 50, "{}: only {pairs} copy_page_range windows", k.release);
-        assert!(advanced > 0, "{}: no COW copy advanced the seqcount", k.release);
+        assert!(
+            pairs > 50,
+            "{}: only {pairs} copy_page_range windows",
+            k.release
+        );
+        assert!(
+            advanced > 0,
+            "{}: no COW copy advanced the seqcount",
+            k.release
+        );
         // COW VMAs without an anon_vma copy nothing; both outcomes must be seen in a fork.
         let _ = cow_zero;
     }
@@ -119,21 +145,36 @@ fn the_workload_pins_through_gup_fast_with_foll_pin() {
         let exits = events(&log)
             .filter(|e| matches!(e.body, Body::GupExit { .. }) && e.comm == "tracer")
             .count();
-        assert!(exits >= pins.len(), "{}: {exits} exits for {} pins", k.release, pins.len());
+        assert!(
+            exits >= pins.len(),
+            "{}: {exits} exits for {} pins",
+            k.release,
+            pins.len()
+        );
     }
 }
 
 #[test]
 fn default_log_has_no_kernel_pointers_and_raw_pointers_adds_them() {
     let kernel_addr = |s: &str| {
-        s.match_indices("0xffff")
-            .any(|(i, _)| s[i + 2..].chars().take(16).filter(char::is_ascii_hexdigit).count() == 16)
-            || s.contains("\"mm_addr\"")
+        s.match_indices("0xffff").any(|(i, _)| {
+            s[i + 2..]
+                .chars()
+                .take(16)
+                .filter(char::is_ascii_hexdigit)
+                .count()
+                == 16
+        }) || s.contains("\"mm_addr\"")
     };
     for k in kernels::all() {
         let log = load(&k, "record.jsonl");
         for (i, l) in log.lines.iter().enumerate() {
-            assert!(!kernel_addr(l), "{} record.jsonl:{}: kernel pointer: {l}", k.release, i + 1);
+            assert!(
+                !kernel_addr(l),
+                "{} record.jsonl:{}: kernel pointer: {l}",
+                k.release,
+                i + 1
+            );
         }
         assert_eq!(k.rc("raw"), 0);
         let raw = load(&k, "raw.jsonl");
@@ -158,7 +199,12 @@ fn mm_names_are_stable_within_a_lifetime() {
             }
         }
         for (pid, names) in by_pid {
-            assert_eq!(names.len(), 1, "{}: pid {pid} forked from mms {names:?}", k.release);
+            assert_eq!(
+                names.len(),
+                1,
+                "{}: pid {pid} forked from mms {names:?}",
+                k.release
+            );
         }
     }
 }

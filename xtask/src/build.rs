@@ -21,14 +21,19 @@ pub fn static_tracer() -> Result<PathBuf> {
     println!("build: static tracer (release, {HOST_TARGET}, crt-static)");
     cmd::run(
         Command::new("cargo")
-            .args(["build", "--release", "-p", "tracer", "--target", HOST_TARGET])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "tracer",
+                "--target",
+                HOST_TARGET,
+            ])
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
             .current_dir(workspace()),
     )?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
-    Ok(target_dir
-        .join(HOST_TARGET)
-        .join("release/tracer"))
+    Ok(target_dir.join(HOST_TARGET).join("release/tracer"))
 }

@@ -1,7 +1,5 @@
 //! Running external programs with a clear error when they fail or are missing.
-use std::{
-    process::{Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -45,4 +43,3 @@ pub fn succeeds(cmd: &mut Command) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
-

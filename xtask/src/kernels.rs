@@ -50,7 +50,10 @@ fn version_key(s: &str) -> Vec<u64> {
 pub fn package_for(spec: &str) -> Result<String> {
     let suffix = "-cloud-amd64-unsigned";
     let (regex, exact) = match spec {
-        "6.1" => (r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$".to_owned(), false),
+        "6.1" => (
+            r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$".to_owned(),
+            false,
+        ),
         "6.12" => (
             r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$".to_owned(),
             false,
@@ -104,8 +107,13 @@ pub fn fetch(spec: &str, modules: Option<&Path>) -> Result<Kernel> {
                         .args(["download", "-q", &pkg])
                         .current_dir(&debs),
                 )
-                .with_context(|| format!("apt-get download {pkg} (is SPEC {spec:?} a Debian build that apt knows?)"))?;
-                find_deb(&debs, &pkg)?.with_context(|| format!("apt-get download left no {pkg}_*.deb"))?
+                .with_context(|| {
+                    format!(
+                        "apt-get download {pkg} (is SPEC {spec:?} a Debian build that apt knows?)"
+                    )
+                })?;
+                find_deb(&debs, &pkg)?
+                    .with_context(|| format!("apt-get download left no {pkg}_*.deb"))?
             }
         };
         println!("kernel: extracting {}", deb.display());
@@ -125,12 +133,7 @@ pub fn fetch(spec: &str, modules: Option<&Path>) -> Result<Kernel> {
         .to_owned();
     let modules = root.join("lib/modules").join(&release);
     if modules.is_dir() && !modules.join("modules.dep").exists() {
-        cmd::run(
-            Command::new(depmod())
-                .arg("-b")
-                .arg(&root)
-                .arg(&release),
-        )?;
+        cmd::run(Command::new(depmod()).arg("-b").arg(&root).arg(&release))?;
     }
     Ok(Kernel {
         config: Some(boot.join(format!("config-{release}"))).filter(|p| p.exists()),
@@ -141,11 +144,19 @@ pub fn fetch(spec: &str, modules: Option<&Path>) -> Result<Kernel> {
 }
 
 fn depmod() -> &'static str {
-    if Path::new("/usr/sbin/depmod").exists() { "/usr/sbin/depmod" } else { "/sbin/depmod" }
+    if Path::new("/usr/sbin/depmod").exists() {
+        "/usr/sbin/depmod"
+    } else {
+        "/sbin/depmod"
+    }
 }
 
 fn modprobe() -> &'static str {
-    if Path::new("/usr/sbin/modprobe").exists() { "/usr/sbin/modprobe" } else { "/sbin/modprobe" }
+    if Path::new("/usr/sbin/modprobe").exists() {
+        "/usr/sbin/modprobe"
+    } else {
+        "/sbin/modprobe"
+    }
 }
 
 fn find_deb(dir: &Path, pkg: &str) -> Result<Option<PathBuf>> {
@@ -172,7 +183,10 @@ fn first_with_prefix(dir: &Path, prefix: &str) -> Result<Option<PathBuf>> {
 pub fn image_release(path: &Path) -> Result<String> {
     let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if b.get(0x202..0x206) != Some(b"HdrS") {
-        bail!("{} is not an x86 bzImage (no HdrS setup header)", path.display());
+        bail!(
+            "{} is not an x86 bzImage (no HdrS setup header)",
+            path.display()
+        );
     }
     let ptr = u16::from_le_bytes([b[0x20e], b[0x20f]]) as usize + 0x200;
     let s = b

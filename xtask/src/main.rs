@@ -29,9 +29,7 @@ enum Cmd {
     /// Boot kernels under QEMU and run a command as root inside.
     Vm(VmArgs),
     /// Download (cached) and print the kernel a SPEC resolves to.
-    Kernel {
-        spec: Vec<String>,
-    },
+    Kernel { spec: Vec<String> },
     /// Build the static tracer binary used in VMs and print its path.
     BuildStatic,
 }
@@ -90,7 +88,11 @@ fn vm_cmd(a: VmArgs) -> Result<ExitCode> {
         );
         failed |= r.exit_code != 0;
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn main() -> ExitCode {

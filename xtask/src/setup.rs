@@ -14,7 +14,10 @@ use crate::cmd;
 const PACKAGES: &[(&str, &str)] = &[
     ("rustc-web", "/usr/bin/rustc"),
     ("cargo-web", "/usr/bin/cargo"),
-    ("libstd-rust-web-dev-bpf", "/usr/lib/rustlib/bpfel-unknown-none"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "/usr/lib/rustlib/bpfel-unknown-none",
+    ),
     ("llvm-22-dev", "/usr/lib/llvm-22/bin/llvm-config"),
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
@@ -121,7 +124,11 @@ pub fn setup() -> Result<()> {
             std::os::unix::fs::symlink(format!("/usr/bin/{tool}"), &link)
                 .with_context(|| format!("linking {}", link.display()))?;
         }
-        cmd::run(Command::new("rustup").args(["toolchain", "link", TOOLCHAIN]).arg(&dir))?;
+        cmd::run(
+            Command::new("rustup")
+                .args(["toolchain", "link", TOOLCHAIN])
+                .arg(&dir),
+        )?;
     }
     step(&format!("done in {:.1}s", t0.elapsed().as_secs_f64()));
     Ok(())

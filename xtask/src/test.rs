@@ -40,7 +40,9 @@ pub struct RunArgs {
 
 /// virtio_pci is built in on 6.12 but a module on 6.1; rds provides the 6.1 pin trigger.
 fn guest_modules() -> Vec<String> {
-    ["virtio_pci", "virtio_blk", "rds"].map(String::from).to_vec()
+    ["virtio_pci", "virtio_blk", "rds"]
+        .map(String::from)
+        .to_vec()
 }
 
 pub const DEFAULT_KERNELS: [&str; 2] = ["6.1", "6.12"];
@@ -187,10 +189,17 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
             )?;
             let status = Command::new(&tracer).arg("validate").arg(&log).status()?;
             println!("run: log at {}", log.display());
-            Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Err(why) => {
-            println!("run: {why}; booting Debian {} under QEMU to trace a real kernel", a.kernel);
+            println!(
+                "run: {why}; booting Debian {} under QEMU to trace a real kernel",
+                a.kernel
+            );
             let kernel = kernels::fetch(&a.kernel, None)?;
             let out = build::workspace().join("target/run").join(&kernel.release);
             let _ = std::fs::remove_dir_all(&out);

@@ -49,7 +49,10 @@ struct Cpio {
 
 impl Cpio {
     fn new() -> Cpio {
-        Cpio { buf: Vec::new(), ino: 1 }
+        Cpio {
+            buf: Vec::new(),
+            ino: 1,
+        }
     }
 
     fn pad4(&mut self) {
@@ -139,7 +142,9 @@ fn decompressed_module(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn raw_output(c: &mut Command) -> Result<Vec<u8>> {
-    let o = c.output().with_context(|| format!("cannot start `{}`", cmd::show(c)))?;
+    let o = c
+        .output()
+        .with_context(|| format!("cannot start `{}`", cmd::show(c)))?;
     if !o.status.success() {
         bail!("`{}` failed ({})", cmd::show(c), o.status);
     }
@@ -148,15 +153,27 @@ fn raw_output(c: &mut Command) -> Result<Vec<u8>> {
 
 fn initramfs(opts: &VmOpts, path: &Path) -> Result<()> {
     let mut c = Cpio::new();
-    for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "out", "etc", "lib", "lib/modules", "root"] {
+    for d in [
+        "bin",
+        "sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "out",
+        "etc",
+        "lib",
+        "lib/modules",
+        "root",
+    ] {
         c.dir(d);
     }
     c.chardev("dev/console", 5, 1);
     let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?;
     c.file("bin/busybox", 0o755, &busybox);
     c.symlink("bin/sh", "busybox");
-    let tracer = std::fs::read(opts.tracer)
-        .with_context(|| format!("reading {}", opts.tracer.display()))?;
+    let tracer =
+        std::fs::read(opts.tracer).with_context(|| format!("reading {}", opts.tracer.display()))?;
     c.file("bin/tracer", 0o755, &tracer);
     c.file("init", 0o755, INIT.as_bytes());
     c.file("run.sh", 0o755, opts.script.as_bytes());
@@ -168,7 +185,11 @@ fn initramfs(opts: &VmOpts, path: &Path) -> Result<()> {
             .and_then(|n| n.split(".ko").next())
             .context("odd module file name")?
             .to_owned();
-        c.file(&format!("lib/modules/{name}.ko"), 0o644, &decompressed_module(&f)?);
+        c.file(
+            &format!("lib/modules/{name}.ko"),
+            0o644,
+            &decompressed_module(&f)?,
+        );
         order.push_str(&name);
         order.push('\n');
     }
@@ -210,24 +231,41 @@ fn qemu_command(opts: &VmOpts, initrd: &Path, disk: &Path, kvm: bool) -> Command
     } else {
         c.args(["-accel", "tcg", "-cpu", "max"]);
     }
-    c.args(["-m", &opts.memory_mb.to_string(), "-smp", "2", "-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(&opts.kernel.image)
-        .arg("-initrd")
-        .arg(initrd)
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
-        .arg("-append")
-        .arg(append);
+    c.args([
+        "-m",
+        &opts.memory_mb.to_string(),
+        "-smp",
+        "2",
+        "-nographic",
+        "-no-reboot",
+        "-nic",
+        "none",
+    ])
+    .arg("-kernel")
+    .arg(&opts.kernel.image)
+    .arg("-initrd")
+    .arg(initrd)
+    .arg("-drive")
+    .arg(format!("file={},format=raw,if=virtio", disk.display()))
+    .arg("-append")
+    .arg(append);
     c
 }
 
 /// One boot; returns how it ended and the console text.
-fn boot_once(opts: &VmOpts, initrd: &Path, disk: &Path, kvm: bool, log: &Path) -> Result<(Outcome, String)> {
+fn boot_once(
+    opts: &VmOpts,
+    initrd: &Path,
+    disk: &Path,
+    kvm: bool,
+    log: &Path,
+) -> Result<(Outcome, String)> {
     let tag = format!("[{}]", opts.kernel.release);
     let mut c = qemu_command(opts, initrd, disk, kvm);
     if opts.interactive {
-        let status = c.status().context("cannot start qemu-system-x86_64 (run `cargo xtask setup`)")?;
+        let status = c
+            .status()
+            .context("cannot start qemu-system-x86_64 (run `cargo xtask setup`)")?;
         let _ = status;
         // The console went to the terminal; /out tells whether init ran.
         return Ok((Outcome::Finished, String::new()));
@@ -241,8 +279,14 @@ fn boot_once(opts: &VmOpts, initrd: &Path, disk: &Path, kvm: bool, log: &Path) -
     let console = Arc::new(Mutex::new(String::new()));
     let mut readers = Vec::new();
     for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -280,10 +324,17 @@ fn boot_once(opts: &VmOpts, initrd: &Path, disk: &Path, kvm: bool, log: &Path) -
         let _ = r.join();
     }
     let text = console.lock().map(|c| c.clone()).unwrap_or_default();
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     f.write_all(text.as_bytes())?;
     let outcome = if !text.contains("vm: init ready") {
-        if timed_out { Outcome::TimedOut } else { Outcome::NoInit }
+        if timed_out {
+            Outcome::TimedOut
+        } else {
+            Outcome::NoInit
+        }
     } else if timed_out {
         Outcome::TimedOut
     } else {
@@ -324,7 +375,9 @@ pub fn run(opts: &VmOpts) -> Result<VmResult> {
         match outcome {
             Outcome::Finished => break text,
             Outcome::NoInit if kvm => {
-                println!("vm: the guest died before /init under KVM (nested KVM fails on this host); falling back to TCG");
+                println!(
+                    "vm: the guest died before /init under KVM (nested KVM fails on this host); falling back to TCG"
+                );
                 let _ = std::fs::write(cache.join("kvm-broken"), b"");
                 kvm = false;
             }
@@ -348,7 +401,11 @@ pub fn run(opts: &VmOpts) -> Result<VmResult> {
     };
     let boot_secs = t0.elapsed().as_secs_f64();
     if text.contains("Kernel panic") {
-        bail!("kernel {} panicked; see {}", opts.kernel.release, log.display());
+        bail!(
+            "kernel {} panicked; see {}",
+            opts.kernel.release,
+            log.display()
+        );
     }
     cmd::run(
         Command::new("tar")
@@ -363,7 +420,12 @@ pub fn run(opts: &VmOpts) -> Result<VmResult> {
     let code: i32 = std::fs::read_to_string(opts.out.join("exit_code"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .with_context(|| format!("the guest command left no exit status; see {}", log.display()))?;
+        .with_context(|| {
+            format!(
+                "the guest command left no exit status; see {}",
+                log.display()
+            )
+        })?;
     Ok(VmResult {
         exit_code: code,
         out: opts.out.clone(),
@@ -376,7 +438,10 @@ pub fn shell_words(words: &[String]) -> String {
     words
         .iter()
         .map(|w| {
-            if !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c)) {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c))
+            {
                 w.clone()
             } else {
                 format!("'{}'", w.replace('\'', r"'\''"))

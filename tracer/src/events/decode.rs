@@ -54,7 +54,10 @@ pub enum Decoded {
     Event(Event),
     /// `copy_hugetlb_page_range` entry/return: written as the auxiliary kinds
     /// `hugetlb_enter`/`hugetlb_exit` (schema-1 readers skip kinds they do not know).
-    Hugetlb { enter: bool, event: Event },
+    Hugetlb {
+        enter: bool,
+        event: Event,
+    },
     /// An mm was freed (not written to the log).
     MmFreed,
     /// A record with an unknown probe id (a tracer/eBPF version mismatch).
@@ -244,6 +247,12 @@ mod tests {
         write_hugetlb(true, &event, &mut s);
         assert!(s.starts_with("{\"kind\":\"hugetlb_enter\""), "{s}");
         assert!(s.contains("\"mm_addr\":\"0x10\""));
-        assert_eq!(d.decode(&RawEvent { probe: 200, ..raw(Probe::CprEnter, 1) }), Decoded::Invalid(200));
+        assert_eq!(
+            d.decode(&RawEvent {
+                probe: 200,
+                ..raw(Probe::CprEnter, 1)
+            }),
+            Decoded::Invalid(200)
+        );
     }
 }

@@ -5,15 +5,23 @@ use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum EnvError {
-    #[error("tracer needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs and read kernel symbols; run it with sudo")]
+    #[error(
+        "tracer needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs and read kernel symbols; run it with sudo"
+    )]
     NotRoot,
-    #[error("this kernel has no bpf() system call (CONFIG_BPF_SYSCALL is off), so eBPF programs cannot be loaded")]
+    #[error(
+        "this kernel has no bpf() system call (CONFIG_BPF_SYSCALL is off), so eBPF programs cannot be loaded"
+    )]
     NoBpf,
     #[error("the kernel refused bpf() ({0}); it may be locked down or filtered by seccomp")]
     BpfDenied(String),
-    #[error("this kernel exposes no BTF at {0} (CONFIG_DEBUG_INFO_BTF is off); the tracer reads struct layouts from it; pass --btf FILE with this kernel's BTF")]
+    #[error(
+        "this kernel exposes no BTF at {0} (CONFIG_DEBUG_INFO_BTF is off); the tracer reads struct layouts from it; pass --btf FILE with this kernel's BTF"
+    )]
     NoBtf(String),
-    #[error("this kernel cannot attach kprobes: CONFIG_KPROBES is off (no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in tracefs); boot a kernel with kprobes, e.g. `cargo xtask run` does so in a VM")]
+    #[error(
+        "this kernel cannot attach kprobes: CONFIG_KPROBES is off (no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in tracefs); boot a kernel with kprobes, e.g. `cargo xtask run` does so in a VM"
+    )]
     NoKprobes,
 }
 

@@ -208,9 +208,11 @@ fn program_for(p: Probe) -> &'static str {
         Probe::GupEnter => "gup_enter",
         Probe::GupExit => "gup_exit",
         Probe::MmFree => "mm_free",
-        Probe::WriteBegin | Probe::WriteEnd | Probe::ReadBegin | Probe::ReadRetry | Probe::RetryFail => {
-            "site"
-        }
+        Probe::WriteBegin
+        | Probe::WriteEnd
+        | Probe::ReadBegin
+        | Probe::ReadRetry
+        | Probe::RetryFail => "site",
     }
 }
 
@@ -295,7 +297,9 @@ impl Session {
                 })?;
         }
 
-        let ring = ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?;
+        let ring = ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::Missing("EVENTS"))?;
         let ring = RingBuf::try_from(ring).map_err(|source| ProbeError::Map {
             name: "EVENTS",
             source,

@@ -69,7 +69,10 @@ pub fn plan(btf: Option<PathBuf>, with_sites: bool) -> Result<AttachPlan> {
     let (sites, site_notes) = if with_sites {
         site_probes(&function, &btf, &ks)
     } else {
-        (Vec::new(), vec!["instruction sites not requested (--no-sites)".to_owned()])
+        (
+            Vec::new(),
+            vec!["instruction sites not requested (--no-sites)".to_owned()],
+        )
     };
     Ok(AttachPlan {
         function,
@@ -86,17 +89,16 @@ fn site_probes(
 ) -> (Vec<probes::SiteProbe>, Vec<String>) {
     (
         Vec::new(),
-        vec!["instruction-level sites: discovery not wired in yet; function-level probes only".to_owned()],
+        vec![
+            "instruction-level sites: discovery not wired in yet; function-level probes only"
+                .to_owned(),
+        ],
     )
 }
 
 /// Human-readable attach plan.
 pub fn print_plan(plan: &AttachPlan) {
-    println!(
-        "kernel {}: {} mode",
-        plan.function.release,
-        plan.mode()
-    );
+    println!("kernel {}: {} mode", plan.function.release, plan.mode());
     for p in &plan.function.probes {
         println!(
             "  {:<14} {}{:<28} {}",
@@ -145,7 +147,12 @@ pub fn header(plan: &AttachPlan, args: &Args) -> Header {
         serde_json::json!({"pid": args.pid, "comm": args.comm}),
     );
     extra.insert("ring_size".to_owned(), serde_json::json!(args.ring_size));
-    let notes: Vec<&String> = plan.function.missing.iter().chain(&plan.site_notes).collect();
+    let notes: Vec<&String> = plan
+        .function
+        .missing
+        .iter()
+        .chain(&plan.site_notes)
+        .collect();
     extra.insert("missing".to_owned(), serde_json::json!(notes));
     Header {
         schema: SCHEMA,
@@ -337,7 +344,10 @@ async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
         serde_json::json!(consumer.decoder.unreadable_seq),
     );
     extra.insert("mm_freed".to_owned(), serde_json::json!(consumer.mm_freed));
-    extra.insert("hugetlb_events".to_owned(), serde_json::json!(consumer.hugetlb));
+    extra.insert(
+        "hugetlb_events".to_owned(),
+        serde_json::json!(consumer.hugetlb),
+    );
     extra.insert(
         "invalid_records".to_owned(),
         serde_json::json!(consumer.invalid),

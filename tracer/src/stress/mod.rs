@@ -233,7 +233,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
         std::process::id(),
         args.mappings,
         len / 1024,
-        pinners.iter().map(Pinner::name).collect::<Vec<_>>().join(", ")
+        pinners
+            .iter()
+            .map(Pinner::name)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));

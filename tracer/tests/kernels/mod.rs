@@ -38,7 +38,9 @@ pub fn all() -> Vec<Fixture> {
             !required,
             "TRACER_REQUIRE_FIXTURES=1 but TRACER_FIXTURES/TRACER_VM_KERNELS are unset"
         );
-        eprintln!("skipping: no kernel fixtures (run `cargo xtask test` to boot the kernel matrix)");
+        eprintln!(
+            "skipping: no kernel fixtures (run `cargo xtask test` to boot the kernel matrix)"
+        );
         return Vec::new();
     };
     let v: Vec<Fixture> = kernels
@@ -52,7 +54,10 @@ pub fn all() -> Vec<Fixture> {
     for f in &v {
         assert!(f.dir.is_dir(), "fixture {} is missing", f.dir.display());
     }
-    assert!(!required || !v.is_empty(), "no kernels in TRACER_VM_KERNELS");
+    assert!(
+        !required || !v.is_empty(),
+        "no kernels in TRACER_VM_KERNELS"
+    );
     v
 }
 
