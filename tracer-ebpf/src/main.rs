@@ -130,15 +130,38 @@ fn lost(probe: Probe) {
     }
 }
 
+/// Reads the seqcount and the clock back to back, so that `ts` says when `seq` was read (the
+/// validator orders reads of different CPUs by it); the ring-buffer reservation comes after.
+#[inline(always)]
+fn seq_now(mm: u64) -> (Option<u32>, u64) {
+    let seq = seq_of(mm);
+    // SAFETY: helper with no preconditions.
+    (seq, unsafe { bpf_ktime_get_ns() })
+}
+
+#[inline(always)]
+fn read_now(addr: u64) -> (Option<u32>, u64) {
+    let seq = read_u32(addr);
+    // SAFETY: helper with no preconditions.
+    (seq, unsafe { bpf_ktime_get_ns() })
+}
+
 /// Reserves and submits one record; counts a loss when the ring buffer is full.
 #[inline(always)]
-fn emit(task: &Task, probe: Probe, mm: u64, seq: Option<u32>, a: u64, b: u64, flags: u32) {
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    task: &Task,
+    probe: Probe,
+    mm: u64,
+    (seq, ts): (Option<u32>, u64),
+    a: u64,
+    b: u64,
+    flags: u32,
+) {
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
         lost(probe);
         return;
     };
-    // SAFETY: helper with no preconditions.
-    let ts = unsafe { bpf_ktime_get_ns() };
     entry.write(RawEvent {
         ts,
         mm,
@@ -181,7 +204,7 @@ fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u3
     let vm_flags = read_u64(vma + off.vma_flags as u64).unwrap_or(0);
     // A full map only loses the exit's mm; the exit then reports mm 0 and no seq.
     let _ = stash.insert(&task.tid, &mm, 0);
-    emit(&task, probe, mm, seq_of(mm), start, end, vm_flags as u32);
+    emit(&task, probe, mm, seq_now(mm), start, end, vm_flags as u32);
 }
 
 #[inline(always)]
@@ -193,7 +216,7 @@ fn copy_exit(ctx: &RetProbeContext, probe: Probe, stash: &HashMap<u32, u64>) {
     let mm = unsafe { stash.get(&task.tid) }.copied().unwrap_or(0);
     let _ = stash.remove(&task.tid);
     let ret: i64 = ctx.ret();
-    emit(&task, probe, mm, seq_of(mm), ret as u64, 0, 0);
+    emit(&task, probe, mm, seq_now(mm), ret as u64, 0, 0);
 }
 
 #[kprobe]
@@ -243,7 +266,7 @@ pub fn gup_enter(ctx: ProbeContext) -> u32 {
         &task,
         Probe::GupEnter,
         mm,
-        seq_of(mm),
+        seq_now(mm),
         start,
         nr_pages,
         flags as u32,
@@ -258,7 +281,7 @@ pub fn gup_exit(ctx: RetProbeContext) -> u32 {
     };
     let ret: i64 = ctx.ret();
     let mm = current_mm();
-    emit(&task, Probe::GupExit, mm, seq_of(mm), ret as u64, 0, 0);
+    emit(&task, Probe::GupExit, mm, seq_now(mm), ret as u64, 0, 0);
     0
 }
 
@@ -274,7 +297,9 @@ pub fn mm_free(ctx: ProbeContext) -> u32 {
         tid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    emit(&task, Probe::MmFree, mm, None, 0, 0, 0);
+    // SAFETY: helper with no preconditions.
+    let ts = unsafe { bpf_ktime_get_ns() };
+    emit(&task, Probe::MmFree, mm, (None, ts), 0, 0, 0);
     0
 }
 
@@ -317,18 +342,18 @@ fn site(ctx: &ProbeContext, slot: u32) {
         return;
     };
     let off = offsets();
-    let (mm, seq) = if cfg.has_mem != 0 {
+    let (mm, read) = if cfg.has_mem != 0 {
         // `Reg` discriminants are pt_regs slots in order, 8 bytes each.
         let Some(base) = regs_at(ctx, u64::from(cfg.base) * 8) else {
             return;
         };
         let addr = base.wrapping_add(cfg.disp as i64 as u64);
-        (addr.wrapping_sub(off.mm_seq as u64), read_u32(addr))
+        (addr.wrapping_sub(off.mm_seq as u64), read_now(addr))
     } else {
         let mm = current_mm();
-        (mm, seq_of(mm))
+        (mm, seq_now(mm))
     };
-    emit(&task, probe, mm, seq, 0, 0, 0);
+    emit(&task, probe, mm, read, 0, 0, 0);
 }
 
 macro_rules! site_slots {
