@@ -2,5 +2,6 @@
 //! and which functions the probes attach to.
 pub mod btf;
 pub mod foll;
+pub mod image;
 pub mod kallsyms;
 pub mod target;

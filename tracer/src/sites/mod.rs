@@ -1,8 +1,962 @@
-//! Placeholder: being written.
+//! Instruction-level sites of the `mm->write_protect_seq` protocol, found in kernel machine code
+//! without debug info.
+//!
+//! The seqcount operations are inlined, so function probes only bracket them. This module reads
+//! the machine code of the functions that hold them (from `/proc/kcore`, a vmlinux or a bzImage),
+//! decodes it ([`func`]), works out where every register's value comes from ([`flow`]), and
+//! recognises ([`find`]):
+//! - in `copy_page_range` / `copy_hugetlb_page_range`: the two increments of the source mm's
+//!   seqcount (`write_begin`, `write_end`), told apart from look-alikes by the base register
+//!   holding `src_vma->vm_mm` (or the `src` mm argument) on every path;
+//! - in the GUP-fast function: the load of `current->mm`'s seqcount before the page-table walk
+//!   (`read_begin`), the one after it (`read_retry`), the je/jne consuming their comparison, and
+//!   the first instruction of the back-out block taken when the value changed (`retry_fail`).
+//!
+//! Anything it cannot prove is refused with the reason ([`SiteError`]); the caller then probes
+//! that function at entry and exit only. See docs/sites.md.
+mod find;
+mod flow;
+mod func;
 
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use iced_x86::{Formatter as _, GasFormatter, Instruction, Register};
+use serde::Serialize;
+use thiserror::Error;
+use tracer_common::{Probe, Reg, SiteConfig};
+
+use crate::kernel::{
+    btf::{Btf, BtfError},
+    image::{CodeSource, ElfImage, ImageError},
+    kallsyms::Kallsyms,
+};
+use find::reg_lower;
+use flow::{Ctx, Flow, Val};
+use func::Func;
+
+/// Functions longer than this are not read (kallsyms sizes are distances to the next symbol; a
+/// huge one means the next symbol is missing, not a huge function).
+const MAX_FUNC_SIZE: u64 = 1 << 16;
+
+/// Kernel functions that never return (the ones objtool also treats so, as far as they can be
+/// called from mm code). A call to one ends its path; missing one here only merges an
+/// impossible path, which can make discovery refuse, never accept wrongly.
+const NORETURN: [&str; 18] = [
+    "__stack_chk_fail",
+    "__fortify_panic",
+    "fortify_panic",
+    "__ubsan_handle_builtin_unreachable",
+    "__ubsan_handle_invalid_builtin",
+    "panic",
+    "nmi_panic_self_stop",
+    "do_exit",
+    "do_group_exit",
+    "do_task_dead",
+    "make_task_dead",
+    "kthread_exit",
+    "kthread_complete_and_exit",
+    "__module_put_and_kthread_exit",
+    "usercopy_abort",
+    "machine_real_restart",
+    "rewind_stack_and_make_dead",
+    "stop_this_cpu",
+];
+
+/// Why a function yielded no sites. Each is a finding about the kernel build or the input.
+#[derive(Debug, Error)]
+pub enum SiteError {
+    #[error("{symbol} is not in kallsyms")]
+    NoSymbol { symbol: String },
+    #[error("{symbol}: kallsyms gives no usable size ({size:?}), so its code cannot be delimited")]
+    NoSize { symbol: String, size: Option<u64> },
+    #[error("{symbol}: cannot read its machine code: {error}")]
+    Code { symbol: String, error: ImageError },
+    #[error("{symbol}: the machine code does not decode unambiguously: {why}")]
+    Decode { symbol: String, why: String },
+    #[error(
+        "{symbol}: a breakpoint (int3) sits at +{offset:#x}, so another kprobe is attached there; detach it and run again"
+    )]
+    Breakpoint { symbol: String, offset: u64 },
+    #[error("{symbol}: not found: {what}")]
+    NotFound {
+        symbol: String,
+        what: String,
+        notes: Vec<String>,
+    },
+    #[error("{symbol}: ambiguous: {why}")]
+    Ambiguous { symbol: String, why: String },
+    #[error("{symbol}: unexpected code: {why}")]
+    Unexpected { symbol: String, why: String },
+    #[error("{symbol}: the retry check is dead in this kernel (retry load at +{retry:#x}): {why}")]
+    RetryUnconsumed {
+        symbol: String,
+        retry: u64,
+        why: String,
+    },
+    #[error("{symbol}: no back-out block after the retry check: {why}")]
+    MissingBackout { symbol: String, why: String },
+    #[error(
+        "{symbol}: the access at +{offset:#x} goes through {reg}, which the BPF side cannot read from pt_regs"
+    )]
+    BadBase {
+        symbol: String,
+        offset: u64,
+        reg: String,
+    },
+}
+
+/// Why the layout (offsets, per-cpu address of `current`) could not be resolved.
+#[derive(Debug, Error)]
+pub enum LayoutError {
+    #[error("BTF: {0}")]
+    Btf(#[from] BtfError),
+    #[error(
+        "cannot locate the current task pointer: kallsyms has neither a current_task nor a pcpu_hot per-cpu symbol"
+    )]
+    NoCurrentTask,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteKind {
+    WriteBegin,
+    WriteEnd,
+    ReadBegin,
+    ReadRetry,
+    RetryFail,
+}
+
+impl SiteKind {
+    pub fn name(self) -> &'static str {
+        self.probe().name()
+    }
+    pub fn probe(self) -> Probe {
+        match self {
+            SiteKind::WriteBegin => Probe::WriteBegin,
+            SiteKind::WriteEnd => Probe::WriteEnd,
+            SiteKind::ReadBegin => Probe::ReadBegin,
+            SiteKind::ReadRetry => Probe::ReadRetry,
+            SiteKind::RetryFail => Probe::RetryFail,
+        }
+    }
+}
+
+/// One proven instruction: a kprobe at `symbol+offset` fires before it executes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub kind: SiteKind,
+    pub symbol: String,
+    pub offset: u64,
+    pub addr: u64,
+    /// The instruction, AT&T syntax.
+    pub insn: String,
+    /// Base register of the seqcount access; `None` for `retry_fail` (the BPF side reads
+    /// `current->mm` there).
+    pub base: Option<Reg>,
+    /// Displacement of the access (`mm_struct.write_protect_seq.sequence`); 0 for `retry_fail`.
+    pub disp: i32,
+    pub evidence: String,
+}
+
+impl Site {
+    /// The eBPF slot configuration for this site.
+    pub fn config(&self) -> SiteConfig {
+        SiteConfig {
+            probe: self.kind.probe() as u8,
+            base: self.base.map_or(0, |r| r as u8),
+            has_mem: u8::from(self.base.is_some()),
+            _pad: 0,
+            disp: self.disp,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Holds a write section (`copy_page_range`, `copy_hugetlb_page_range`).
+    Write,
+    /// Holds the GUP-fast read side.
+    Read,
+}
+
+/// What discovery made of one function.
+#[derive(Debug)]
+pub struct FunctionReport {
+    pub symbol: String,
+    pub role: Role,
+    /// Whether the kernel must have these sites (false: e.g. hugetlb before 5.19).
+    pub required: bool,
+    /// The sites found, or why there are none. Never half a protocol: a function either gives
+    /// all its sites or none.
+    pub result: Result<Vec<SiteKind>, SiteError>,
+    /// Look-alikes rejected and other observations.
+    pub notes: Vec<String>,
+}
+
+/// The discovery result.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub sites: Vec<Site>,
+    pub functions: Vec<FunctionReport>,
+}
+
+impl Plan {
+    /// Refusals in functions whose sites the kernel must have.
+    pub fn refusals(&self) -> impl Iterator<Item = (&FunctionReport, &SiteError)> {
+        self.functions
+            .iter()
+            .filter(|f| f.required)
+            .filter_map(|f| f.result.as_ref().err().map(|e| (f, e)))
+    }
+    /// Every required function gave its sites.
+    pub fn complete(&self) -> bool {
+        self.refusals().next().is_none()
+    }
+    pub fn site(&self, kind: SiteKind, symbol: &str) -> Option<&Site> {
+        self.sites
+            .iter()
+            .find(|s| s.kind == kind && s.symbol == symbol)
+    }
+}
+
+/// Where a write function's mm comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MmOrigin {
+    /// The `index`-th argument is the mm itself (`copy_hugetlb_page_range`'s `src`).
+    Arg { index: u8, name: String },
+    /// The mm is loaded from `offset` in the `index`-th argument (`src_vma->vm_mm`).
+    ArgField {
+        index: u8,
+        offset: u32,
+        name: String,
+    },
+}
+
+impl MmOrigin {
+    fn val(&self) -> Val {
+        match self {
+            MmOrigin::Arg { index, .. } => Val::Arg(*index),
+            MmOrigin::ArgField { index, offset, .. } => {
+                Val::Load(Box::new(Val::Arg(*index)), i64::from(*offset))
+            }
+        }
+    }
+    fn name(&self) -> &str {
+        match self {
+            MmOrigin::Arg { name, .. } | MmOrigin::ArgField { name, .. } => name,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterSpec {
+    pub symbol: String,
+    /// Accepted origins of the base register (any of them, on every path).
+    pub mm: Vec<MmOrigin>,
+    pub required: bool,
+}
+
+/// What discovery needs to know about the kernel: offsets from BTF, where `current` lives, and
+/// which functions to search.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteLayout {
+    /// `mm_struct.write_protect_seq` + `seqcount.sequence`.
+    pub mm_seq: u32,
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// Per-cpu address of the current task pointer (`%gs:` displacement).
+    pub current_task: u64,
+    pub writers: Vec<WriterSpec>,
+    /// GUP-fast candidates, in order of preference; the first one in kallsyms is searched.
+    pub readers: Vec<String>,
+}
+
+/// GUP-fast function names: the inlined bodies where they are real symbols, then the functions
+/// they are inlined into (6.10+ names first).
+pub const READER_CANDIDATES: [&str; 4] = [
+    "gup_fast",
+    "lockless_pages_from_mm",
+    "gup_fast_fallback",
+    "internal_get_user_pages_fast",
+];
+
+fn param_index(btf: &Btf, func: &str, param: &str) -> Option<u8> {
+    btf.func_params(func)
+        .ok()?
+        .iter()
+        .position(|p| p == param)
+        .and_then(|i| u8::try_from(i).ok())
+}
+
+impl SiteLayout {
+    /// The layout of the kernel described by `btf` and `ks`. `release` (e.g. `6.1.0-56-cloud-amd64`)
+    /// decides whether `copy_hugetlb_page_range` must have a write section (5.19+); unknown
+    /// means it is searched but not required.
+    pub fn resolve(
+        btf: &Btf,
+        ks: &Kallsyms,
+        release: Option<&str>,
+    ) -> Result<SiteLayout, LayoutError> {
+        let mm_seq = btf.member_offset("mm_struct", "write_protect_seq")?
+            + btf.member_offset("seqcount", "sequence")?;
+        let task_mm = btf.member_offset("task_struct", "mm")?;
+        let vma_mm = btf.member_offset("vm_area_struct", "vm_mm")?;
+        let current_task = match ks.get("current_task") {
+            Some(s) => s.addr,
+            None => {
+                let hot = ks.get("pcpu_hot").ok_or(LayoutError::NoCurrentTask)?;
+                hot.addr + u64::from(btf.member_offset("pcpu_hot", "current_task")?)
+            }
+        };
+        // copy_page_range(dst_vma, src_vma) since 5.10.
+        let cpr_src = param_index(btf, "copy_page_range", "src_vma").unwrap_or(1);
+        let mut writers = vec![WriterSpec {
+            symbol: "copy_page_range".into(),
+            mm: vec![MmOrigin::ArgField {
+                index: cpr_src,
+                offset: vma_mm,
+                name: "src_vma->vm_mm".into(),
+            }],
+            required: true,
+        }];
+        if ks.get("copy_hugetlb_page_range").is_some() {
+            // copy_hugetlb_page_range(dst, src, dst_vma, src_vma) since 5.19.
+            let f = "copy_hugetlb_page_range";
+            let mut mm = vec![MmOrigin::Arg {
+                index: param_index(btf, f, "src").unwrap_or(1),
+                name: "src".into(),
+            }];
+            if let Some(i) = param_index(btf, f, "src_vma").or(Some(3)) {
+                mm.push(MmOrigin::ArgField {
+                    index: i,
+                    offset: vma_mm,
+                    name: "src_vma->vm_mm".into(),
+                });
+            }
+            let required = release
+                .and_then(|r| crate::kernel::foll::parse_release(r).ok())
+                .is_some_and(|v| v >= (5, 19));
+            writers.push(WriterSpec {
+                symbol: f.into(),
+                mm,
+                required,
+            });
+        }
+        Ok(SiteLayout {
+            mm_seq,
+            task_mm,
+            current_task,
+            writers,
+            readers: READER_CANDIDATES.iter().map(|s| (*s).to_owned()).collect(),
+        })
+    }
+}
+
+fn to_reg(r: Register) -> Option<Reg> {
+    Some(match r {
+        Register::R15 => Reg::R15,
+        Register::R14 => Reg::R14,
+        Register::R13 => Reg::R13,
+        Register::R12 => Reg::R12,
+        Register::RBP => Reg::Rbp,
+        Register::RBX => Reg::Rbx,
+        Register::R11 => Reg::R11,
+        Register::R10 => Reg::R10,
+        Register::R9 => Reg::R9,
+        Register::R8 => Reg::R8,
+        Register::RAX => Reg::Rax,
+        Register::RCX => Reg::Rcx,
+        Register::RDX => Reg::Rdx,
+        Register::RSI => Reg::Rsi,
+        Register::RDI => Reg::Rdi,
+        _ => return None,
+    })
+}
+
+/// The register's name as the BPF side and the output spell it.
+pub fn reg_name(r: Reg) -> &'static str {
+    match r {
+        Reg::R15 => "r15",
+        Reg::R14 => "r14",
+        Reg::R13 => "r13",
+        Reg::R12 => "r12",
+        Reg::Rbp => "rbp",
+        Reg::Rbx => "rbx",
+        Reg::R11 => "r11",
+        Reg::R10 => "r10",
+        Reg::R9 => "r9",
+        Reg::R8 => "r8",
+        Reg::Rax => "rax",
+        Reg::Rcx => "rcx",
+        Reg::Rdx => "rdx",
+        Reg::Rsi => "rsi",
+        Reg::Rdi => "rdi",
+    }
+}
+
+fn att(ins: &Instruction) -> String {
+    let mut out = String::new();
+    let mut f = GasFormatter::new();
+    f.options_mut().set_uppercase_hex(false);
+    f.format(ins, &mut out);
+    out
+}
+
+struct Analysed {
+    func: Func,
+    flow: Flow,
+}
+
+fn analyse(
+    code: &dyn CodeSource,
+    ks: &Kallsyms,
+    symbol: &str,
+    ctx: &Ctx,
+) -> Result<Analysed, SiteError> {
+    let sym = ks.get(symbol).ok_or_else(|| SiteError::NoSymbol {
+        symbol: symbol.to_owned(),
+    })?;
+    let size = match sym.size {
+        Some(s) if s > 0 && s <= MAX_FUNC_SIZE => s,
+        other => {
+            return Err(SiteError::NoSize {
+                symbol: symbol.to_owned(),
+                size: other,
+            });
+        }
+    };
+    let noreturn = |addr: u64| {
+        ks.containing(addr)
+            .is_some_and(|s| s.addr == addr && NORETURN.contains(&s.name.as_str()))
+    };
+    let func = Func::load(code, symbol, sym.addr, size, &noreturn)?;
+    let flow = Flow::run(&func, ctx);
+    Ok(Analysed { func, flow })
+}
+
+fn memory_site(
+    a: &Analysed,
+    kind: SiteKind,
+    acc: &find::Access,
+    evidence: String,
+) -> Result<Site, SiteError> {
+    let ins = &a.func.insns[acc.idx];
+    let offset = a.func.offset(acc.idx);
+    let base = to_reg(acc.base).ok_or_else(|| SiteError::BadBase {
+        symbol: a.func.symbol.clone(),
+        offset,
+        reg: reg_lower(acc.base),
+    })?;
+    let disp = i32::try_from(acc.disp).map_err(|_| SiteError::BadBase {
+        symbol: a.func.symbol.clone(),
+        offset,
+        reg: format!("a displacement of {:#x}", acc.disp),
+    })?;
+    Ok(Site {
+        kind,
+        symbol: a.func.symbol.clone(),
+        offset,
+        addr: ins.ip(),
+        insn: att(ins),
+        base: Some(base),
+        disp,
+        evidence,
+    })
+}
+
+fn callee_names(ks: &Kallsyms, calls: &[u64]) -> String {
+    let mut names: Vec<String> = calls
+        .iter()
+        .map(|&t| {
+            if t == 0 {
+                "an indirect target".to_owned()
+            } else {
+                ks.containing(t)
+                    .map_or_else(|| format!("{t:#x}"), |s| s.name.clone())
+            }
+        })
+        .collect();
+    names.dedup();
+    names.join(", ")
+}
+
+fn discover_writer(
+    code: &dyn CodeSource,
+    ks: &Kallsyms,
+    ctx: &Ctx,
+    spec: &WriterSpec,
+) -> (Result<Vec<Site>, SiteError>, Vec<String>) {
+    let a = match analyse(code, ks, &spec.symbol, ctx) {
+        Ok(a) => a,
+        Err(e) => return (Err(e), Vec::new()),
+    };
+    let accepted: Vec<Val> = spec.mm.iter().map(MmOrigin::val).collect();
+    let names: Vec<(Val, String)> = spec
+        .mm
+        .iter()
+        .map(|m| (m.val(), m.name().to_owned()))
+        .collect();
+    let pair = match find::find_write_pair(&a.func, &a.flow, ctx, &accepted, &names) {
+        Ok(p) => p,
+        Err(e) => return (Err(e), Vec::new()),
+    };
+    let f = &a.func;
+    let origin = |acc: &find::Access| find::describe_set(&acc.vals, &names);
+    let sites = (|| {
+        Ok(vec![
+            memory_site(
+                &a,
+                SiteKind::WriteBegin,
+                &pair.begin,
+                format!(
+                    "increments [%{}{}] where %{} = {} on every path; write_end (+{:#x}) follows it and never precedes it",
+                    reg_lower(pair.begin.base),
+                    flow::signed_hex(pair.begin.disp),
+                    reg_lower(pair.begin.base),
+                    origin(&pair.begin),
+                    f.offset(pair.end.idx)
+                ),
+            )?,
+            memory_site(
+                &a,
+                SiteKind::WriteEnd,
+                &pair.end,
+                format!(
+                    "increments [%{}{}] where %{} = {} on every path; follows write_begin (+{:#x})",
+                    reg_lower(pair.end.base),
+                    flow::signed_hex(pair.end.disp),
+                    reg_lower(pair.end.base),
+                    origin(&pair.end),
+                    f.offset(pair.begin.idx)
+                ),
+            )?,
+        ])
+    })();
+    (sites, pair.notes)
+}
+
+fn discover_reader(
+    code: &dyn CodeSource,
+    ks: &Kallsyms,
+    ctx: &Ctx,
+    layout: &SiteLayout,
+    symbol: &str,
+) -> (Result<Vec<Site>, SiteError>, Vec<String>) {
+    let a = match analyse(code, ks, symbol, ctx) {
+        Ok(a) => a,
+        Err(e) => return (Err(e), Vec::new()),
+    };
+    let cur_mm = Val::Load(Box::new(Val::Current), i64::from(layout.task_mm));
+    let names = vec![
+        (cur_mm.clone(), "current->mm".to_owned()),
+        (Val::Current, "current".to_owned()),
+    ];
+    let r = match find::find_read_side(&a.func, &a.flow, ctx, &cur_mm, &names) {
+        Ok(r) => r,
+        Err(e) => return (Err(e), Vec::new()),
+    };
+    let f = &a.func;
+    let cmp = format!(
+        "`{}` at +{:#x}",
+        att(&f.insns[r.compare]),
+        f.offset(r.compare)
+    );
+    let br = format!(
+        "`{}` at +{:#x}",
+        att(&f.insns[r.branch]),
+        f.offset(r.branch)
+    );
+    let sites = (|| {
+        let fail_ins = &f.insns[r.fail];
+        Ok(vec![
+            memory_site(
+                &a,
+                SiteKind::ReadBegin,
+                &r.begin,
+                format!(
+                    "loads [%{}{}] where %{} = current->mm (task_struct.mm of %gs:{:#x}) on every path; its value is tested for oddness (odd exits to +{:#x}) and compared by {cmp}",
+                    reg_lower(r.begin.base),
+                    flow::signed_hex(r.begin.disp),
+                    reg_lower(r.begin.base),
+                    layout.current_task,
+                    f.offset(r.odd_exit)
+                ),
+            )?,
+            memory_site(
+                &a,
+                SiteKind::ReadRetry,
+                &r.retry,
+                format!(
+                    "loads [%{}{}] where %{} = current->mm, after read_begin; compared with the read_begin value by {cmp}, consumed by {br}",
+                    reg_lower(r.retry.base),
+                    flow::signed_hex(r.retry.disp),
+                    reg_lower(r.retry.base)
+                ),
+            )?,
+            Site {
+                kind: SiteKind::RetryFail,
+                symbol: f.symbol.clone(),
+                offset: f.offset(r.fail),
+                addr: fail_ins.ip(),
+                insn: att(fail_ins),
+                base: None,
+                disp: 0,
+                evidence: format!(
+                    "the {} side of {br} (value changed); the block calls {} and rejoins the odd-value return path at +{:#x}; the unchanged side is +{:#x}",
+                    if r.fail == r.branch + 1 {
+                        "fall-through"
+                    } else {
+                        "taken"
+                    },
+                    if r.backout_calls.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        callee_names(ks, &r.backout_calls)
+                    },
+                    f.offset(r.odd_exit),
+                    f.offset(r.ok)
+                ),
+            },
+        ])
+    })();
+    (sites, r.notes)
+}
+
+/// Finds every site the layout asks for. Functions that cannot be proven are reported in
+/// [`Plan::functions`] with the reason, and give no sites at all.
+pub fn discover(code: &dyn CodeSource, ks: &Kallsyms, layout: &SiteLayout) -> Plan {
+    let ctx = Ctx {
+        current: layout.current_task,
+        seq_disp: i64::from(layout.mm_seq),
+    };
+    let mut plan = Plan::default();
+    let mut record =
+        |symbol: &str,
+         role: Role,
+         required: bool,
+         (res, notes): (Result<Vec<Site>, SiteError>, Vec<String>)| {
+            let result = res.map(|sites| {
+                let kinds = sites.iter().map(|s| s.kind).collect();
+                plan.sites.extend(sites);
+                kinds
+            });
+            plan.functions.push(FunctionReport {
+                symbol: symbol.to_owned(),
+                role,
+                required,
+                result,
+                notes,
+            });
+        };
+    for w in &layout.writers {
+        record(
+            &w.symbol,
+            Role::Write,
+            w.required,
+            discover_writer(code, ks, &ctx, w),
+        );
+    }
+    match layout.readers.iter().find(|r| ks.get(r).is_some()) {
+        Some(r) => record(
+            r,
+            Role::Read,
+            true,
+            discover_reader(code, ks, &ctx, layout, r),
+        ),
+        None => record(
+            &layout.readers.join("|"),
+            Role::Read,
+            true,
+            (
+                Err(SiteError::NoSymbol {
+                    symbol: layout.readers.join(", "),
+                }),
+                Vec::new(),
+            ),
+        ),
+    }
+    plan
+}
+
+// ---------------------------------------------------------------------------------------------
+// CLI
+
+/// `tracer sites`: list the instruction-level sites of this kernel (or of a given build).
+///
+/// Exit status: 0 every required site was found; 3 discovery refused at least one function
+/// (those run with function-level probes only); 2 bad input.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Offline: read machine code from this vmlinux ELF (or bzImage; the format is detected).
+    #[arg(long, value_name = "PATH", conflicts_with = "image")]
+    pub vmlinux: Option<PathBuf>,
+    /// Offline: read machine code from this bzImage/vmlinuz (zstd or LZ4 payload).
+    #[arg(long, value_name = "PATH")]
+    pub image: Option<PathBuf>,
+    /// BTF of the kernel [default: /sys/kernel/btf/vmlinux live; offline: the image's .BTF section].
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<PathBuf>,
+    /// kallsyms of the kernel [default: /proc/kallsyms; required offline].
+    #[arg(long, value_name = "PATH")]
+    pub kallsyms: Option<PathBuf>,
+    /// Kernel release, for version-dependent expectations [default: uname -r live; offline: the
+    /// image's "Linux version" string].
+    #[arg(long, value_name = "RELEASE")]
+    pub release: Option<String>,
+    /// Print JSON: `[{"kind","symbol","offset","addr","insn","base","disp","evidence"}, ...]`,
+    /// plus `{"kind":"refused","symbol","reason"}` for functions without sites.
+    #[arg(long)]
+    pub json: bool,
+    /// Print SYMBOL's decoded code with the value origins known before each instruction.
+    #[arg(long, value_name = "SYMBOL")]
+    pub explain: Option<String>,
+}
 
-pub fn main(_args: Args) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// Everything discovery reads, loaded from the live system or from files.
+pub struct Inputs {
+    pub code: ElfImage,
+    pub kallsyms: Kallsyms,
+    pub btf: Btf,
+    pub release: Option<String>,
+}
+
+fn live_release() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+impl Inputs {
+    /// Live mode unless `--vmlinux`/`--image` is given.
+    pub fn load(args: &Args) -> anyhow::Result<Inputs> {
+        let offline = args.vmlinux.as_deref().or(args.image.as_deref());
+        let kallsyms_path = match (&args.kallsyms, offline) {
+            (Some(p), _) => p.clone(),
+            (None, None) => PathBuf::from("/proc/kallsyms"),
+            (None, Some(_)) => anyhow::bail!(
+                "offline mode needs --kallsyms PATH: the vmlinux inside a vmlinuz has no symbol table (capture /proc/kallsyms from the booted kernel with nokaslr)"
+            ),
+        };
+        let kallsyms = Kallsyms::from_file(&kallsyms_path)
+            .with_context(|| format!("kallsyms {}", kallsyms_path.display()))?;
+        let code = match offline {
+            Some(p) => ElfImage::from_kernel_file(p)?,
+            None => ElfImage::kcore().map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}: reading the live kernel's code needs /proc/kcore (root, CONFIG_PROC_KCORE); or pass --vmlinux/--image"
+                )
+            })?,
+        };
+        let btf = match (&args.btf, offline) {
+            (Some(p), _) => Btf::from_file(p)?,
+            (None, None) => Btf::from_file("/sys/kernel/btf/vmlinux")?,
+            (None, Some(p)) => {
+                let bytes = code
+                    .section(".BTF")
+                    .with_context(|| format!("{} has no BTF; pass --btf PATH", p.display()))?;
+                Btf::parse(&bytes)?
+            }
+        };
+        let release = match (&args.release, offline) {
+            (Some(r), _) => Some(r.clone()),
+            (None, None) => live_release(),
+            (None, Some(_)) => linux_version(&code),
+        };
+        Ok(Inputs {
+            code,
+            kallsyms,
+            btf,
+            release,
+        })
+    }
+}
+
+/// The release from the image's `Linux version X ...` banner, if its .rodata has one.
+fn linux_version(code: &ElfImage) -> Option<String> {
+    let rodata = code.section(".rodata").ok()?;
+    let needle = b"Linux version ";
+    let at = rodata.windows(needle.len()).position(|w| w == needle)?;
+    let rest = &rodata[at + needle.len()..];
+    let end = rest.iter().position(|&c| c == b' ' || c == 0)?;
+    let r = std::str::from_utf8(&rest[..end]).ok()?;
+    // The banner format string (`%s`) also matches; only a real release starts with a digit.
+    r.starts_with(|c: char| c.is_ascii_digit())
+        .then(|| r.to_owned())
+}
+
+/// Human-readable listing.
+pub fn render_text(plan: &Plan, source: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "machine code: {source}");
+    for s in &plan.sites {
+        let _ = writeln!(
+            out,
+            "{:<11} {}+{:#x}  {:#x}  {:<32}  base={} disp={:#x}",
+            s.kind.name(),
+            s.symbol,
+            s.offset,
+            s.addr,
+            s.insn,
+            s.base.map_or("-", reg_name),
+            s.disp
+        );
+        let _ = writeln!(out, "            evidence: {}", s.evidence);
+    }
+    for f in &plan.functions {
+        match &f.result {
+            Ok(_) => {}
+            Err(e) if f.required => {
+                let _ = writeln!(out, "REFUSED     {e}");
+                let _ = writeln!(
+                    out,
+                    "            {} runs with function-level probes only",
+                    f.symbol
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "none        {e} (not required on this kernel)");
+            }
+        }
+        let notes = match &f.result {
+            Err(SiteError::NotFound { notes, .. }) => notes.iter().chain(&f.notes).collect(),
+            _ => f.notes.iter().collect::<Vec<_>>(),
+        };
+        for n in notes {
+            let _ = writeln!(out, "            note ({}): {n}", f.symbol);
+        }
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct JsonSite<'a> {
+    kind: &'static str,
+    symbol: &'a str,
+    offset: u64,
+    addr: u64,
+    insn: &'a str,
+    base: Option<&'static str>,
+    disp: i32,
+    evidence: &'a str,
+}
+
+/// The JSON listing: sites, then refusals.
+pub fn render_json(plan: &Plan) -> serde_json::Value {
+    let mut items: Vec<serde_json::Value> = plan
+        .sites
+        .iter()
+        .filter_map(|s| {
+            serde_json::to_value(JsonSite {
+                kind: s.kind.name(),
+                symbol: &s.symbol,
+                offset: s.offset,
+                addr: s.addr,
+                insn: &s.insn,
+                base: s.base.map(reg_name),
+                disp: s.disp,
+                evidence: &s.evidence,
+            })
+            .ok()
+        })
+        .collect();
+    for f in &plan.functions {
+        if let Err(e) = &f.result {
+            items.push(serde_json::json!({
+                "kind": if f.required { "refused" } else { "absent" },
+                "symbol": f.symbol,
+                "reason": e.to_string(),
+            }));
+        }
+    }
+    serde_json::Value::Array(items)
+}
+
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let inputs = Inputs::load(&args)?;
+    let layout = SiteLayout::resolve(&inputs.btf, &inputs.kallsyms, inputs.release.as_deref())?;
+    if let Some(symbol) = &args.explain {
+        print!(
+            "{}",
+            explain(&inputs.code, &inputs.kallsyms, &layout, symbol)?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let plan = discover(&inputs.code, &inputs.kallsyms, &layout);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&render_json(&plan))?);
+    } else {
+        print!("{}", render_text(&plan, &inputs.code.describe()));
+    }
+    Ok(if plan.complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// Offline discovery from files: a vmlinux or bzImage, kallsyms, and BTF (or the image's own).
+pub fn discover_files(
+    image: &Path,
+    kallsyms: &Path,
+    btf: Option<&Path>,
+    release: Option<&str>,
+) -> anyhow::Result<(Plan, SiteLayout)> {
+    let args = Args {
+        vmlinux: Some(image.to_owned()),
+        image: None,
+        btf: btf.map(Path::to_owned),
+        kallsyms: Some(kallsyms.to_owned()),
+        release: release.map(str::to_owned),
+        json: false,
+        explain: None,
+    };
+    let inputs = Inputs::load(&args)?;
+    let layout = SiteLayout::resolve(&inputs.btf, &inputs.kallsyms, inputs.release.as_deref())?;
+    Ok((discover(&inputs.code, &inputs.kallsyms, &layout), layout))
+}
+
+/// The decoded function with what the analysis knows at each reachable instruction: for
+/// `tracer sites --explain SYMBOL`, to see why a build was refused.
+pub fn explain(
+    code: &dyn CodeSource,
+    ks: &Kallsyms,
+    layout: &SiteLayout,
+    symbol: &str,
+) -> Result<String, SiteError> {
+    let ctx = Ctx {
+        current: layout.current_task,
+        seq_disp: i64::from(layout.mm_seq),
+    };
+    let a = analyse(code, ks, symbol, &ctx)?;
+    let mut names = vec![
+        (
+            Val::Load(Box::new(Val::Current), i64::from(layout.task_mm)),
+            "current->mm".to_owned(),
+        ),
+        (Val::Current, "current".to_owned()),
+    ];
+    for w in layout.writers.iter().filter(|w| w.symbol == symbol) {
+        names.extend(w.mm.iter().map(|m| (m.val(), m.name().to_owned())));
+    }
+    let show = |v: &flow::Vs| find::describe_set(v, &names);
+    let mut out = String::new();
+    for (i, ins) in a.func.insns.iter().enumerate() {
+        let Some(st) = a.flow.states.get(i).and_then(Option::as_ref) else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "+{:#06x}  {:<40} | {}",
+            a.func.offset(i),
+            att(ins),
+            st.describe(&show)
+        );
+    }
+    Ok(out)
 }

@@ -438,6 +438,7 @@ fn draw_loop(
                 recording: recording.clone(),
                 checker: s.checker_status.clone(),
                 note: s.note.clone(),
+                paused: view.paused,
                 new_while_paused: frozen
                     .as_ref()
                     .map_or(0, |(m, _)| s.model.events - m.events),

@@ -33,6 +33,8 @@ pub struct Status {
     pub checker: String,
     /// The latest note for the person (export written, errors).
     pub note: Option<String>,
+    /// The screen is frozen (`p`).
+    pub paused: bool,
     /// Events that arrived since the pause (the paused screen is a frozen copy).
     pub new_while_paused: u64,
 }
@@ -62,7 +64,7 @@ pub fn draw(f: &mut Frame, model: &Model, view: &View, st: &Status) {
         7
     };
     let [header, table, charts, bottom, footer] = Layout::vertical([
-        Constraint::Length(2),
+        Constraint::Length(3),
         Constraint::Length(table_h),
         Constraint::Length(chart_h),
         Constraint::Min(3),
@@ -133,59 +135,57 @@ fn draw_header(f: &mut Frame, area: Rect, model: &Model, st: &Status) {
     let mode = model.attach_mode();
     let line1 = Line::from(vec![
         Span::styled("tracer", Style::new().bold()),
-        Span::raw(format!(
-            " · {kernel} · {mode}-level (? plan) · {}",
-            st.source
-        )),
+        Span::raw(format!(" · kernel {kernel} · {mode}-level (? plan)")),
     ]);
+    let red_if = |n: u64| {
+        if n > 0 {
+            Style::new().fg(Color::Red).bold()
+        } else {
+            Style::new()
+        }
+    };
     let lost = model.total_lost();
-    let mut spans = vec![
+    let mut counters = vec![
         Span::raw(format!(
             "events {} · {}/s · ",
             model.events,
             model.rate_now(st.now_ns)
         )),
-        Span::styled(
-            format!("lost {lost}"),
-            if lost > 0 {
-                Style::new().fg(Color::Red).bold()
-            } else {
-                Style::new()
-            },
-        ),
+        Span::styled(format!("lost {lost}"), red_if(lost)),
         Span::raw(" · "),
         Span::styled(
             format!("violations {}", model.violations),
-            if model.violations > 0 {
-                Style::new().fg(Color::Red).bold()
-            } else {
-                Style::new()
-            },
+            red_if(model.violations),
         ),
         Span::raw(format!(" · {}", clock(model.elapsed_ns(st.now_ns)))),
     ];
     if let Some(c) = st.cpu_pct {
-        spans.push(Span::raw(format!(" · cpu {c:.1}%")));
+        counters.push(Span::raw(format!(" · cpu {c:.1}%")));
+    }
+    // The state line: where the records come from, paused, recording, the latest note.
+    let mut state = vec![Span::raw(st.source.clone())];
+    if st.paused {
+        state.push(Span::styled(
+            format!(" · PAUSED (+{} new)", st.new_while_paused),
+            Style::new().fg(Color::Yellow).bold(),
+        ));
     }
     if let Some(r) = &st.recording {
-        spans.push(Span::styled(
+        state.push(Span::styled(
             format!(" · REC {r}"),
             Style::new().fg(Color::Red),
         ));
     }
-    if st.new_while_paused > 0 || st.source.contains("paused") {
-        spans.push(Span::styled(
-            format!(" · PAUSED +{}", st.new_while_paused),
-            Style::new().fg(Color::Yellow).bold(),
-        ));
-    }
     if let Some(n) = &st.note {
-        spans.push(Span::styled(
+        state.push(Span::styled(
             format!(" · {n}"),
             Style::new().fg(Color::Cyan),
         ));
     }
-    f.render_widget(Paragraph::new(vec![line1, Line::from(spans)]), area);
+    f.render_widget(
+        Paragraph::new(vec![line1, Line::from(counters), Line::from(state)]),
+        area,
+    );
 }
 
 fn draw_table(f: &mut Frame, area: Rect, model: &Model, view: &View) {
@@ -229,19 +229,25 @@ fn draw_table(f: &mut Frame, area: Rect, model: &Model, view: &View) {
         }
         row
     });
+    let wide = area.width >= 120;
+    let n = |small: u16, big: u16| Constraint::Length(if wide { big } else { small });
     let widths = [
-        Constraint::Min(8),
-        Constraint::Length(7),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(5),
-        Constraint::Length(5),
-        Constraint::Length(5),
-        Constraint::Length(6),
-        Constraint::Length(5),
-        Constraint::Length(5),
-        Constraint::Length(5),
-        Constraint::Length(4),
+        if wide {
+            Constraint::Length(16)
+        } else {
+            Constraint::Min(8)
+        },
+        n(7, 8),
+        n(6, 10),
+        n(6, 10),
+        n(5, 6),
+        n(5, 8),
+        n(5, 8),
+        n(6, 8),
+        n(5, 8),
+        n(5, 8),
+        n(5, 8),
+        n(4, 6),
     ];
     let mut title = format!(" mms {} · sort {} ", rows.len(), view.sort.name());
     if let Some(flt) = &view.filter {
@@ -253,6 +259,7 @@ fn draw_table(f: &mut Frame, area: Rect, model: &Model, view: &View) {
     let table = Table::new(body, widths)
         .header(header)
         .column_spacing(1)
+        .flex(ratatui::layout::Flex::Start)
         .block(block(title, view.pane == Pane::Table))
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
     let mut state = TableState::default();
@@ -467,40 +474,64 @@ fn draw_violations(
     let title = title.unwrap_or_else(|| format!(" violations {} ", model.violations));
     let b = block(title, view.pane == Pane::Violations).title_bottom(format!(" {} ", st.checker));
     let inner = b.inner(area);
+    f.render_widget(b, area);
     let list = view.findings(model);
-    let h = usize::from(inner.height).max(1);
-    let sel = view.viol_sel.min(list.len().saturating_sub(1));
-    let start = sel.saturating_sub(h - 1);
-    let lines: Vec<Line> = if list.is_empty() {
-        vec![Line::styled("no violations", DIM)]
+    if list.is_empty() {
+        f.render_widget(Paragraph::new(Line::styled("no violations", DIM)), inner);
+        return;
+    }
+    let sel = view.viol_sel.min(list.len() - 1);
+    // With the pane focused, the selected violation is also shown whole, wrapped, below the
+    // one-line list.
+    let list_h = if view.pane == Pane::Violations && inner.height >= 4 {
+        (list.len() as u16).clamp(1, inner.height / 2)
     } else {
-        list.iter()
-            .enumerate()
-            .skip(start)
-            .take(h)
-            .map(|(i, v)| {
-                let lines = v
-                    .lines
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let mut l = Line::from(vec![
-                    Span::styled(format!("{} ", v.rule), Style::new().fg(Color::Red).bold()),
-                    Span::raw(format!(
-                        "line {lines} {}: {}",
-                        v.mm.as_deref().unwrap_or("-"),
-                        v.message
-                    )),
-                ]);
-                if i == sel && view.pane == Pane::Violations {
-                    l = l.style(Style::new().add_modifier(Modifier::REVERSED));
-                }
-                l
-            })
-            .collect()
+        inner.height
     };
-    f.render_widget(Paragraph::new(lines).block(b), area);
+    let [list_area, detail] =
+        Layout::vertical([Constraint::Length(list_h), Constraint::Min(0)]).areas(inner);
+    let detail_h = detail.height;
+    let h = usize::from(list_area.height).max(1);
+    let start = sel.saturating_sub(h - 1);
+    let joined = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let lines: Vec<Line> = list
+        .iter()
+        .enumerate()
+        .skip(start)
+        .take(h)
+        .map(|(i, v)| {
+            let mut l = Line::from(vec![
+                Span::styled(format!("{} ", v.rule), Style::new().fg(Color::Red).bold()),
+                Span::raw(format!(
+                    "line {} {}: {}",
+                    joined(&v.lines),
+                    v.mm.as_deref().unwrap_or("-"),
+                    v.message
+                )),
+            ]);
+            if i == sel && view.pane == Pane::Violations {
+                l = l.style(Style::new().add_modifier(Modifier::REVERSED));
+            }
+            l
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines), list_area);
+    if detail_h > 0 {
+        let v = list[sel];
+        let text = vec![
+            Line::styled(
+                format!(
+                    "{} · {} · lines {}",
+                    v.rule,
+                    v.mm.as_deref().unwrap_or("-"),
+                    joined(&v.lines)
+                ),
+                Style::new().bold().fg(Color::Red),
+            ),
+            Line::raw(v.message.clone()),
+        ];
+        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), detail);
+    }
 }
 
 fn draw_messages(f: &mut Frame, area: Rect, model: &Model, view: &View, title: String) {

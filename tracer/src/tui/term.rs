@@ -11,7 +11,15 @@ use std::{
     time::Instant,
 };
 
-use ratatui::DefaultTerminal;
+use ratatui::{
+    DefaultTerminal, Terminal,
+    backend::CrosstermBackend,
+    crossterm::{
+        cursor::Show,
+        execute,
+        terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode},
+    },
+};
 
 /// The real stderr while it is redirected (-1 otherwise), for the panic hook.
 static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
@@ -25,6 +33,25 @@ fn restore_stderr() {
             libc::dup2(fd, 2);
             libc::close(fd);
         }
+    }
+}
+
+/// Whether raw mode and the alternate screen are on: restoring twice would leave the
+/// alternate screen twice, and terminals then jump the cursor back over what was printed.
+static TERMINAL_TAKEN: AtomicBool = AtomicBool::new(false);
+
+fn enter_terminal() -> io::Result<DefaultTerminal> {
+    TERMINAL_TAKEN.store(true, Ordering::SeqCst);
+    enable_raw_mode()?;
+    execute!(io::stdout(), EnterAlternateScreen)?;
+    Terminal::new(CrosstermBackend::new(io::stdout()))
+}
+
+fn restore_terminal() {
+    if TERMINAL_TAKEN.swap(false, Ordering::SeqCst) {
+        // Nothing useful can be done if this fails: the process is on its way out.
+        let _ = disable_raw_mode();
+        let _ = execute!(io::stdout(), LeaveAlternateScreen, Show);
     }
 }
 
@@ -98,17 +125,17 @@ impl Session {
             }
         }
 
-        // Chained before ratatui's own hook, which restores the terminal first and then calls
-        // this one: stderr comes back before the panic message is printed.
+        // Restore first, then let the previous hook print the panic on the normal screen.
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
             restore_stderr();
             prev(info);
         }));
-        let terminal = match ratatui::try_init() {
+        let terminal = match enter_terminal() {
             Ok(t) => t,
             Err(e) => {
-                ratatui::restore();
+                restore_terminal();
                 restore_stderr();
                 return Err(e);
             }
@@ -123,7 +150,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        ratatui::restore();
+        restore_terminal();
         restore_stderr();
         for id in self.sig_ids.drain(..) {
             signal_hook::low_level::unregister(id);

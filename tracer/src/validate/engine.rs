@@ -268,8 +268,9 @@ pub struct Validator {
     released_ts: Option<u64>,
     mm_ids: FastMap<Box<str>, u32>,
     mms: Vec<MmState>,
-    /// One-entry cache for interning: consecutive events usually share an mm.
-    last_mm: Option<u32>,
+    /// Recently used mm ids (round-robin replacement); `u32::MAX` is an empty slot.
+    recent_mms: [u32; 8],
+    recent_next: usize,
     threads: FastMap<u32, Thread>,
     stats: Stats,
     events: u64,
@@ -304,7 +305,8 @@ impl Validator {
             released_ts: None,
             mm_ids: FastMap::default(),
             mms: Vec::new(),
-            last_mm: None,
+            recent_mms: [u32::MAX; 8],
+            recent_next: 0,
             threads: FastMap::default(),
             stats: Stats::default(),
             events: 0,
@@ -371,11 +373,11 @@ impl Validator {
     }
 
     fn intern(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.last_mm
-            && let Some(m) = self.mms.get(id as usize)
-            && &*m.name == name
-        {
-            return id;
+        // Events of a few busy mms interleave: a small most-recently-used cache avoids hashing.
+        for &id in &self.recent_mms {
+            if self.mms.get(id as usize).is_some_and(|m| &*m.name == name) {
+                return id;
+            }
         }
         let id = match self.mm_ids.get(name) {
             Some(&id) => id,
@@ -394,7 +396,11 @@ impl Validator {
                 id
             }
         };
-        self.last_mm = Some(id);
+        let slot = self.recent_next % self.recent_mms.len();
+        if let Some(r) = self.recent_mms.get_mut(slot) {
+            *r = id;
+        }
+        self.recent_next = self.recent_next.wrapping_add(1);
         id
     }
 
@@ -408,7 +414,14 @@ impl Validator {
         // always at or near the back.
         match self.buf.back() {
             Some(b) if b.ts > ev.ts => {
-                let pos = self.buf.partition_point(|x| x.ts <= ev.ts);
+                // Usually only a few places from the back: scan those, else binary search.
+                let n = self.buf.len();
+                let near =
+                    (1..=n.min(16)).find(|&k| self.buf.get(n - k).is_some_and(|x| x.ts <= ev.ts));
+                let pos = match near {
+                    Some(k) => n - k + 1,
+                    None => self.buf.partition_point(|x| x.ts <= ev.ts),
+                };
                 self.buf.insert(pos, ev);
             }
             _ => self.buf.push_back(ev),

@@ -175,6 +175,30 @@ impl<'a> Cur<'a> {
         }
     }
 
+    fn uint(&mut self) -> Option<u64> {
+        match self.int()? {
+            (false, v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        u32::try_from(self.uint()?).ok()
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        let (neg, v) = self.int()?;
+        i(Val::Int(neg, v))
+    }
+
+    fn boolean(&mut self) -> Option<bool> {
+        if self.lit(b"true").is_some() {
+            Some(true)
+        } else {
+            self.lit(b"false").map(|()| false)
+        }
+    }
+
     fn value(&mut self) -> Option<Val<'a>> {
         match *self.b.get(self.i)? {
             b'"' => self.string().map(Val::Str),
@@ -257,8 +281,137 @@ fn i(v: Val<'_>) -> Option<i64> {
     }
 }
 
+fn kind_of(name: &[u8]) -> Option<Kind> {
+    Some(match name {
+        b"cpr_enter" => Kind::CprEnter,
+        b"cpr_exit" => Kind::CprExit,
+        b"gup_enter" => Kind::GupEnter,
+        b"gup_exit" => Kind::GupExit,
+        b"write_begin" => Kind::WriteBegin,
+        b"write_end" => Kind::WriteEnd,
+        b"read_begin" => Kind::ReadBegin,
+        b"read_retry" => Kind::ReadRetry,
+        b"retry_fail" => Kind::RetryFail,
+        _ => return None,
+    })
+}
+
+/// The exact layout `Event::write_json` produces: fixed literals between the values, so each
+/// field costs one prefix comparison. Any deviation returns `None` (the general path decides).
+fn parse_canonical(line: &str) -> Option<FastEvent<'_>> {
+    let mut c = Cur {
+        s: line,
+        b: line.as_bytes(),
+        i: 0,
+    };
+    c.lit(b"{\"kind\":")?;
+    let kind = kind_of(c.string()?.as_bytes())?;
+    c.lit(b",\"ts\":")?;
+    let ts = c.uint()?;
+    c.lit(b",\"cpu\":")?;
+    let cpu = c.u32()?;
+    c.lit(b",\"pid\":")?;
+    let pid = c.u32()?;
+    c.lit(b",\"tid\":")?;
+    let tid = c.u32()?;
+    c.lit(b",\"comm\":")?;
+    let comm = c.string()?;
+    c.lit(b",\"mm\":")?;
+    let mm = c.string()?;
+    let mm_addr = if c.lit(b",\"mm_addr\":").is_some() {
+        Some(parse_hex(c.string()?)?)
+    } else {
+        None
+    };
+    let body = match kind {
+        Kind::CprEnter => {
+            c.lit(b",\"vma_start\":")?;
+            let vma_start = parse_hex(c.string()?)?;
+            c.lit(b",\"vma_end\":")?;
+            let vma_end = parse_hex(c.string()?)?;
+            c.lit(b",\"cow\":")?;
+            let cow = c.boolean()?;
+            c.lit(b",\"seq\":")?;
+            Body::CprEnter {
+                vma_start,
+                vma_end,
+                cow,
+                seq: c.u32()?,
+            }
+        }
+        Kind::CprExit => {
+            c.lit(b",\"seq\":")?;
+            let seq = c.u32()?;
+            c.lit(b",\"ret\":")?;
+            Body::CprExit { seq, ret: c.i64()? }
+        }
+        Kind::GupEnter => {
+            c.lit(b",\"start\":")?;
+            let start = parse_hex(c.string()?)?;
+            c.lit(b",\"nr_pages\":")?;
+            let nr_pages = c.uint()?;
+            c.lit(b",\"flags\":")?;
+            let flags = c.u32()?;
+            c.lit(b",\"pin\":")?;
+            let pin = c.boolean()?;
+            c.lit(b",\"fast_only\":")?;
+            let fast_only = c.boolean()?;
+            c.lit(b",\"longterm\":")?;
+            let longterm = c.boolean()?;
+            c.lit(b",\"seq\":")?;
+            Body::GupEnter {
+                start,
+                nr_pages,
+                flags,
+                pin,
+                fast_only,
+                longterm,
+                seq: c.u32()?,
+            }
+        }
+        Kind::GupExit => {
+            c.lit(b",\"ret\":")?;
+            let ret = c.i64()?;
+            c.lit(b",\"seq\":")?;
+            Body::GupExit { ret, seq: c.u32()? }
+        }
+        k @ (Kind::WriteBegin
+        | Kind::WriteEnd
+        | Kind::ReadBegin
+        | Kind::ReadRetry
+        | Kind::RetryFail) => {
+            c.lit(b",\"seq\":")?;
+            Body::Site {
+                kind: k,
+                seq: c.u32()?,
+            }
+        }
+    };
+    c.lit(b"}")?;
+    if c.i != c.b.len() {
+        return None;
+    }
+    Some(FastEvent {
+        ts,
+        cpu,
+        pid,
+        tid,
+        comm,
+        mm,
+        mm_addr,
+        body,
+    })
+}
+
 /// Parses an event line, or returns `None` when the slow reader must decide.
 pub fn parse_event(line: &str) -> Option<FastEvent<'_>> {
+    if let Some(e) = parse_canonical(line) {
+        return Some(e);
+    }
+    parse_general(line)
+}
+
+fn parse_general(line: &str) -> Option<FastEvent<'_>> {
     let mut c = Cur {
         s: line,
         b: line.as_bytes(),

@@ -9,7 +9,7 @@ pub mod fast;
 use std::{
     fmt::Write as _,
     fs::File,
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, Read, Write},
     process::ExitCode,
 };
 
@@ -59,39 +59,94 @@ pub enum InputError {
     Empty,
 }
 
+/// Splits a byte stream into lines without copying each one (memchr over a large buffer).
+struct Lines<R> {
+    rd: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl<R: Read> Lines<R> {
+    fn new(rd: R) -> Self {
+        Lines {
+            rd,
+            buf: vec![0; 1 << 20],
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+
+    /// The next line without its `\n`, or `None` at the end.
+    fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
+        loop {
+            let pending = self.buf.get(self.start..self.end).unwrap_or_default();
+            if let Some(k) = memchr::memchr(b'\n', pending) {
+                let (s, e) = (self.start, self.start + k);
+                self.start = e + 1;
+                return Ok(self.buf.get(s..e));
+            }
+            if self.eof {
+                if self.start < self.end {
+                    let (s, e) = (self.start, self.end);
+                    self.start = e;
+                    return Ok(self.buf.get(s..e));
+                }
+                return Ok(None);
+            }
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end == self.buf.len() {
+                // A line longer than the buffer: grow it (bounded by the longest line).
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            let room = self.buf.get_mut(self.end..).unwrap_or_default();
+            match self.rd.read(room) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// Validates a whole log from a reader. The fast path handles plain event lines; everything
 /// else goes through [`Record::parse`].
 pub fn validate_reader<R: Read>(input: R, opts: Options) -> Result<Report, InputError> {
-    let mut rd = BufReader::with_capacity(1 << 20, input);
-    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    let mut lines = Lines::new(input);
     let mut line: u64 = 0;
     let mut v: Option<Validator> = None;
     let mut after_summary = false;
     loop {
-        buf.clear();
-        let n = rd
-            .read_until(b'\n', &mut buf)
-            .map_err(|err| InputError::Read {
-                line: line + 1,
-                err,
-            })?;
-        if n == 0 {
-            break;
-        }
+        let bytes = match lines.next_line() {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(err) => {
+                return Err(InputError::Read {
+                    line: line + 1,
+                    err,
+                });
+            }
+        };
         line += 1;
-        let text = std::str::from_utf8(&buf).map_err(|_| InputError::NotUtf8 { line })?;
-        let text = text.trim_end_matches(['\n', '\r']);
+        let text = std::str::from_utf8(bytes).map_err(|_| InputError::NotUtf8 { line })?;
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if let Some(val) = v.as_mut()
+            && !after_summary
+            && let Some(fe) = fast::parse_event(text)
+        {
+            val.push_fast(line, &fe);
+            continue;
+        }
         if text.trim().is_empty() {
             continue;
         }
         if after_summary {
             return Err(InputError::AfterSummary { line });
-        }
-        if let Some(val) = v.as_mut()
-            && let Some(fe) = fast::parse_event(text)
-        {
-            val.push_fast(line, &fe);
-            continue;
         }
         let rec = Record::parse(text).map_err(|err| InputError::Parse { line, err })?;
         match (&mut v, &rec) {

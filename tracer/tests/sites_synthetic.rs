@@ -1,0 +1,628 @@
+//! Site discovery on functions assembled here with iced-x86's encoder: the real shapes are found
+//! at the right offsets, and perturbed versions (other displacement, other base-register origin,
+//! look-alike increments and loads, an unconsumed retry load, a missing back-out block, a
+//! breakpoint) give no site, or only the right ones.
+use std::error::Error;
+
+use iced_x86::{
+    BlockEncoderOptions,
+    code_asm::{
+        CodeAssembler, CodeLabel, al, dword_ptr, eax, ebx, ecx, edx, esi, qword_ptr, r12, r12b,
+        r12d, r13, rax, rbx, rcx, rdi, rdx, rsi, rsp,
+    },
+};
+use tracer::{
+    kernel::{
+        image::{CodeSource, ImageError},
+        kallsyms::Kallsyms,
+    },
+    sites::{MmOrigin, Plan, SiteError, SiteKind, SiteLayout, WriterSpec, discover},
+};
+
+type R<T> = Result<T, Box<dyn Error>>;
+
+const BASE: u64 = 0xffff_ffff_8100_0000;
+const CPR: u64 = BASE;
+const GUP: u64 = BASE + 0x1000;
+const HELPER: u64 = BASE + 0x2000;
+const UNPIN: u64 = BASE + 0x2100;
+const END: u64 = BASE + 0x3000;
+
+const SEQ: i32 = 0x138;
+const TASK_MM: i32 = 0x900;
+const VMA_MM: i32 = 0x10;
+const CURRENT: u64 = 0x35000;
+
+/// Kernel text held in memory, padded with int3 like the real thing.
+struct Mem {
+    bytes: Vec<u8>,
+}
+
+impl Mem {
+    fn new(funcs: &[(u64, &[u8])]) -> Mem {
+        let mut bytes = vec![0xcc; (END - BASE) as usize];
+        for (addr, code) in funcs {
+            let at = (addr - BASE) as usize;
+            bytes[at..at + code.len()].copy_from_slice(code);
+        }
+        // Helpers just return.
+        bytes[(HELPER - BASE) as usize] = 0xc3;
+        bytes[(UNPIN - BASE) as usize] = 0xc3;
+        Mem { bytes }
+    }
+}
+
+impl CodeSource for Mem {
+    fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>, ImageError> {
+        let unmapped = || ImageError::Unmapped {
+            what: "test".into(),
+            addr,
+            len,
+        };
+        let at = addr.checked_sub(BASE).ok_or_else(unmapped)? as usize;
+        self.bytes
+            .get(at..at + len)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(unmapped)
+    }
+    fn describe(&self) -> String {
+        "assembled test code".into()
+    }
+}
+
+fn kallsyms() -> R<Kallsyms> {
+    let text = format!(
+        "{CPR:x} T copy_page_range\n{GUP:x} t gup_fast_fallback\n{HELPER:x} T helper\n{UNPIN:x} T unpin_helper\n{END:x} T _etext\n{CURRENT:016x} A current_task\n"
+    );
+    Ok(Kallsyms::parse(&text)?)
+}
+
+fn layout() -> SiteLayout {
+    SiteLayout {
+        mm_seq: SEQ as u32,
+        task_mm: TASK_MM as u32,
+        current_task: CURRENT,
+        writers: vec![WriterSpec {
+            symbol: "copy_page_range".into(),
+            mm: vec![MmOrigin::ArgField {
+                index: 1,
+                offset: VMA_MM as u32,
+                name: "src_vma->vm_mm".into(),
+            }],
+            required: true,
+        }],
+        readers: vec!["gup_fast_fallback".into()],
+    }
+}
+
+/// Assembles at `ip`; returns the bytes and a label resolver.
+fn assemble(a: &mut CodeAssembler, ip: u64) -> R<(Vec<u8>, impl Fn(&CodeLabel) -> R<u64>)> {
+    let res = a.assemble_options(ip, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+    let bytes = res.inner.code_buffer.clone();
+    Ok((bytes, move |l: &CodeLabel| -> R<u64> {
+        Ok(res.label_ip(l)? - ip)
+    }))
+}
+
+// ------------------------------------------------------------------------------------------
+// The write side
+
+#[derive(Clone, Copy, Default)]
+struct Cpr {
+    /// Added to the displacement of both increments.
+    disp_delta: i32,
+    /// Take the mm from dst_vma (arg 0) instead of src_vma.
+    from_dst: bool,
+    /// On one path the base holds dst_vma->vm_mm, on the other src_vma->vm_mm.
+    merged_origin: bool,
+    /// Add look-alike increments: another field of src mm, and the seq field of dst mm.
+    lookalikes: bool,
+    /// A third increment of the real seqcount.
+    third: bool,
+    /// Use `inc` for write_end.
+    inc_end: bool,
+    /// Put write_end before write_begin in the layout (reached by a jump).
+    reversed_layout: bool,
+}
+
+struct Built {
+    bytes: Vec<u8>,
+    offs: Vec<(SiteKind, u64)>,
+}
+
+fn build_cpr(o: Cpr) -> R<Built> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut nocow = a.create_label();
+    let mut l_begin = a.create_label();
+    let mut l_end = a.create_label();
+    let mut other = a.create_label();
+    let mut join = a.create_label();
+    let mut tail = a.create_label();
+    let seq = SEQ + o.disp_delta;
+    a.push(rbx)?;
+    a.push(r12)?;
+    a.sub(rsp, 0x28)?;
+    a.mov(rbx, rdi)?;
+    if o.from_dst {
+        a.mov(rax, qword_ptr(rdi + VMA_MM))?;
+    } else {
+        a.mov(rax, qword_ptr(rsi + VMA_MM))?;
+    }
+    a.mov(qword_ptr(rsp + 0x10), rax)?;
+    a.test(dword_ptr(rsi + 0x20), 0x1000)?;
+    a.je(nocow)?;
+    a.mov(rax, qword_ptr(rsp + 0x10))?;
+    if o.merged_origin {
+        a.test(edx, 1)?;
+        a.jne(other)?;
+        a.jmp(join)?;
+        a.set_label(&mut other)?;
+        a.mov(rax, qword_ptr(rbx + VMA_MM))?;
+        a.set_label(&mut join)?;
+        a.mov(rcx, rax)?;
+    }
+    if o.reversed_layout {
+        a.jmp(l_begin)?;
+        a.set_label(&mut tail)?;
+        a.mov(rax, qword_ptr(rsp + 0x10))?;
+        a.set_label(&mut l_end)?;
+        a.add(dword_ptr(rax + seq), 1)?;
+        a.jmp(nocow)?;
+        a.set_label(&mut l_begin)?;
+        a.add(dword_ptr(rax + seq), 1)?;
+        a.mov(rdi, rbx)?;
+        a.call(HELPER)?;
+        a.jmp(tail)?;
+    } else {
+        a.set_label(&mut l_begin)?;
+        a.add(dword_ptr(rax + seq), 1)?;
+        a.mov(rdi, rbx)?;
+        a.call(HELPER)?;
+        if o.lookalikes {
+            a.mov(rcx, qword_ptr(rsp + 0x10))?;
+            a.add(dword_ptr(rcx + seq + 8), 1)?;
+            a.mov(rdx, qword_ptr(rbx + VMA_MM))?;
+            a.add(dword_ptr(rdx + seq), 1)?;
+        }
+        if o.third {
+            a.mov(rcx, qword_ptr(rsp + 0x10))?;
+            a.add(dword_ptr(rcx + seq), 1)?;
+        }
+        a.mov(rax, qword_ptr(rsp + 0x10))?;
+        a.set_label(&mut l_end)?;
+        if o.inc_end {
+            a.inc(dword_ptr(rax + seq))?;
+        } else {
+            a.add(dword_ptr(rax + seq), 1)?;
+        }
+    }
+    a.set_label(&mut nocow)?;
+    a.xor(eax, eax)?;
+    a.add(rsp, 0x28)?;
+    a.pop(r12)?;
+    a.pop(rbx)?;
+    a.ret()?;
+    let (bytes, ip) = assemble(&mut a, CPR)?;
+    Ok(Built {
+        bytes,
+        offs: vec![
+            (SiteKind::WriteBegin, ip(&l_begin)?),
+            (SiteKind::WriteEnd, ip(&l_end)?),
+        ],
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// The read side
+
+#[derive(Clone, Copy, Default, PartialEq)]
+enum Retry {
+    /// `cmp; jne backout` (back-out block is the branch target).
+    #[default]
+    Jne,
+    /// `cmp; je success` (back-out block is the fall-through).
+    Je,
+    /// The retry value is loaded and never compared.
+    Unconsumed,
+    /// `cmp; setne` instead of a branch.
+    Setne,
+    /// `jne` straight to `return 0`, no unpin.
+    NoUnpin,
+    /// Both sides of the branch go to the same place.
+    SameSides,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Gup {
+    retry: Retry,
+    /// Read the seqcount through arg 0's field instead of current->mm (both loads).
+    other_origin: bool,
+    /// Read `current` from another per-cpu variable.
+    other_percpu: bool,
+    /// Extra look-alike load: the same displacement through the pages pointer.
+    lookalike: bool,
+    /// Keep `current` in a stack slot across the walk instead of re-reading %gs.
+    spill_current: bool,
+}
+
+fn load_current_mm(a: &mut CodeAssembler, o: Gup) -> R<()> {
+    if o.other_origin {
+        a.mov(rax, qword_ptr(rdi + TASK_MM))?;
+    } else {
+        let pcpu = if o.other_percpu { CURRENT + 8 } else { CURRENT };
+        a.mov(rax, qword_ptr(pcpu).gs())?;
+        a.mov(rax, qword_ptr(rax + TASK_MM))?;
+    }
+    Ok(())
+}
+
+fn build_gup(o: Gup) -> R<Built> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut walk = a.create_label();
+    let mut success = a.create_label();
+    let mut backout = a.create_label();
+    let mut ret0 = a.create_label();
+    let mut out = a.create_label();
+    let mut l_begin = a.create_label();
+    let mut l_retry = a.create_label();
+    a.push(rbx)?;
+    a.push(r12)?;
+    a.push(r13)?;
+    a.sub(rsp, 0x20)?;
+    a.mov(r13, rcx)?;
+    a.mov(ebx, edx)?;
+    a.xor(r12d, r12d)?;
+    if o.spill_current {
+        // As 6.12's gup_fast_fallback does: `current` saved on every path into the walk.
+        a.mov(rax, qword_ptr(CURRENT).gs())?;
+        a.mov(qword_ptr(rsp + 0x10), rax)?;
+    }
+    a.test(ebx, 1)?;
+    a.je(walk)?;
+    if o.spill_current {
+        a.mov(rax, qword_ptr(rax + TASK_MM))?;
+    } else {
+        load_current_mm(&mut a, o)?;
+    }
+    a.set_label(&mut l_begin)?;
+    a.mov(r12d, dword_ptr(rax + SEQ))?;
+    a.test(r12b, 1)?;
+    a.jne(ret0)?;
+    a.set_label(&mut walk)?;
+    if o.lookalike {
+        a.mov(ecx, dword_ptr(r13 + SEQ))?;
+        a.mov(dword_ptr(rsp + 0x18), ecx)?;
+    }
+    a.mov(rdi, r13)?;
+    a.call(HELPER)?;
+    a.mov(dword_ptr(rsp + 8), eax)?;
+    a.test(ebx, 1)?;
+    a.je(success)?;
+    if o.spill_current {
+        a.mov(rax, qword_ptr(rsp + 0x10))?;
+        a.mov(rax, qword_ptr(rax + TASK_MM))?;
+    } else {
+        load_current_mm(&mut a, o)?;
+    }
+    a.set_label(&mut l_retry)?;
+    a.mov(eax, dword_ptr(rax + SEQ))?;
+    let mut l_fail = a.create_label();
+    match o.retry {
+        Retry::Jne | Retry::NoUnpin | Retry::SameSides => {
+            a.cmp(eax, r12d)?;
+            match o.retry {
+                Retry::NoUnpin => a.jne(ret0)?,
+                Retry::SameSides => a.jne(success)?,
+                _ => a.jne(backout)?,
+            }
+        }
+        Retry::Je => {
+            a.cmp(eax, r12d)?;
+            a.je(success)?;
+            a.set_label(&mut l_fail)?;
+            a.mov(rdi, r13)?;
+            a.mov(esi, dword_ptr(rsp + 8))?;
+            a.call(UNPIN)?;
+            a.jmp(ret0)?;
+        }
+        Retry::Unconsumed => {}
+        Retry::Setne => {
+            a.cmp(eax, r12d)?;
+            a.setne(al)?;
+            a.mov(dword_ptr(rsp + 0x18), eax)?;
+        }
+    }
+    a.set_label(&mut success)?;
+    a.mov(eax, dword_ptr(rsp + 8))?;
+    a.jmp(out)?;
+    a.set_label(&mut backout)?;
+    a.mov(rdi, r13)?;
+    a.mov(esi, dword_ptr(rsp + 8))?;
+    a.call(UNPIN)?;
+    a.set_label(&mut ret0)?;
+    a.xor(eax, eax)?;
+    a.set_label(&mut out)?;
+    a.add(rsp, 0x20)?;
+    a.pop(r13)?;
+    a.pop(r12)?;
+    a.pop(rbx)?;
+    a.ret()?;
+    let (bytes, ip) = assemble(&mut a, GUP)?;
+    let mut offs = vec![
+        (SiteKind::ReadBegin, ip(&l_begin)?),
+        (SiteKind::ReadRetry, ip(&l_retry)?),
+    ];
+    match o.retry {
+        Retry::Jne => offs.push((SiteKind::RetryFail, ip(&backout)?)),
+        Retry::Je => offs.push((SiteKind::RetryFail, ip(&l_fail)?)),
+        _ => {}
+    }
+    Ok(Built { bytes, offs })
+}
+
+fn run(cpr: &Built, gup: &Built) -> R<Plan> {
+    let code = Mem::new(&[(CPR, &cpr.bytes), (GUP, &gup.bytes)]);
+    Ok(discover(&code, &kallsyms()?, &layout()))
+}
+
+fn found(plan: &Plan, symbol: &str) -> Vec<(SiteKind, u64)> {
+    plan.sites
+        .iter()
+        .filter(|s| s.symbol == symbol)
+        .map(|s| (s.kind, s.offset))
+        .collect()
+}
+
+fn error_of<'a>(plan: &'a Plan, symbol: &str) -> Option<&'a SiteError> {
+    plan.functions
+        .iter()
+        .find(|f| f.symbol == symbol)
+        .and_then(|f| f.result.as_ref().err())
+}
+
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn sites_synthetic_baseline_found_at_their_offsets() -> R<()> {
+    let (cpr, gup) = (build_cpr(Cpr::default())?, build_gup(Gup::default())?);
+    let plan = run(&cpr, &gup)?;
+    assert!(plan.complete(), "{:#?}", plan.functions);
+    assert_eq!(found(&plan, "copy_page_range"), cpr.offs);
+    assert_eq!(found(&plan, "gup_fast_fallback"), gup.offs);
+    // The base registers and displacement the BPF side needs.
+    for s in &plan.sites {
+        match s.kind {
+            SiteKind::RetryFail => assert_eq!((s.base, s.disp), (None, 0)),
+            _ => {
+                assert_eq!(s.base, Some(tracer_common::Reg::Rax));
+                assert_eq!(s.disp, SEQ);
+            }
+        }
+        assert_eq!(
+            s.addr,
+            if s.symbol == "copy_page_range" {
+                CPR
+            } else {
+                GUP
+            } + s.offset
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn sites_synthetic_inverted_branch_backout_is_fall_through() -> R<()> {
+    let gup = build_gup(Gup {
+        retry: Retry::Je,
+        ..Gup::default()
+    })?;
+    let plan = run(&build_cpr(Cpr::default())?, &gup)?;
+    assert_eq!(found(&plan, "gup_fast_fallback"), gup.offs);
+    Ok(())
+}
+
+#[test]
+fn sites_synthetic_write_variants_still_found() -> R<()> {
+    for o in [
+        Cpr {
+            inc_end: true,
+            ..Cpr::default()
+        },
+        Cpr {
+            reversed_layout: true,
+            ..Cpr::default()
+        },
+        // Look-alikes (another field of the same mm, the same field of the other mm) are
+        // rejected; the two real increments remain.
+        Cpr {
+            lookalikes: true,
+            ..Cpr::default()
+        },
+    ] {
+        let cpr = build_cpr(o)?;
+        let plan = run(&cpr, &build_gup(Gup::default())?)?;
+        assert_eq!(found(&plan, "copy_page_range"), cpr.offs);
+    }
+    Ok(())
+}
+
+#[test]
+fn sites_synthetic_write_perturbations_refused() -> R<()> {
+    let cases = [
+        (
+            "other displacement",
+            Cpr {
+                disp_delta: 4,
+                ..Cpr::default()
+            },
+        ),
+        (
+            "dst mm instead of src mm",
+            Cpr {
+                from_dst: true,
+                ..Cpr::default()
+            },
+        ),
+        (
+            "src on one path, dst on the other",
+            Cpr {
+                merged_origin: true,
+                ..Cpr::default()
+            },
+        ),
+        (
+            "three increments",
+            Cpr {
+                third: true,
+                ..Cpr::default()
+            },
+        ),
+    ];
+    for (what, o) in cases {
+        let plan = run(&build_cpr(o)?, &build_gup(Gup::default())?)?;
+        assert!(
+            found(&plan, "copy_page_range").is_empty(),
+            "{what}: {:?}",
+            plan.sites
+        );
+        let err = error_of(&plan, "copy_page_range");
+        let ok = match what {
+            "three increments" => matches!(err, Some(SiteError::Ambiguous { .. })),
+            // Only write_end keeps a proven origin: one increment is not a pair.
+            "src on one path, dst on the other" => {
+                matches!(err, Some(SiteError::Ambiguous { why, .. }) if why.contains("1 increments"))
+            }
+            _ => matches!(err, Some(SiteError::NotFound { .. })),
+        };
+        assert!(ok, "{what}: {err:?}");
+        assert!(!plan.complete());
+        // The read side is unaffected.
+        assert_eq!(found(&plan, "gup_fast_fallback").len(), 3, "{what}");
+    }
+    Ok(())
+}
+
+#[test]
+fn sites_synthetic_read_variants_still_found() -> R<()> {
+    for o in [
+        Gup {
+            lookalike: true,
+            ..Gup::default()
+        },
+        Gup {
+            spill_current: true,
+            ..Gup::default()
+        },
+    ] {
+        let gup = build_gup(o)?;
+        let plan = run(&build_cpr(Cpr::default())?, &gup)?;
+        assert_eq!(
+            found(&plan, "gup_fast_fallback"),
+            gup.offs,
+            "{:#?}",
+            plan.functions
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn sites_synthetic_read_perturbations_refused() -> R<()> {
+    type Check = fn(&SiteError) -> bool;
+    let cases: [(&str, Gup, Check); 6] = [
+        (
+            "retry load no branch consumes",
+            Gup {
+                retry: Retry::Unconsumed,
+                ..Gup::default()
+            },
+            |e| matches!(e, SiteError::RetryUnconsumed { .. }),
+        ),
+        (
+            "comparison consumed by setne",
+            Gup {
+                retry: Retry::Setne,
+                ..Gup::default()
+            },
+            |e| matches!(e, SiteError::RetryUnconsumed { .. }),
+        ),
+        (
+            "changed side returns 0 without unpinning",
+            Gup {
+                retry: Retry::NoUnpin,
+                ..Gup::default()
+            },
+            |e| matches!(e, SiteError::MissingBackout { .. }),
+        ),
+        (
+            "both branch sides the same",
+            Gup {
+                retry: Retry::SameSides,
+                ..Gup::default()
+            },
+            |e| matches!(e, SiteError::MissingBackout { .. }),
+        ),
+        (
+            "seqcount of another mm (arg field, not current->mm)",
+            Gup {
+                other_origin: true,
+                ..Gup::default()
+            },
+            |e| matches!(e, SiteError::NotFound { .. }),
+        ),
+        (
+            "another per-cpu variable than current_task",
+            Gup {
+                other_percpu: true,
+                ..Gup::default()
+            },
+            |e| matches!(e, SiteError::NotFound { .. }),
+        ),
+    ];
+    for (what, o, check) in cases {
+        let plan = run(&build_cpr(Cpr::default())?, &build_gup(o)?)?;
+        assert!(
+            found(&plan, "gup_fast_fallback").is_empty(),
+            "{what}: half a protocol probed: {:?}",
+            plan.sites
+        );
+        let err = error_of(&plan, "gup_fast_fallback");
+        assert!(err.is_some_and(check), "{what}: {err:?}");
+        assert_eq!(found(&plan, "copy_page_range").len(), 2, "{what}");
+    }
+    Ok(())
+}
+
+#[test]
+fn sites_synthetic_breakpoint_refused() -> R<()> {
+    let mut gup = build_gup(Gup::default())?;
+    let at = gup
+        .offs
+        .iter()
+        .find(|(k, _)| *k == SiteKind::ReadBegin)
+        .map(|(_, o)| *o as usize)
+        .ok_or("no read_begin label")?;
+    gup.bytes[at] = 0xcc;
+    let plan = run(&build_cpr(Cpr::default())?, &gup)?;
+    assert!(found(&plan, "gup_fast_fallback").is_empty());
+    let err = error_of(&plan, "gup_fast_fallback");
+    assert!(
+        matches!(err, Some(SiteError::Breakpoint { offset, .. }) if *offset == at as u64),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sites_synthetic_missing_symbol_refused() -> R<()> {
+    let code = Mem::new(&[]);
+    let ks = Kallsyms::parse(&format!("{HELPER:x} T helper\n{END:x} T _etext\n"))?;
+    let plan = discover(&code, &ks, &layout());
+    assert!(plan.sites.is_empty());
+    assert!(
+        plan.functions
+            .iter()
+            .all(|f| matches!(f.result, Err(SiteError::NoSymbol { .. })))
+    );
+    Ok(())
+}

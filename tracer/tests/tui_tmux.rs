@@ -1,0 +1,331 @@
+//! `tracer tui --replay` in a real terminal: tmux runs it at a fixed 80x24, the test sends keys
+//! and reads the pane as a person would see it, and checks that every way out (q, SIGTERM, a
+//! panic) gives the terminal back in cooked mode with the alternate screen left.
+//!
+//! Needs `tmux` on PATH (the project's setup installs it); each test uses its own tmux server.
+// Tests may unwrap: a failure is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/tui")
+        .join(name)
+}
+
+/// One tmux server running one shell command in an 80x24 window, in its own directory.
+struct Tmux {
+    socket: String,
+    dir: PathBuf,
+}
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+impl Tmux {
+    /// Runs `tracer <args>`, then prints its exit status and the terminal modes, then waits.
+    fn start(args: &str) -> Tmux {
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let socket = format!("tracer-tui-test-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&socket);
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = format!(
+            "export RUST_BACKTRACE=0; {TRACER} {args}; echo \"tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -e '-*icanon' -e '-*echo'; echo checked; sleep 120"
+        );
+        let out = Command::new("tmux")
+            .args([
+                "-L",
+                &socket,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                "80",
+                "-y",
+                "24",
+            ])
+            .arg("-c")
+            .arg(&dir)
+            .args(["sh", "-c", &script])
+            .output()
+            .expect("tmux is needed for this test (apt-get install tmux)");
+        assert!(
+            out.status.success(),
+            "tmux: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmux { socket, dir }
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p"])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut a = vec!["send-keys"];
+        a.extend_from_slice(keys);
+        self.tmux(&a);
+    }
+
+    /// Waits (up to 15 s) until the pane shows `what`, and returns the pane.
+    fn wait_for(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.screen();
+            if s.contains(what) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never saw {what:?}; the pane shows:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The tracer process: the child of the pane's shell.
+    fn tracer_pid(&self) -> u32 {
+        let sh: u32 = self
+            .tmux(&["display", "-p", "#{pane_pid}"])
+            .trim()
+            .parse()
+            .unwrap();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let ppid: u32 = rest.split_whitespace().nth(1).unwrap().parse().unwrap();
+            if ppid == sh && stat.contains("(tracer)") {
+                return e.file_name().to_string_lossy().parse().unwrap();
+            }
+        }
+        panic!("no tracer process under the pane's shell {sh}");
+    }
+
+    /// After the TUI ended: the exit status it printed, and the terminal is back to normal.
+    fn assert_restored(&self, status: i32) -> String {
+        let s = self.wait_for("checked");
+        assert!(s.contains(&format!("tui exited {status}")), "{s}");
+        // Cooked mode again (raw mode clears both), and the alternate screen is gone: none of
+        // the TUI's frame is left on the normal screen.
+        let lines: Vec<&str> = s.lines().map(str::trim).collect();
+        assert!(
+            lines.contains(&"icanon") && lines.contains(&"echo"),
+            "terminal left raw:\n{s}"
+        );
+        assert!(!s.contains("p pause"), "TUI still on screen:\n{s}");
+        s
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+/// Both files hold the same records, line for line (the writer may order a header's keys
+/// differently from the file it read).
+fn assert_same_records(got: &Path, want: &Path) {
+    let (got, want) = (read(got), read(want));
+    let parse = |t: &str| -> Vec<tracer::events::Record> {
+        t.lines()
+            .map(|l| tracer::events::Record::parse(l).unwrap())
+            .collect()
+    };
+    let (g, w) = (parse(&got), parse(&want));
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        assert_eq!(a, b, "line {}", i + 1);
+    }
+    assert_eq!(g.len(), w.len());
+}
+
+#[test]
+fn replay_keys_export_and_quit() {
+    let log = data("clean.jsonl");
+    let t = Tmux::start(&format!("tui --replay {} --speed 20", log.display()));
+    let s = t.wait_for("replay x20 done");
+    // What a person sees: the kernel, a table row with the counters, the keys.
+    assert!(
+        s.contains("kernel 6.12.117+deb12-cloud-amd64 · instruction-level"),
+        "{s}"
+    );
+    assert!(
+        s.lines().any(|l| l.contains("stress")
+            && l.split_whitespace().collect::<Vec<_>>()[1..9]
+                == ["4100", "mm1", "192", "even", "21", "84", "30", "6"]),
+        "{s}"
+    );
+    assert!(s.contains("events 642"), "{s}");
+    assert!(
+        s.contains(
+            "q quit p pause / filter s sort tab pane ↑↓/jk move enter focus ? help e export"
+        ),
+        "{s}"
+    );
+
+    t.keys(&["?"]);
+    let s = t.wait_for("attach plan: instruction");
+    assert!(s.contains("read_begin   gup_fast_fallback+0x9c"), "{s}");
+    t.keys(&["x"]);
+
+    t.keys(&["/", "f", "i", "o", "Enter"]);
+    let s = t.wait_for("filter fio");
+    assert!(s.contains("mms 1"), "{s}");
+    assert!(!s.contains("stress   4100"), "{s}");
+
+    t.keys(&["e"]);
+    let s = t.wait_for("wrote tracer-tui-");
+    let name = s
+        .split("wrote ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    // The log ended with its own summary, so the export holds the same records.
+    assert_same_records(&t.dir.join(name), &log);
+
+    t.keys(&["q"]);
+    t.assert_restored(0);
+}
+
+#[test]
+fn violations_exit_1_and_record() {
+    let t = Tmux::start(&format!(
+        "tui --replay {} --speed 50 --record rec.jsonl",
+        data("violations.jsonl").display()
+    ));
+    let s = t.wait_for("replay x50 done");
+    assert!(s.contains("violations 3"), "{s}");
+    assert!(s.contains("REC rec.jsonl"), "{s}");
+    t.keys(&["Tab", "Tab"]);
+    let s = t.wait_for("[violations 3]");
+    assert!(s.contains("odd_not_bailed line 45,46 mm1"), "{s}");
+    t.keys(&["q"]);
+    t.assert_restored(1);
+    assert_same_records(&t.dir.join("rec.jsonl"), &data("violations.jsonl"));
+}
+
+#[test]
+fn sigterm_mid_replay_restores_and_closes_the_record() {
+    // At speed 1 the 2.4 s log is still playing when the signal comes.
+    let t = Tmux::start(&format!(
+        "tui --replay {} --record part.jsonl",
+        data("clean.jsonl").display()
+    ));
+    t.wait_for("replay x1");
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = t.tracer_pid();
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    t.assert_restored(0);
+    let rec = read(&t.dir.join("part.jsonl"));
+    let lines: Vec<&str> = rec.lines().collect();
+    assert!(lines[0].starts_with("{\"kind\":\"header\""), "{}", lines[0]);
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("{\"kind\":\"summary\"") && last.contains("\"partial\":true"),
+        "{last}"
+    );
+    assert!(
+        lines.len() < 644,
+        "the whole log was recorded; the signal came too late"
+    );
+}
+
+#[test]
+fn panic_restores_terminal_and_shows_the_message() {
+    let t = Tmux::start(&format!(
+        "tui --replay {} --panic-after-ms 800",
+        data("lost.jsonl").display()
+    ));
+    t.wait_for("lost");
+    let s = t.assert_restored(101);
+    assert!(s.contains("test panic requested"), "{s}");
+}
+
+#[test]
+fn bad_input_is_one_sentence_and_status_2() {
+    let out = Command::new(TRACER)
+        .args(["tui", "--replay", "/nonexistent/log.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("tracer: cannot open /nonexistent/log.jsonl"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let dir = std::env::temp_dir().join(format!("tracer-tui-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_header = dir.join("events-first.jsonl");
+    let clean = read(&data("clean.jsonl"));
+    std::fs::write(
+        &not_header,
+        clean.lines().skip(1).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    let out = Command::new(TRACER)
+        .args(["tui", "--replay"])
+        .arg(&not_header)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1 is a gup_enter record"), "{err}");
+
+    // Not a terminal: refused before touching anything.
+    let out = Command::new(TRACER)
+        .args(["tui", "--replay"])
+        .arg(data("clean.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a terminal"));
+
+    let out = Command::new(TRACER)
+        .args(["tui", "--replay"])
+        .arg(data("clean.jsonl"))
+        .args(["--speed", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}

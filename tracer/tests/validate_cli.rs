@@ -1,0 +1,145 @@
+//! `tracer validate` as a user runs it: exit statuses, stdin, JSON, one-line errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod validate_common;
+
+use std::{
+    io::Write,
+    process::{Command, Output, Stdio},
+};
+
+use validate_common::{ALL_PROBES, Log};
+
+fn run(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .arg("validate")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn clean_log() -> Log {
+    let mut l = Log::new(ALL_PROBES);
+    l.cpr_enter(1, "m", 0, true)
+        .wb(1, "m", 0)
+        .we(1, "m", 1)
+        .cpr_exit(1, "m", 2);
+    l
+}
+
+#[test]
+fn exit_statuses_follow_the_verdict() {
+    let mut l = clean_log();
+    l.summary();
+    let o = run(&["-"], &l.text());
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("verdict: clean"));
+
+    let o = run(&["-"], &clean_log().text());
+    assert_eq!(o.status.code(), Some(3), "no summary: inconclusive");
+
+    let mut l = clean_log();
+    l.wb(1, "m", 3).summary();
+    let o = run(&["-", "--json"], &l.text());
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verdict"], "violations");
+    assert_eq!(v["violations"][0]["line"], 6);
+}
+
+#[test]
+fn a_file_argument_works_like_stdin() {
+    let mut l = clean_log();
+    l.summary();
+    let dir = std::env::temp_dir().join(format!("tracer-validate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("log.jsonl");
+    std::fs::write(&p, l.text()).unwrap();
+    let o = run(&[p.to_str().unwrap(), "--json"], "");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["events"], 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_is_one_line_naming_the_line() {
+    let cases: Vec<(String, &str)> = vec![
+        (
+            {
+                let mut l = clean_log();
+                l.raw("{\"kind\":\"cpr_exit\",\"ts\":1");
+                l.text()
+            },
+            "line 6: not JSON",
+        ),
+        (
+            {
+                let mut l = clean_log();
+                l.raw(r#"{"kind":"cpr_exit","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"x","mm":"m","ret":0}"#);
+                l.text()
+            },
+            "line 6: cpr_exit is missing required field \"seq\"",
+        ),
+        (
+            r#"{"kind":"header","schema":2,"tool":"t","kernel":"k","probes":[]}"#.to_string()
+                + "\n",
+            "line 1: header has schema 2",
+        ),
+        (
+            {
+                let l = clean_log();
+                l.lines[1..].join("\n")
+            },
+            "line 1: the first record must be a header",
+        ),
+        (
+            {
+                let mut l = clean_log();
+                let h = l.lines[0].clone();
+                l.raw(&h);
+                l.text()
+            },
+            "line 6: a second header",
+        ),
+        (
+            {
+                let mut l = clean_log();
+                l.summary().cpr_enter(1, "m", 2, true);
+                l.text()
+            },
+            "line 7: a record after the summary",
+        ),
+        (String::new(), "empty"),
+    ];
+    for (input, want) in cases {
+        let o = run(&["-"], &input);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{want}: {err}");
+        assert!(err.contains(want), "want {want:?}, got {err:?}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(!err.contains("panicked"));
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["validate", "/nonexistent/log.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1
+    );
+}

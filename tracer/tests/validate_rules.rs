@@ -1,0 +1,443 @@
+//! One hand-written log per rule: the violation is caught, and its nearest legal neighbour is
+//! not flagged. Plus verdicts, reordering, lost events and the live API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod validate_common;
+
+use tracer::{
+    events::Record,
+    validate::{Options, Rule, Validator, Verdict, validate_reader},
+};
+use validate_common::{ALL_PROBES, FUNCTION_PROBES, Log, rules};
+
+/// A correct fork of one COW VMA on `mm` by `tid`, starting at even `s`.
+fn fork_copy(l: &mut Log, tid: u32, mm: &str, s: u32) {
+    l.cpr_enter(tid, mm, s, true)
+        .wb(tid, mm, s)
+        .we(tid, mm, s + 1)
+        .cpr_exit(tid, mm, s + 2);
+}
+
+#[test]
+fn a_correct_log_is_clean_and_counts_what_went_right() {
+    let mut l = Log::new(ALL_PROBES);
+    // A PIN call that overlaps nothing.
+    l.gup_enter(20, "m", 0, true)
+        .rb(20, "m", 0)
+        .rr(20, "m", 0)
+        .gup_exit(20, "m", 0);
+    // A fork; a PIN call starting inside the write section bails on odd.
+    l.cpr_enter(1, "m", 0, true).wb(1, "m", 0);
+    l.gup_enter(21, "m", 1, true)
+        .rb(21, "m", 1)
+        .gup_exit(21, "m", 1);
+    // A PIN call whose read window spans the end of the section: the retry fails.
+    l.gup_enter(22, "m", 1, true);
+    l.we(1, "m", 1).cpr_exit(1, "m", 2);
+    l.gup_enter(23, "m", 2, true).rb(23, "m", 2);
+    fork_copy(&mut l, 2, "m", 2);
+    l.rr(23, "m", 4).rf(23, "m", 4).gup_exit(23, "m", 4);
+    l.gup_exit(22, "m", 4);
+    // FOLL_GET: no seqcount check.
+    l.gup_enter(24, "m", 4, false).gup_exit(24, "m", 4);
+    l.summary();
+    let r = l.report();
+    assert_eq!(r.violations, vec![], "{r:#?}");
+    assert_eq!(r.verdict, Verdict::Clean);
+    let s = &r.stats;
+    assert_eq!(s.write_sections, 2);
+    assert_eq!(s.pin_gup_fast, 4);
+    assert_eq!(s.gup_calls, 5);
+    assert_eq!(s.odd_bails, 1);
+    assert_eq!(s.failed_retries, 1);
+    assert_eq!(s.protected_overlaps, 2);
+    assert_eq!((s.copies, s.cow_copies), (2, 2));
+}
+
+#[test]
+fn write_parity_odd_begin_is_caught() {
+    let mut l = Log::new(ALL_PROBES);
+    l.wb(1, "m", 1).we(1, "m", 2).summary();
+    assert_eq!(rules(&l.report()), vec![Rule::WriteParity]);
+}
+
+#[test]
+fn write_parity_end_not_begin_plus_one_is_caught() {
+    let mut l = Log::new(ALL_PROBES);
+    l.wb(1, "m", 0).we(1, "m", 3).summary();
+    let r = l.report();
+    assert!(rules(&r).contains(&Rule::WriteParity), "{r:#?}");
+    let v = r
+        .violations
+        .iter()
+        .find(|v| v.rule == Rule::WriteParity)
+        .unwrap();
+    assert_eq!((v.line, v.lines.clone()), (3, vec![2, 3]));
+}
+
+#[test]
+fn write_parity_end_without_begin_is_caught_but_not_at_log_start() {
+    let mut l = Log::new(ALL_PROBES);
+    fork_copy(&mut l, 1, "m", 0);
+    l.we(1, "m", 2).summary();
+    assert!(rules(&l.report()).contains(&Rule::WriteParity));
+    // Near miss: the log begins inside a write section.
+    let mut l = Log::new(ALL_PROBES);
+    l.we(1, "m", 1).cpr_exit(1, "m", 2).summary();
+    assert_eq!(l.report().verdict, Verdict::Clean);
+}
+
+#[test]
+fn writer_overlap_of_write_sections_is_caught() {
+    let mut l = Log::new(ALL_PROBES);
+    l.wb(1, "m", 0)
+        .wb(2, "m", 1)
+        .we(1, "m", 2)
+        .we(2, "m", 3)
+        .summary();
+    assert!(rules(&l.report()).contains(&Rule::WriterOverlap));
+    // Near misses: the same sections one after the other, or overlapping on different mms.
+    let mut l = Log::new(ALL_PROBES);
+    l.wb(1, "m", 0)
+        .we(1, "m", 1)
+        .wb(2, "m", 2)
+        .we(2, "m", 3)
+        .summary();
+    assert_eq!(l.report().verdict, Verdict::Clean);
+    let mut l = Log::new(ALL_PROBES);
+    l.wb(1, "a", 0)
+        .wb(2, "b", 0)
+        .we(1, "a", 1)
+        .we(2, "b", 1)
+        .summary();
+    assert_eq!(l.report().verdict, Verdict::Clean);
+}
+
+#[test]
+fn writer_overlap_of_copy_windows_is_caught_without_write_events() {
+    let mut l = Log::new(FUNCTION_PROBES);
+    l.cpr_enter(1, "m", 0, true)
+        .cpr_enter(2, "m", 0, true)
+        .cpr_exit(1, "m", 2)
+        .cpr_exit(2, "m", 4);
+    l.summary();
+    assert!(rules(&l.report()).contains(&Rule::WriterOverlap));
+    // Nested the other way round: the inner window closes first.
+    let mut l = Log::new(FUNCTION_PROBES);
+    l.cpr_enter(1, "m", 0, true)
+        .cpr_enter(2, "m", 0, true)
+        .cpr_exit(2, "m", 2)
+        .cpr_exit(1, "m", 4);
+    l.summary();
+    assert!(rules(&l.report()).contains(&Rule::WriterOverlap));
+    // Near miss: overlapping windows of which only one advanced seq.
+    let mut l = Log::new(FUNCTION_PROBES);
+    l.cpr_enter(1, "m", 0, true)
+        .cpr_enter(2, "m", 0, false)
+        .cpr_exit(2, "m", 0)
+        .cpr_exit(1, "m", 2);
+    l.summary();
+    assert_eq!(l.report().violations, vec![]);
+}
+
+#[test]
+fn copy_delta_is_caught() {
+    for (cow, end) in [(false, 2), (true, 1), (true, 4), (false, 1)] {
+        let mut l = Log::new(FUNCTION_PROBES);
+        l.cpr_enter(1, "m", 0, cow).cpr_exit(1, "m", end).summary();
+        let r = l.report();
+        assert!(
+            rules(&r).contains(&Rule::CopyDelta),
+            "cow={cow} end={end}: {r:#?}"
+        );
+    }
+    // Near misses: a COW VMA that needed no copy (+0), a COW copy (+2), a shared VMA (+0).
+    for (cow, end) in [(true, 0), (true, 2), (false, 0)] {
+        let mut l = Log::new(FUNCTION_PROBES);
+        l.cpr_enter(1, "m", 0, cow).cpr_exit(1, "m", end).summary();
+        assert_eq!(l.report().violations, vec![], "cow={cow} end={end}");
+    }
+}
+
+#[test]
+fn copy_delta_nested_hugetlb_copy_is_legal() {
+    // copy_page_range -> copy_hugetlb_page_range, both probed as copies by the same thread.
+    let mut l = Log::new(FUNCTION_PROBES);
+    l.cpr_enter(1, "m", 0, true)
+        .cpr_enter(1, "m", 0, true)
+        .cpr_exit(1, "m", 2)
+        .cpr_exit(1, "m", 2);
+    l.summary();
+    assert_eq!(l.report().violations, vec![]);
+}
+
+#[test]
+fn odd_not_bailed_is_caught() {
+    let mut l = Log::new(ALL_PROBES);
+    l.cpr_enter(1, "m", 0, true).wb(1, "m", 0);
+    l.gup_enter(20, "m", 1, true)
+        .rb(20, "m", 1)
+        .rr(20, "m", 1)
+        .gup_exit(20, "m", 1);
+    l.we(1, "m", 1).cpr_exit(1, "m", 2).summary();
+    let r = l.report();
+    assert_eq!(rules(&r), vec![Rule::OddNotBailed]);
+    assert_eq!(r.violations[0].lines, vec![5, 6]);
+    assert_eq!(r.stats.odd_bails, 0);
+    // Near miss: an odd load followed by the bail.
+    let mut l = Log::new(ALL_PROBES);
+    l.cpr_enter(1, "m", 0, true).wb(1, "m", 0);
+    l.gup_enter(20, "m", 1, true)
+        .rb(20, "m", 1)
+        .gup_exit(20, "m", 1);
+    l.we(1, "m", 1).cpr_exit(1, "m", 2).summary();
+    let r = l.report();
+    assert_eq!(r.verdict, Verdict::Clean);
+    assert_eq!(r.stats.odd_bails, 1);
+}
+
+#[test]
+fn unprotected_overlap_is_caught() {
+    // The retry loads the snapshot although a whole write section ran in between: a stale
+    // read (the seqcount failed to protect the pin), also an unexplained seq.
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 0, true).rb(20, "m", 0);
+    fork_copy(&mut l, 1, "m", 0);
+    l.rr(20, "m", 0).gup_exit(20, "m", 2).summary();
+    let r = l.report();
+    assert!(rules(&r).contains(&Rule::UnprotectedOverlap), "{r:#?}");
+    let v = r
+        .violations
+        .iter()
+        .find(|v| v.rule == Rule::UnprotectedOverlap)
+        .unwrap();
+    assert_eq!((v.line, v.tid, v.mm.as_str()), (8, 20, "m"));
+    assert!(v.lines.contains(&3) && v.lines.contains(&5), "{v:?}");
+    // Without write_* events: a whole COW copy window inside the read window.
+    let mut l = Log::new(&[
+        "cpr_enter",
+        "cpr_exit",
+        "gup_enter",
+        "gup_exit",
+        "read_begin",
+        "read_retry",
+    ]);
+    l.gup_enter(20, "m", 0, true).rb(20, "m", 0);
+    l.cpr_enter(1, "m", 0, true).cpr_exit(1, "m", 2);
+    l.rr(20, "m", 0).gup_exit(20, "m", 2).summary();
+    assert!(rules(&l.report()).contains(&Rule::UnprotectedOverlap));
+}
+
+#[test]
+fn unprotected_overlap_near_misses() {
+    // The section starts after the retry.
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 0, true).rb(20, "m", 0).rr(20, "m", 0);
+    fork_copy(&mut l, 1, "m", 0);
+    l.gup_exit(20, "m", 2).summary();
+    assert_eq!(l.report().violations, vec![]);
+    // A section on another mm in between.
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 0, true).rb(20, "m", 0);
+    fork_copy(&mut l, 1, "other", 0);
+    l.rr(20, "m", 0).gup_exit(20, "m", 0).summary();
+    assert_eq!(l.report().violations, vec![]);
+    // The retry saw the change: caught, counted, not a violation.
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 0, true).rb(20, "m", 0);
+    fork_copy(&mut l, 1, "m", 0);
+    l.rr(20, "m", 2)
+        .rf(20, "m", 2)
+        .gup_exit(20, "m", 2)
+        .summary();
+    let r = l.report();
+    assert_eq!(r.verdict, Verdict::Clean);
+    assert_eq!((r.stats.failed_retries, r.stats.protected_overlaps), (1, 1));
+    // A copy window that began before read_begin (its section may precede the snapshot).
+    let mut l = Log::new(&[
+        "cpr_enter",
+        "cpr_exit",
+        "gup_enter",
+        "gup_exit",
+        "read_begin",
+        "read_retry",
+    ]);
+    l.cpr_enter(1, "m", 0, true)
+        .gup_enter(20, "m", 2, true)
+        .rb(20, "m", 2);
+    l.cpr_exit(1, "m", 2)
+        .rr(20, "m", 2)
+        .gup_exit(20, "m", 2)
+        .summary();
+    assert_eq!(l.report().violations, vec![]);
+}
+
+#[test]
+fn retry_ignored_is_caught_only_when_retry_fail_is_probed() {
+    let body = |l: &mut Log| {
+        l.gup_enter(20, "m", 0, true).rb(20, "m", 0);
+        fork_copy(l, 1, "m", 0);
+        l.rr(20, "m", 2).gup_exit(20, "m", 2).summary();
+    };
+    let mut l = Log::new(ALL_PROBES);
+    body(&mut l);
+    let r = l.report();
+    assert_eq!(rules(&r), vec![Rule::RetryIgnored]);
+    assert_eq!(r.stats.protected_overlaps, 0);
+    // Near miss: the probe list has no retry_fail, so its absence proves nothing.
+    let mut l = Log::new(&ALL_PROBES[..8]);
+    body(&mut l);
+    let r = l.report();
+    assert_eq!(r.verdict, Verdict::Clean);
+    assert_eq!(r.stats.protected_overlaps, 1);
+}
+
+#[test]
+fn seq_unexplained_is_caught() {
+    // Backwards.
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 4, true).gup_exit(20, "m", 2).summary();
+    assert_eq!(rules(&l.report()), vec![Rule::SeqUnexplained]);
+    // A jump with no write section.
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 0, false)
+        .gup_exit(20, "m", 2)
+        .summary();
+    assert_eq!(rules(&l.report()), vec![Rule::SeqUnexplained]);
+    // Without write_* events: a jump outside any copy window.
+    let mut l = Log::new(FUNCTION_PROBES);
+    fork_copy_fn(&mut l);
+    l.gup_enter(20, "m", 4, false)
+        .gup_exit(20, "m", 4)
+        .summary();
+    assert_eq!(rules(&l.report()), vec![Rule::SeqUnexplained]);
+}
+
+fn fork_copy_fn(l: &mut Log) {
+    l.cpr_enter(1, "m", 0, true).cpr_exit(1, "m", 2);
+}
+
+#[test]
+fn seq_unexplained_near_misses() {
+    // Readers see the odd value and the +2 inside a COW copy window (no write_* probes).
+    let mut l = Log::new(FUNCTION_PROBES);
+    l.cpr_enter(1, "m", 0, true)
+        .gup_enter(20, "m", 1, false)
+        .gup_exit(20, "m", 2);
+    l.cpr_exit(1, "m", 2)
+        .gup_enter(21, "m", 2, true)
+        .gup_exit(21, "m", 2)
+        .summary();
+    assert_eq!(l.report().violations, vec![]);
+    // The u32 counter wraps.
+    let mut l = Log::new(ALL_PROBES);
+    l.cpr_enter(1, "m", u32::MAX - 1, true)
+        .wb(1, "m", u32::MAX - 1)
+        .we(1, "m", u32::MAX)
+        .cpr_exit(1, "m", 0)
+        .summary();
+    assert_eq!(l.report().violations, vec![]);
+    // After lost events the state is resynchronized: no false violation, but inconclusive.
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 0, true).gup_exit(20, "m", 0).lost(3);
+    l.gup_enter(20, "m", 6, true).gup_exit(20, "m", 6).summary();
+    let r = l.report();
+    assert_eq!(r.violations, vec![]);
+    assert_eq!(r.verdict, Verdict::Inconclusive);
+    assert_eq!(r.stats.lost, 3);
+}
+
+#[test]
+fn verdicts() {
+    let base = |l: &mut Log| {
+        fork_copy(l, 1, "m", 0);
+    };
+    let mut l = Log::new(ALL_PROBES);
+    base(&mut l);
+    assert_eq!(l.report().verdict, Verdict::Inconclusive, "no summary");
+    let mut l = Log::new(ALL_PROBES);
+    base(&mut l);
+    l.summary_lost(2);
+    let r = l.report();
+    assert_eq!((r.verdict, r.stats.lost), (Verdict::Inconclusive, 2));
+    let mut l = Log::new(ALL_PROBES);
+    base(&mut l);
+    l.raw(r#"{"kind":"page_fault","ts":3,"x":[1,{"y":null}]}"#)
+        .summary();
+    let r = l.report();
+    assert_eq!(
+        (r.verdict, r.stats.unknown_kinds, r.events),
+        (Verdict::Clean, 1, 4)
+    );
+    // Violations win over lost events.
+    let mut l = Log::new(ALL_PROBES);
+    l.lost(1).wb(1, "m", 1).summary();
+    assert_eq!(l.report().verdict, Verdict::Violations);
+}
+
+#[test]
+fn delivery_order_is_reordered_by_ts_within_the_window() {
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 0, true).rb(20, "m", 0);
+    fork_copy(&mut l, 1, "m", 0);
+    l.rr(20, "m", 2)
+        .rf(20, "m", 2)
+        .gup_exit(20, "m", 2)
+        .summary();
+    let sorted = l.report();
+    assert_eq!(sorted.verdict, Verdict::Clean);
+    // Reverse the events (not header/summary): still the same replay.
+    let mut shuffled = l.lines.clone();
+    let n = shuffled.len();
+    shuffled[1..n - 1].reverse();
+    let text = shuffled.join("\n") + "\n";
+    let r = validate_reader(text.as_bytes(), Options::default()).unwrap();
+    assert_eq!(
+        (r.verdict, r.stats.clone()),
+        (Verdict::Clean, sorted.stats.clone())
+    );
+    // With a window of 2 the reversal exceeds it: late events are counted, not replayed.
+    let r = validate_reader(text.as_bytes(), Options { window: 2 }).unwrap();
+    assert!(r.stats.out_of_window > 0);
+    assert_ne!(r.verdict, Verdict::Clean);
+}
+
+#[test]
+fn live_api_reports_violations_as_they_become_certain() {
+    let mut l = Log::new(ALL_PROBES);
+    l.wb(1, "m", 1).we(1, "m", 2);
+    let Record::Header(h) = Record::parse(&l.lines[0]).unwrap() else {
+        panic!("header")
+    };
+    let mut v = Validator::with_options(&h, Options { window: 1 });
+    let recs: Vec<Record> = l.lines[1..]
+        .iter()
+        .map(|s| Record::parse(s).unwrap())
+        .collect();
+    // Window 1: the first event is replayed when the second arrives.
+    assert_eq!(v.push(2, &recs[0]), vec![]);
+    let found = v.push(3, &recs[1]);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].rule, Rule::WriteParity);
+    assert_eq!(v.stats().violations, 1);
+    assert!(v.flush().is_empty());
+    let r = v.finish();
+    assert_eq!((r.verdict, r.events), (Verdict::Violations, 2));
+}
+
+#[test]
+fn json_report_has_the_documented_shape() {
+    let mut l = Log::new(ALL_PROBES);
+    l.wb(1, "m", 1).summary();
+    let r = l.report();
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["verdict"], "violations");
+    assert_eq!(v["events"], 1);
+    assert_eq!(v["stats"]["write_sections"], 0);
+    let viol = &v["violations"][0];
+    for k in ["rule", "line", "ts", "mm", "tid", "message"] {
+        assert!(viol.get(k).is_some(), "{k} missing in {viol}");
+    }
+    assert_eq!(viol["rule"], "write_parity");
+    assert_eq!(viol["line"], 2);
+}
