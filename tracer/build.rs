@@ -12,7 +12,15 @@ const TOOLCHAIN: &str = "tracer-bpf";
 
 fn main() -> anyhow::Result<()> {
     let rustup_has_toolchain = Command::new("rustup")
-        .args(["run", TOOLCHAIN, "rustc", "--print", "target-libdir", "--target", "bpfel-unknown-none"])
+        .args([
+            "run",
+            TOOLCHAIN,
+            "rustc",
+            "--print",
+            "target-libdir",
+            "--target",
+            "bpfel-unknown-none",
+        ])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);

@@ -7,7 +7,6 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -131,15 +130,38 @@ fn lost(probe: Probe) {
     }
 }
 
+/// Reads the seqcount and the clock back to back, so that `ts` says when `seq` was read (the
+/// validator orders reads of different CPUs by it); the ring-buffer reservation comes after.
+#[inline(always)]
+fn seq_now(mm: u64) -> (Option<u32>, u64) {
+    let seq = seq_of(mm);
+    // SAFETY: helper with no preconditions.
+    (seq, unsafe { bpf_ktime_get_ns() })
+}
+
+#[inline(always)]
+fn read_now(addr: u64) -> (Option<u32>, u64) {
+    let seq = read_u32(addr);
+    // SAFETY: helper with no preconditions.
+    (seq, unsafe { bpf_ktime_get_ns() })
+}
+
 /// Reserves and submits one record; counts a loss when the ring buffer is full.
 #[inline(always)]
-fn emit(task: &Task, probe: Probe, mm: u64, seq: Option<u32>, a: u64, b: u64, flags: u32) {
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    task: &Task,
+    probe: Probe,
+    mm: u64,
+    (seq, ts): (Option<u32>, u64),
+    a: u64,
+    b: u64,
+    flags: u32,
+) {
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
         lost(probe);
         return;
     };
-    // SAFETY: helper with no preconditions.
-    let ts = unsafe { bpf_ktime_get_ns() };
     entry.write(RawEvent {
         ts,
         mm,
@@ -173,9 +195,8 @@ fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u3
         return;
     };
     let off = offsets();
-    let vma: u64 = match ctx.arg(vma_arg as usize) {
-        Some(v) => v,
-        None => return,
+    let Some(vma) = arg_at(ctx, vma_arg) else {
+        return;
     };
     let mm = read_u64(vma + off.vma_mm as u64).unwrap_or(0);
     let start = read_u64(vma + off.vma_start as u64).unwrap_or(0);
@@ -183,7 +204,7 @@ fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u3
     let vm_flags = read_u64(vma + off.vma_flags as u64).unwrap_or(0);
     // A full map only loses the exit's mm; the exit then reports mm 0 and no seq.
     let _ = stash.insert(&task.tid, &mm, 0);
-    emit(&task, probe, mm, seq_of(mm), start, end, vm_flags as u32);
+    emit(&task, probe, mm, seq_now(mm), start, end, vm_flags as u32);
 }
 
 #[inline(always)]
@@ -195,7 +216,7 @@ fn copy_exit(ctx: &RetProbeContext, probe: Probe, stash: &HashMap<u32, u64>) {
     let mm = unsafe { stash.get(&task.tid) }.copied().unwrap_or(0);
     let _ = stash.remove(&task.tid);
     let ret: i64 = ctx.ret();
-    emit(&task, probe, mm, seq_of(mm), ret as u64, 0, 0);
+    emit(&task, probe, mm, seq_now(mm), ret as u64, 0, 0);
 }
 
 #[kprobe]
@@ -212,7 +233,12 @@ pub fn cpr_exit(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn hugetlb_enter(ctx: ProbeContext) -> u32 {
-    copy_enter(&ctx, offsets().hugetlb_vma_arg, Probe::HugetlbEnter, &HUGETLB_MM);
+    copy_enter(
+        &ctx,
+        offsets().hugetlb_vma_arg,
+        Probe::HugetlbEnter,
+        &HUGETLB_MM,
+    );
     0
 }
 
@@ -236,7 +262,15 @@ pub fn gup_enter(ctx: ProbeContext) -> u32 {
         second
     };
     let mm = current_mm();
-    emit(&task, Probe::GupEnter, mm, seq_of(mm), start, nr_pages, flags as u32);
+    emit(
+        &task,
+        Probe::GupEnter,
+        mm,
+        seq_now(mm),
+        start,
+        nr_pages,
+        flags as u32,
+    );
     0
 }
 
@@ -247,7 +281,7 @@ pub fn gup_exit(ctx: RetProbeContext) -> u32 {
     };
     let ret: i64 = ctx.ret();
     let mm = current_mm();
-    emit(&task, Probe::GupExit, mm, seq_of(mm), ret as u64, 0, 0);
+    emit(&task, Probe::GupExit, mm, seq_now(mm), ret as u64, 0, 0);
     0
 }
 
@@ -263,31 +297,37 @@ pub fn mm_free(ctx: ProbeContext) -> u32 {
         tid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    emit(&task, Probe::MmFree, mm, None, 0, 0, 0);
+    // SAFETY: helper with no preconditions.
+    let ts = unsafe { bpf_ktime_get_ns() };
+    emit(&task, Probe::MmFree, mm, (None, ts), 0, 0, 0);
     0
 }
 
-/// Reads one general-purpose register. Context reads must use constant offsets, hence the match.
+/// Reads the saved register at byte offset `off` of `pt_regs`. The offset is only known at run
+/// time (it comes from userspace), and the verifier forbids loads through a ctx pointer with a
+/// computed offset, so the value is copied with bpf_probe_read_kernel instead.
 #[inline(always)]
-fn reg(regs: &pt_regs, r: u8) -> Option<u64> {
-    Some(match r {
-        0 => regs.r15,
-        1 => regs.r14,
-        2 => regs.r13,
-        3 => regs.r12,
-        4 => regs.rbp,
-        5 => regs.rbx,
-        6 => regs.r11,
-        7 => regs.r10,
-        8 => regs.r9,
-        9 => regs.r8,
-        10 => regs.rax,
-        11 => regs.rcx,
-        12 => regs.rdx,
-        13 => regs.rsi,
-        14 => regs.rdi,
+fn regs_at(ctx: &ProbeContext, off: u64) -> Option<u64> {
+    if off > 14 * 8 {
+        return None;
+    }
+    read_u64((ctx.regs as u64).wrapping_add(off))
+}
+
+/// The `n`th argument (x86-64 SysV: rdi, rsi, rdx, rcx, r8, r9), `n` known only at run time.
+#[inline(always)]
+fn arg_at(ctx: &ProbeContext, n: u32) -> Option<u64> {
+    // pt_regs offsets of di, si, dx, cx, r8, r9.
+    let off = match n {
+        0 => 112,
+        1 => 104,
+        2 => 96,
+        3 => 88,
+        4 => 72,
+        5 => 64,
         _ => return None,
-    })
+    };
+    regs_at(ctx, off)
 }
 
 #[inline(always)]
@@ -302,19 +342,18 @@ fn site(ctx: &ProbeContext, slot: u32) {
         return;
     };
     let off = offsets();
-    let (mm, seq) = if cfg.has_mem != 0 {
-        // SAFETY: ctx.regs is the kprobe's pt_regs, valid for the program's duration.
-        let regs = unsafe { &*ctx.regs };
-        let Some(base) = reg(regs, cfg.base) else {
+    let (mm, read) = if cfg.has_mem != 0 {
+        // `Reg` discriminants are pt_regs slots in order, 8 bytes each.
+        let Some(base) = regs_at(ctx, u64::from(cfg.base) * 8) else {
             return;
         };
         let addr = base.wrapping_add(cfg.disp as i64 as u64);
-        (addr.wrapping_sub(off.mm_seq as u64), read_u32(addr))
+        (addr.wrapping_sub(off.mm_seq as u64), read_now(addr))
     } else {
         let mm = current_mm();
-        (mm, seq_of(mm))
+        (mm, seq_now(mm))
     };
-    emit(&task, probe, mm, seq, 0, 0, 0);
+    emit(&task, probe, mm, read, 0, 0, 0);
 }
 
 macro_rules! site_slots {
@@ -329,7 +368,16 @@ macro_rules! site_slots {
     };
 }
 
-site_slots!(site0 = 0, site1 = 1, site2 = 2, site3 = 3, site4 = 4, site5 = 5, site6 = 6, site7 = 7);
+site_slots!(
+    site0 = 0,
+    site1 = 1,
+    site2 = 2,
+    site3 = 3,
+    site4 = 4,
+    site5 = 5,
+    site6 = 6,
+    site7 = 7
+);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "tracer", version, about = "Trace and validate the write_protect_seq protocol between fork and GUP-fast")]
+#[command(
+    name = "tracer",
+    version,
+    about = "Trace and validate the write_protect_seq protocol between fork and GUP-fast"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,1 +1,124 @@
-fn main(){}
+//! Developer and CI tasks: `cargo xtask setup | run | test | vm | kernel | bench`.
+mod build;
+mod cmd;
+mod kernels;
+mod setup;
+mod test;
+mod vm;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks (Debian packages, bpf-linker, the eBPF toolchain link).
+    Setup,
+    /// The main job: trace a real kernel (the host's if it can attach kprobes, else a VM).
+    Run(test::RunArgs),
+    /// Every test, the VM kernel matrix included.
+    Test(test::TestArgs),
+    /// Boot kernels under QEMU and run a command as root inside.
+    Vm(VmArgs),
+    /// Download (cached) and print the kernel a SPEC resolves to.
+    Kernel { spec: Vec<String> },
+    /// Build the static tracer binary used in VMs and print its path.
+    BuildStatic,
+}
+
+#[derive(clap::Args)]
+struct VmArgs {
+    /// `6.1`, `6.12`, an exact Debian build (`6.12.107+deb12`, `6.1.0-56`), or a kernel image path.
+    #[arg(long = "kernel", required = true)]
+    kernels: Vec<String>,
+    /// Modules directory for a kernel given as a path (lib/modules/RELEASE with modules.dep).
+    #[arg(long)]
+    modules: Option<PathBuf>,
+    /// Modules to load in the guest before COMMAND.
+    #[arg(long = "module", default_values = ["virtio_pci", "virtio_blk", "rds"])]
+    module: Vec<String>,
+    /// Where the guest's /out lands, as DIR/<kernel release>/.
+    #[arg(long, default_value = "target/vm-out")]
+    out: PathBuf,
+    /// Seconds before a boot counts as hung.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Boot with nokaslr (addresses then match the image's link addresses).
+    #[arg(long)]
+    nokaslr: bool,
+    /// The command to run as root in the guest.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+fn vm_cmd(a: VmArgs) -> Result<ExitCode> {
+    setup::setup()?;
+    let tracer = build::static_tracer()?;
+    let mut failed = false;
+    for spec in &a.kernels {
+        let kernel = kernels::fetch(spec, a.modules.as_deref())?;
+        let out = a.out.join(&kernel.release);
+        let _ = std::fs::remove_dir_all(&out);
+        let r = vm::run(&vm::VmOpts {
+            kernel: &kernel,
+            tracer: &tracer,
+            modules: a.module.clone(),
+            script: vm::shell_words(&a.command),
+            out: out.clone(),
+            timeout: Duration::from_secs(a.timeout),
+            nokaslr: a.nokaslr,
+            interactive: false,
+            memory_mb: 1024,
+        })
+        .with_context(|| format!("kernel {spec}"))?;
+        println!(
+            "vm: {} exited {} after {:.1}s; /out copied to {}",
+            kernel.release,
+            r.exit_code,
+            r.boot_secs,
+            r.out.display()
+        );
+        failed |= r.exit_code != 0;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Setup => setup::setup().map(|()| ExitCode::SUCCESS),
+        Cmd::Run(a) => test::run(a),
+        Cmd::Test(a) => test::test(a),
+        Cmd::Vm(a) => vm_cmd(a),
+        Cmd::Kernel { spec } => (|| {
+            for s in spec {
+                let k = kernels::fetch(&s, None)?;
+                println!("{s}: {} {}", k.release, k.image.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        })(),
+        Cmd::BuildStatic => build::static_tracer().map(|p| {
+            println!("{}", p.display());
+            ExitCode::SUCCESS
+        }),
+    };
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,258 @@
-//! Placeholder
+//! Ring-buffer records → schema-1 events: names mm lifetimes, decodes FOLL_* flags and the
+//! COW test, and keeps raw kernel addresses out of the log unless asked.
+use std::collections::HashMap;
+
+use tracer_common::{Probe, RawEvent};
+
+use super::schema::{Body, Event, Kind};
+use crate::kernel::foll::FollFlags;
+
+/// `VM_SHARED` and `VM_MAYWRITE` (include/linux/mm.h), unchanged since 2.6.
+const VM_SHARED: u32 = 0x08;
+const VM_MAYWRITE: u32 = 0x20;
+
+/// `is_cow_mapping()`: private and may become writable.
+pub fn is_cow(vm_flags: u32) -> bool {
+    vm_flags & (VM_SHARED | VM_MAYWRITE) == VM_MAYWRITE
+}
+
+/// Gives each mm_struct lifetime a short name. An address seen again after its mm was freed
+/// gets a new name.
+#[derive(Default)]
+pub struct MmNames {
+    live: HashMap<u64, String>,
+    next: u64,
+}
+
+impl MmNames {
+    pub fn name(&mut self, addr: u64) -> String {
+        if addr == 0 {
+            return "none".to_owned();
+        }
+        if let Some(n) = self.live.get(&addr) {
+            return n.clone();
+        }
+        self.next += 1;
+        let n = format!("mm{}", self.next);
+        self.live.insert(addr, n.clone());
+        n
+    }
+
+    /// The mm at `addr` is gone; returns whether it had a name.
+    pub fn free(&mut self, addr: u64) -> bool {
+        self.live.remove(&addr).is_some()
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.len()
+    }
+}
+
+/// What one ring-buffer record became.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Event(Event),
+    /// `copy_hugetlb_page_range` entry/return: written as the auxiliary kinds
+    /// `hugetlb_enter`/`hugetlb_exit` (schema-1 readers skip kinds they do not know).
+    Hugetlb {
+        enter: bool,
+        event: Event,
+    },
+    /// An mm was freed (not written to the log).
+    MmFreed,
+    /// A record with an unknown probe id (a tracer/eBPF version mismatch).
+    Invalid(u8),
+}
+
+pub struct Decoder {
+    pub foll: FollFlags,
+    pub names: MmNames,
+    pub raw_pointers: bool,
+    /// Events whose seqcount could not be read in the kernel (written with the seq of 0 and
+    /// counted here, so a reader can tell).
+    pub unreadable_seq: u64,
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+impl Decoder {
+    pub fn new(foll: FollFlags, raw_pointers: bool) -> Decoder {
+        Decoder {
+            foll,
+            names: MmNames::default(),
+            raw_pointers,
+            unreadable_seq: 0,
+        }
+    }
+
+    pub fn decode(&mut self, raw: &RawEvent) -> Decoded {
+        let Some(probe) = Probe::from_u8(raw.probe) else {
+            return Decoded::Invalid(raw.probe);
+        };
+        if probe == Probe::MmFree {
+            self.names.free(raw.mm);
+            return Decoded::MmFreed;
+        }
+        if raw.seq_ok == 0 {
+            self.unreadable_seq += 1;
+        }
+        let seq = raw.seq;
+        let body = match probe {
+            Probe::CprEnter | Probe::HugetlbEnter => Body::CprEnter {
+                vma_start: raw.a,
+                vma_end: raw.b,
+                cow: is_cow(raw.flags),
+                seq,
+            },
+            Probe::CprExit | Probe::HugetlbExit => Body::CprExit {
+                seq,
+                ret: raw.a as i64,
+            },
+            Probe::GupEnter => {
+                let d = self.foll.decode(raw.flags);
+                Body::GupEnter {
+                    start: raw.a,
+                    nr_pages: raw.b,
+                    flags: raw.flags,
+                    pin: d.pin,
+                    fast_only: d.fast_only,
+                    longterm: d.longterm,
+                    seq,
+                }
+            }
+            Probe::GupExit => Body::GupExit {
+                ret: raw.a as i64,
+                seq,
+            },
+            Probe::WriteBegin => Body::Site {
+                kind: Kind::WriteBegin,
+                seq,
+            },
+            Probe::WriteEnd => Body::Site {
+                kind: Kind::WriteEnd,
+                seq,
+            },
+            Probe::ReadBegin => Body::Site {
+                kind: Kind::ReadBegin,
+                seq,
+            },
+            Probe::ReadRetry => Body::Site {
+                kind: Kind::ReadRetry,
+                seq,
+            },
+            Probe::RetryFail => Body::Site {
+                kind: Kind::RetryFail,
+                seq,
+            },
+            Probe::MmFree => return Decoded::MmFreed,
+        };
+        let event = Event {
+            ts: raw.ts,
+            cpu: raw.cpu,
+            pid: raw.pid,
+            tid: raw.tid,
+            comm: comm(&raw.comm),
+            mm: self.names.name(raw.mm),
+            mm_addr: self.raw_pointers.then_some(raw.mm),
+            body,
+        };
+        match probe {
+            Probe::HugetlbEnter => Decoded::Hugetlb { enter: true, event },
+            Probe::HugetlbExit => Decoded::Hugetlb {
+                enter: false,
+                event,
+            },
+            _ => Decoded::Event(event),
+        }
+    }
+}
+
+/// Writes a hugetlb record: the same fields as `cpr_enter`/`cpr_exit` under its own kind.
+pub fn write_hugetlb(enter: bool, event: &Event, out: &mut String) {
+    let start = out.len();
+    event.write_json(out);
+    let (from, to) = if enter {
+        ("\"kind\":\"cpr_enter\"", "\"kind\":\"hugetlb_enter\"")
+    } else {
+        ("\"kind\":\"cpr_exit\"", "\"kind\":\"hugetlb_exit\"")
+    };
+    let line = out.split_off(start);
+    out.push_str(&line.replacen(from, to, 1));
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(probe: Probe, mm: u64) -> RawEvent {
+        RawEvent {
+            ts: 5,
+            mm,
+            a: 0x1000,
+            b: 0x3000,
+            pid: 7,
+            tid: 8,
+            cpu: 1,
+            seq: 4,
+            flags: 0x73, // VM_READ|VM_WRITE|VM_MAYREAD|VM_MAYWRITE|VM_MAYEXEC: private, COW
+            probe: probe as u8,
+            seq_ok: 1,
+            _pad: [0; 2],
+            comm: *b"stress\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    #[test]
+    fn mm_names_are_per_lifetime_and_hide_addresses() {
+        let mut d = Decoder::new(FollFlags::FROM_6_3, false);
+        let Decoded::Event(a) = d.decode(&raw(Probe::CprEnter, 0xffff_8880_0000_1000)) else {
+            panic!()
+        };
+        assert_eq!(a.mm, "mm1");
+        assert_eq!(a.mm_addr, None);
+        assert_eq!(a.comm, "stress");
+        assert!(matches!(a.body, Body::CprEnter { cow: true, .. }));
+        assert_eq!(
+            d.decode(&raw(Probe::MmFree, 0xffff_8880_0000_1000)),
+            Decoded::MmFreed
+        );
+        let Decoded::Event(b) = d.decode(&raw(Probe::GupEnter, 0xffff_8880_0000_1000)) else {
+            panic!()
+        };
+        assert_eq!(b.mm, "mm2", "a reused address is a new mm");
+        let mut line = String::new();
+        b.write_json(&mut line);
+        assert!(!line.contains("ffff8880"), "{line}");
+    }
+
+    #[test]
+    fn cow_test_matches_is_cow_mapping() {
+        assert!(is_cow(VM_MAYWRITE));
+        assert!(!is_cow(VM_MAYWRITE | VM_SHARED));
+        assert!(!is_cow(0));
+    }
+
+    #[test]
+    fn hugetlb_lines_carry_their_own_kind() {
+        let mut d = Decoder::new(FollFlags::FROM_6_3, true);
+        let Decoded::Hugetlb { enter: true, event } = d.decode(&raw(Probe::HugetlbEnter, 0x10))
+        else {
+            panic!()
+        };
+        let mut s = String::new();
+        write_hugetlb(true, &event, &mut s);
+        assert!(s.starts_with("{\"kind\":\"hugetlb_enter\""), "{s}");
+        assert!(s.contains("\"mm_addr\":\"0x10\""));
+        assert_eq!(
+            d.decode(&RawEvent {
+                probe: 200,
+                ..raw(Probe::CprEnter, 1)
+            }),
+            Decoded::Invalid(200)
+        );
+    }
+}

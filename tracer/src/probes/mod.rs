@@ -1,1 +1,370 @@
-//! Placeholder
+//! Loading the eBPF object, attaching it where the plan says, and draining its ring buffer.
+pub mod env;
+
+use std::{os::fd::AsRawFd as _, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::KProbe,
+};
+use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+use tracer_common::{Filter, PROBE_COUNT, Probe, RawEvent, Reg, SITE_SLOTS, SiteConfig};
+
+use crate::{
+    events::ProbeInfo,
+    kernel::{
+        btf::Btf,
+        kallsyms::Kallsyms,
+        target::{self, FunctionPlan, TargetError},
+    },
+};
+
+/// The eBPF object built by tracer/build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Env(#[from] env::EnvError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Btf(#[from] crate::kernel::btf::BtfError),
+    #[error(transparent)]
+    Kallsyms(#[from] crate::kernel::kallsyms::KallsymsError),
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no program or map named {0} (tracer and eBPF build disagree)")]
+    Missing(&'static str),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching {what} to {target}: {source}")]
+    Attach {
+        what: String,
+        target: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("ring buffer size {0} is not a power of two multiple of the page size (4096)")]
+    RingSize(u32),
+    #[error("--comm {0:?} is longer than the kernel's 15-byte task name")]
+    CommTooLong(String),
+    #[error("ring buffer poll: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("more than {SITE_SLOTS} instruction sites")]
+    TooManySites,
+}
+
+/// One instruction-level probe to attach at `symbol+offset`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteProbe {
+    pub probe: Probe,
+    pub symbol: String,
+    pub offset: u64,
+    /// Base register and displacement of the seqcount access; `None` for a marker site that
+    /// reads `current->mm` (retry_fail).
+    pub mem: Option<(Reg, i32)>,
+}
+
+/// Everything needed to attach: the function-level plan plus any instruction sites.
+#[derive(Clone, Debug)]
+pub struct AttachPlan {
+    pub function: FunctionPlan,
+    pub sites: Vec<SiteProbe>,
+    /// Why instruction sites are absent or partial, each a sentence.
+    pub site_notes: Vec<String>,
+}
+
+impl AttachPlan {
+    /// The header's `probes` list.
+    pub fn probe_infos(&self) -> Vec<ProbeInfo> {
+        let mut v: Vec<ProbeInfo> = self
+            .function
+            .probes
+            .iter()
+            .map(|p| ProbeInfo {
+                name: p.probe.name().to_owned(),
+                target: p.symbol.clone(),
+                offset: 0,
+            })
+            .collect();
+        v.extend(self.sites.iter().map(|s| ProbeInfo {
+            name: s.probe.name().to_owned(),
+            target: s.symbol.clone(),
+            offset: s.offset,
+        }));
+        v
+    }
+
+    pub fn mode(&self) -> &'static str {
+        if self.sites.is_empty() {
+            "function"
+        } else {
+            "instruction"
+        }
+    }
+}
+
+/// Where kernel facts come from.
+#[derive(Clone, Debug)]
+pub struct KernelSource {
+    pub btf: PathBuf,
+    pub kallsyms: PathBuf,
+    pub release: String,
+}
+
+impl Default for KernelSource {
+    fn default() -> Self {
+        KernelSource {
+            btf: PathBuf::from(env::SYS_BTF),
+            kallsyms: PathBuf::from("/proc/kallsyms"),
+            release: uname_release(),
+        }
+    }
+}
+
+pub fn uname_release() -> String {
+    // SAFETY: uname fills a caller-provided struct; zeroed is a valid initial value.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".to_owned();
+    }
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Resolves the function-level plan from a kernel's BTF and kallsyms.
+pub fn function_plan(src: &KernelSource) -> Result<(FunctionPlan, Btf, Kallsyms), ProbeError> {
+    let btf = Btf::from_file(&src.btf)?;
+    let ks = Kallsyms::from_file(&src.kallsyms)?;
+    let plan = target::resolve(&btf, &ks, &src.release)?;
+    Ok((plan, btf, ks))
+}
+
+pub struct Options {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub ring_size: u32,
+}
+
+/// Loaded and attached programs; dropping it detaches everything.
+pub struct Session {
+    _ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+fn filter(opts: &Options) -> Result<Filter, ProbeError> {
+    let mut f = Filter {
+        pid: opts.pid.unwrap_or(0),
+        ..Filter::default()
+    };
+    if let Some(c) = &opts.comm {
+        if c.len() > 15 {
+            return Err(ProbeError::CommTooLong(c.clone()));
+        }
+        f.comm_enabled = 1;
+        f.comm[..c.len()].copy_from_slice(c.as_bytes());
+    }
+    Ok(f)
+}
+
+fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut KProbe, ProbeError> {
+    let prog: &mut KProbe = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::Missing(name))?
+        .try_into()
+        .map_err(|source| ProbeError::Program {
+            name: name.to_owned(),
+            source,
+        })?;
+    Ok(prog)
+}
+
+fn program_for(p: Probe) -> &'static str {
+    match p {
+        Probe::CprEnter => "cpr_enter",
+        Probe::CprExit => "cpr_exit",
+        Probe::HugetlbEnter => "hugetlb_enter",
+        Probe::HugetlbExit => "hugetlb_exit",
+        Probe::GupEnter => "gup_enter",
+        Probe::GupExit => "gup_exit",
+        Probe::MmFree => "mm_free",
+        Probe::WriteBegin
+        | Probe::WriteEnd
+        | Probe::ReadBegin
+        | Probe::ReadRetry
+        | Probe::RetryFail => "site",
+    }
+}
+
+const SITE_PROGRAMS: [&str; SITE_SLOTS] = [
+    "site0", "site1", "site2", "site3", "site4", "site5", "site6", "site7",
+];
+
+impl Session {
+    /// Loads the object with this kernel's offsets and attaches every probe in `plan`.
+    pub fn attach(plan: &AttachPlan, opts: &Options) -> Result<Session, ProbeError> {
+        let size = opts.ring_size;
+        if size < 4096 || !size.is_power_of_two() {
+            return Err(ProbeError::RingSize(size));
+        }
+        if plan.sites.len() > SITE_SLOTS {
+            return Err(ProbeError::TooManySites);
+        }
+        let f = filter(opts)?;
+        let offsets = plan.function.offsets;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("FILTER", &f, true)
+            .map_max_entries("EVENTS", size)
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Load)?;
+
+        // Site configuration goes in before any site program is attached.
+        {
+            let map = ebpf.map_mut("SITES").ok_or(ProbeError::Missing("SITES"))?;
+            let mut sites: Array<&mut MapData, SiteConfig> =
+                Array::try_from(map).map_err(|source| ProbeError::Map {
+                    name: "SITES",
+                    source,
+                })?;
+            for (i, s) in plan.sites.iter().enumerate() {
+                let (base, disp, has_mem) = match s.mem {
+                    Some((r, d)) => (r as u8, d, 1),
+                    None => (0, 0, 0),
+                };
+                let cfg = SiteConfig {
+                    probe: s.probe as u8,
+                    base,
+                    has_mem,
+                    _pad: 0,
+                    disp,
+                };
+                sites
+                    .set(i as u32, cfg, 0)
+                    .map_err(|source| ProbeError::Map {
+                        name: "SITES",
+                        source,
+                    })?;
+            }
+        }
+
+        for p in &plan.function.probes {
+            let name = program_for(p.probe);
+            let prog = kprobe(&mut ebpf, name)?;
+            prog.load().map_err(|source| ProbeError::Program {
+                name: name.to_owned(),
+                source,
+            })?;
+            prog.attach(&p.symbol, 0)
+                .map_err(|source| ProbeError::Attach {
+                    what: p.probe.name().to_owned(),
+                    target: p.symbol.clone(),
+                    source,
+                })?;
+        }
+        for (i, s) in plan.sites.iter().enumerate() {
+            let name = SITE_PROGRAMS[i];
+            let prog = kprobe(&mut ebpf, name)?;
+            prog.load().map_err(|source| ProbeError::Program {
+                name: name.to_owned(),
+                source,
+            })?;
+            prog.attach(&s.symbol, s.offset)
+                .map_err(|source| ProbeError::Attach {
+                    what: s.probe.name().to_owned(),
+                    target: format!("{}+{:#x}", s.symbol, s.offset),
+                    source,
+                })?;
+        }
+
+        let ring = ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::Missing("EVENTS"))?;
+        let ring = RingBuf::try_from(ring).map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })?;
+        // SAFETY: the ring buffer's fd is owned by `ring`, which the AsyncFd owns and keeps
+        // open until it is dropped.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| ProbeError::Io(std::io::Error::other(e.to_string())))?;
+        let lost = ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?;
+        let lost = PerCpuArray::try_from(lost).map_err(|source| ProbeError::Map {
+            name: "LOST",
+            source,
+        })?;
+        Ok(Session {
+            _ebpf: ebpf,
+            ring,
+            lost,
+        })
+    }
+
+    /// Waits until the ring buffer has data, then appends every record to `out`. Returns how
+    /// many.
+    pub async fn next_batch(&mut self, out: &mut Vec<RawEvent>) -> Result<usize, ProbeError> {
+        let mut guard = self.ring.readable_mut().await?;
+        let n = drain(guard.get_inner_mut(), out);
+        guard.clear_ready();
+        Ok(n)
+    }
+
+    /// Appends every record already in the ring buffer to `out`, without waiting.
+    pub fn drain_now(&mut self, out: &mut Vec<RawEvent>) -> usize {
+        drain(self.ring.get_mut(), out)
+    }
+
+    /// Failed reservations so far, per probe, summed over CPUs.
+    pub fn lost(&self) -> Result<[u64; PROBE_COUNT], ProbeError> {
+        let mut out = [0u64; PROBE_COUNT];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let v = self
+                .lost
+                .get(&(i as u32), 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "LOST",
+                    source,
+                })?;
+            *slot = v.iter().sum();
+        }
+        Ok(out)
+    }
+
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<RawEvent>) -> usize {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<RawEvent>() {
+            // SAFETY: the eBPF side writes whole `RawEvent`s (repr(C), plain data); the
+            // length was checked and read_unaligned copes with any alignment.
+            let raw = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawEvent>()) };
+            out.push(raw);
+            n += 1;
+        }
+    }
+    n
+}

@@ -1,8 +1,226 @@
-//! Placeholder: being written.
+//! `tracer record`: attach, stream ring-buffer records through the decoder, write JSON Lines.
+//!
+//! The log is complete and valid on every exit path: header first, then events in delivery
+//! order, `lost` lines whenever the in-kernel loss counters grow, and a summary last.
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufWriter, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, Result};
+
+pub mod pump;
+
+pub use pump::{Output, Sink, TraceArgs, pump};
+
+use crate::{
+    events::{Header, Record, decode::write_hugetlb, schema::SCHEMA},
+    probes::{self, AttachPlan, KernelSource},
+};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
-
-pub fn main(_args: Args) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub struct Args {
+    /// Write the log here (default: standard output).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Include raw kernel mm addresses (`mm_addr`); they defeat KASLR, so logs omit them by default.
+    #[arg(long)]
+    pub raw_pointers: bool,
+    /// Print the attach plan and exit without attaching.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
+
+/// Builds the attach plan for the running kernel: function probes plus instruction sites.
+pub fn plan(btf: Option<PathBuf>, with_sites: bool) -> Result<AttachPlan> {
+    let mut src = KernelSource::default();
+    if let Some(b) = btf {
+        src.btf = b;
+    }
+    probes::env::preflight(&src.btf)?;
+    let (function, btf, ks) = probes::function_plan(&src)?;
+    let (sites, site_notes) = if with_sites {
+        site_probes(&function, &btf, &ks)
+    } else {
+        (
+            Vec::new(),
+            vec!["instruction sites not requested (--no-sites)".to_owned()],
+        )
+    };
+    Ok(AttachPlan {
+        function,
+        sites,
+        site_notes,
+    })
+}
+
+/// Instruction-level sites for this kernel (see `crate::sites`).
+fn site_probes(
+    _function: &crate::kernel::target::FunctionPlan,
+    _btf: &crate::kernel::btf::Btf,
+    _ks: &crate::kernel::kallsyms::Kallsyms,
+) -> (Vec<probes::SiteProbe>, Vec<String>) {
+    (
+        Vec::new(),
+        vec![
+            "instruction-level sites: discovery not wired in yet; function-level probes only"
+                .to_owned(),
+        ],
+    )
+}
+
+/// Human-readable attach plan.
+pub fn print_plan(plan: &AttachPlan) {
+    println!("kernel {}: {} mode", plan.function.release, plan.mode());
+    for p in &plan.function.probes {
+        println!(
+            "  {:<14} {}{:<28} {}",
+            p.probe.name(),
+            if p.ret { "ret:" } else { "    " },
+            p.symbol,
+            p.reason
+        );
+    }
+    for s in &plan.sites {
+        println!("  {:<14}     {}+{:#x}", s.probe.name(), s.symbol, s.offset);
+    }
+    let o = &plan.function.offsets;
+    println!(
+        "  offsets: task_struct.mm={} mm_struct.write_protect_seq.sequence={} vm_area_struct.{{vm_mm={} vm_flags={} vm_start={} vm_end={}}}",
+        o.task_mm, o.mm_seq, o.vma_mm, o.vma_flags, o.vma_start, o.vma_end
+    );
+    let f = &plan.function.foll;
+    println!(
+        "  FOLL_PIN={:#x} FOLL_FAST_ONLY={:#x} FOLL_LONGTERM={:#x} (from {})",
+        f.pin,
+        f.fast_only,
+        f.longterm,
+        f.source.as_str()
+    );
+    for m in plan.function.missing.iter().chain(&plan.site_notes) {
+        println!("  missing: {m}");
+    }
+}
+
+pub fn header(plan: &AttachPlan, args: &TraceArgs) -> Header {
+    let f = &plan.function.foll;
+    let o = &plan.function.offsets;
+    let mut extra = BTreeMap::new();
+    extra.insert("mode".to_owned(), serde_json::json!(plan.mode()));
+    extra.insert(
+        "foll".to_owned(),
+        serde_json::json!({"pin": f.pin, "fast_only": f.fast_only, "longterm": f.longterm, "source": f.source.as_str()}),
+    );
+    extra.insert(
+        "offsets".to_owned(),
+        serde_json::json!({"task_mm": o.task_mm, "mm_seq": o.mm_seq, "vma_mm": o.vma_mm, "vma_flags": o.vma_flags}),
+    );
+    extra.insert(
+        "filter".to_owned(),
+        serde_json::json!({"pid": args.pid, "comm": args.comm}),
+    );
+    extra.insert("ring_size".to_owned(), serde_json::json!(args.ring_size));
+    let notes: Vec<&String> = plan
+        .function
+        .missing
+        .iter()
+        .chain(&plan.site_notes)
+        .collect();
+    extra.insert("missing".to_owned(), serde_json::json!(notes));
+    Header {
+        schema: SCHEMA,
+        tool: format!("tracer {}", env!("CARGO_PKG_VERSION")),
+        kernel: plan.function.release.clone(),
+        probes: plan.probe_infos(),
+        extra,
+    }
+}
+
+pub fn main(args: Args) -> Result<ExitCode> {
+    let plan = plan(args.trace.btf.clone(), !args.trace.no_sites)?;
+    if args.dry_run {
+        print_plan(&plan);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(record(plan, args))
+}
+
+/// Writes schema-1 lines to a file or stdout.
+struct LogWriter {
+    out: Box<dyn Write>,
+    buf: String,
+}
+
+impl Sink for LogWriter {
+    async fn put(&mut self, out: Output) -> Result<()> {
+        match out {
+            Output::Record(Record::Event(e)) => {
+                e.write_json(&mut self.buf);
+                self.buf.push('\n');
+            }
+            Output::Record(r) => r.write_line(&mut self.buf)?,
+            Output::Hugetlb { enter, event } => write_hugetlb(enter, &event, &mut self.buf),
+        }
+        // Written per ring-buffer batch: one syscall per batch, not per line.
+        if self.buf.len() > 1 << 16 {
+            self.flush_buf()?;
+        }
+        Ok(())
+    }
+
+    async fn batch_done(&mut self) -> Result<()> {
+        self.flush_buf()
+    }
+}
+
+impl LogWriter {
+    fn flush_buf(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.out
+                .write_all(self.buf.as_bytes())
+                .context("writing the event log")?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
+    let out: Box<dyn Write> = match &args.output {
+        Some(p) => Box::new(BufWriter::with_capacity(
+            1 << 20,
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(BufWriter::new(std::io::stdout())),
+    };
+    let mut w = LogWriter {
+        out,
+        buf: String::with_capacity(1 << 17),
+    };
+    let stats = pump(&plan, &args.trace, args.raw_pointers, args.output.is_none(), &mut w).await?;
+    w.flush_buf()?;
+    w.out.flush().context("writing the event log")?;
+    if let Some(p) = &args.output {
+        eprintln!(
+            "tracer: {} events, {} lost, in {:.1}s -> {}",
+            stats.events,
+            stats.lost,
+            stats.duration.as_secs_f64(),
+            p.display()
+        );
+    }
+    if let Some(s) = stats.command_status {
+        eprintln!("tracer: workload exited: {s}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+

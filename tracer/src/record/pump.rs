@@ -1,0 +1,256 @@
+//! The tracing loop shared by `tracer record` and the live TUI: attach, run the workload, drain
+//! the ring buffer through the decoder into a [`Sink`], report losses as they happen, and end
+//! with a summary on every exit path (duration, Ctrl-C/SIGTERM, workload exit).
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{SignalKind, signal};
+use tracer_common::{PROBE_COUNT, Probe, RawEvent};
+
+use super::header;
+use crate::{
+    events::{
+        Event, Record, Summary,
+        decode::{Decoded, Decoder},
+    },
+    probes::{AttachPlan, Options, Session},
+};
+
+/// What to trace, common to `record` and `tui`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Only events of this process (tgid).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only events of tasks with this command name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Ring buffer size in bytes (a power of two, at least 4096).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub ring_size: u32,
+    /// BTF of the traced kernel (default /sys/kernel/btf/vmlinux).
+    #[arg(long)]
+    pub btf: Option<PathBuf>,
+    /// Attach function-level probes only, even where instruction sites were found.
+    #[arg(long)]
+    pub no_sites: bool,
+    /// Workload to run while tracing; tracing stops when it exits.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// One thing for the sink.
+pub enum Output {
+    Record(Record),
+    /// `copy_hugetlb_page_range` entry/return (auxiliary kinds in the log).
+    Hugetlb { enter: bool, event: Event },
+}
+
+/// Where decoded output goes. `put` may wait (backpressure): the ring buffer then fills and
+/// the kernel counts the losses, which reach the sink as `lost` records.
+#[allow(async_fn_in_trait)]
+pub trait Sink {
+    async fn put(&mut self, out: Output) -> Result<()>;
+    /// Called after each ring-buffer batch.
+    async fn batch_done(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a finished trace did.
+pub struct PumpStats {
+    pub events: u64,
+    pub lost: u64,
+    pub duration: Duration,
+    pub command_status: Option<String>,
+}
+
+struct Counts {
+    events: u64,
+    mm_freed: u64,
+    invalid: u64,
+    hugetlb: u64,
+}
+
+async fn take<S: Sink>(
+    decoder: &mut Decoder,
+    counts: &mut Counts,
+    raw: &RawEvent,
+    sink: &mut S,
+) -> Result<()> {
+    match decoder.decode(raw) {
+        Decoded::Event(e) => {
+            counts.events += 1;
+            sink.put(Output::Record(Record::Event(e))).await?;
+        }
+        Decoded::Hugetlb { enter, event } => {
+            counts.events += 1;
+            counts.hugetlb += 1;
+            sink.put(Output::Hugetlb { enter, event }).await?;
+        }
+        Decoded::MmFreed => counts.mm_freed += 1,
+        Decoded::Invalid(_) => counts.invalid += 1,
+    }
+    Ok(())
+}
+
+async fn report_lost<S: Sink>(
+    session: &Session,
+    seen: &mut [u64; PROBE_COUNT],
+    sink: &mut S,
+) -> Result<()> {
+    let now = session.lost()?;
+    for (i, (&n, s)) in now.iter().zip(seen.iter_mut()).enumerate() {
+        if n > *s {
+            let probe = Probe::from_u8(i as u8).map_or("unknown", Probe::name);
+            sink.put(Output::Record(Record::Lost {
+                probe: probe.to_owned(),
+                count: n - *s,
+            }))
+            .await?;
+            *s = n;
+        }
+    }
+    Ok(())
+}
+
+/// Attaches `plan`, sends the header, every event, `lost` records and the summary to `sink`.
+/// `workload_to_stderr` keeps the workload's stdout off a log written to stdout.
+pub async fn pump<S: Sink>(
+    plan: &AttachPlan,
+    args: &TraceArgs,
+    raw_pointers: bool,
+    workload_to_stderr: bool,
+    sink: &mut S,
+) -> Result<PumpStats> {
+    let opts = Options {
+        pid: args.pid,
+        comm: args.comm.clone(),
+        ring_size: args.ring_size,
+    };
+    let mut session = Session::attach(plan, &opts)?;
+    sink.put(Output::Record(Record::Header(header(plan, args))))
+        .await?;
+    let mut decoder = Decoder::new(plan.function.foll, raw_pointers);
+    let mut counts = Counts {
+        events: 0,
+        mm_freed: 0,
+        invalid: 0,
+        hugetlb: 0,
+    };
+
+    let mut child = if args.command.is_empty() {
+        None
+    } else {
+        let mut c = tokio::process::Command::new(&args.command[0]);
+        c.args(&args.command[1..]);
+        if workload_to_stderr {
+            c.stdout(std::io::stderr());
+        }
+        Some(
+            c.spawn()
+                .with_context(|| format!("cannot run workload {:?}", args.command[0]))?,
+        )
+    };
+
+    let started = Instant::now();
+    let deadline = args
+        .duration
+        .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut lost_seen = [0u64; PROBE_COUNT];
+    let mut command_status: Option<String> = None;
+    let mut batch: Vec<RawEvent> = Vec::with_capacity(4096);
+
+    loop {
+        let sleep_until = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let child_exit = async {
+            match child.as_mut() {
+                Some(c) => c.wait().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = session.next_batch(&mut batch) => { r?; }
+            _ = tick.tick() => {
+                report_lost(&session, &mut lost_seen, sink).await?;
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sleep_until => break,
+            status = child_exit => {
+                command_status = Some(status.map_or("unknown".to_owned(), |s| s.to_string()));
+                child = None;
+                break;
+            }
+        }
+        for raw in batch.drain(..) {
+            take(&mut decoder, &mut counts, &raw, sink).await?;
+        }
+        sink.batch_done().await?;
+    }
+    if let Some(mut c) = child {
+        // The duration or a signal ended the trace first; stop the workload too.
+        let _ = c.start_kill();
+        if let Ok(s) = c.wait().await {
+            command_status = Some(s.to_string());
+        }
+    }
+    // Records already reserved in the kernel are delivered; take them before the summary.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    session.drain_now(&mut batch);
+    for raw in batch.drain(..) {
+        take(&mut decoder, &mut counts, &raw, sink).await?;
+    }
+    report_lost(&session, &mut lost_seen, sink).await?;
+
+    let mut lost = BTreeMap::new();
+    for (i, n) in lost_seen.iter().enumerate() {
+        if let Some(p) = Probe::from_u8(i as u8) {
+            lost.insert(p.name().to_owned(), *n);
+        }
+    }
+    let mut extra = BTreeMap::new();
+    extra.insert(
+        "unreadable_seq".to_owned(),
+        serde_json::json!(decoder.unreadable_seq),
+    );
+    extra.insert("mm_freed".to_owned(), serde_json::json!(counts.mm_freed));
+    extra.insert("hugetlb_events".to_owned(), serde_json::json!(counts.hugetlb));
+    extra.insert(
+        "invalid_records".to_owned(),
+        serde_json::json!(counts.invalid),
+    );
+    if let Some(s) = &command_status {
+        extra.insert("command_status".to_owned(), serde_json::json!(s));
+    }
+    let duration = started.elapsed();
+    sink.put(Output::Record(Record::Summary(Summary {
+        events: counts.events,
+        lost,
+        duration_ns: duration.as_nanos() as u64,
+        extra,
+    })))
+    .await?;
+    sink.batch_done().await?;
+    Ok(PumpStats {
+        events: counts.events,
+        lost: lost_seen.iter().sum(),
+        duration,
+        command_status,
+    })
+}

