@@ -59,19 +59,50 @@ pub fn plan(btf: Option<PathBuf>, with_sites: bool) -> Result<AttachPlan> {
     })
 }
 
-/// Instruction-level sites for this kernel (see `crate::sites`).
+/// Instruction-level sites for this kernel, found in its live machine code (`crate::sites`).
+/// Discovery refuses rather than guesses; whatever it refuses runs with function-level probes
+/// only, and the reason goes into the plan and the log header.
 fn site_probes(
-    _function: &crate::kernel::target::FunctionPlan,
-    _btf: &crate::kernel::btf::Btf,
-    _ks: &crate::kernel::kallsyms::Kallsyms,
+    function: &crate::kernel::target::FunctionPlan,
+    btf: &crate::kernel::btf::Btf,
+    ks: &crate::kernel::kallsyms::Kallsyms,
 ) -> (Vec<probes::SiteProbe>, Vec<String>) {
-    (
-        Vec::new(),
-        vec![
-            "instruction-level sites: discovery not wired in yet; function-level probes only"
-                .to_owned(),
-        ],
-    )
+    let code = match crate::kernel::image::ElfImage::kcore() {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![format!(
+                    "instruction sites: cannot read the kernel's code from /proc/kcore ({e}); function-level probes only"
+                )],
+            );
+        }
+    };
+    let layout = match crate::sites::SiteLayout::resolve(btf, ks, Some(&function.release)) {
+        Ok(l) => l,
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![format!("instruction sites: {e}; function-level probes only")],
+            );
+        }
+    };
+    let plan = crate::sites::discover(&code, ks, &layout);
+    let notes = plan
+        .refusals()
+        .map(|(f, e)| format!("instruction sites in {}: {e}; function-level probes only there", f.symbol))
+        .collect();
+    let sites = plan
+        .sites
+        .iter()
+        .map(|s| probes::SiteProbe {
+            probe: s.kind.probe(),
+            symbol: s.symbol.clone(),
+            offset: s.offset,
+            mem: s.base.map(|r| (r, s.disp)),
+        })
+        .collect();
+    (sites, notes)
 }
 
 /// Human-readable attach plan.
