@@ -115,13 +115,7 @@ pub fn test(a: TestArgs) -> Result<ExitCode> {
         cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))
             .context("formatting differs; run `cargo fmt --all`")?;
         // Default members only: the eBPF crate builds for the BPF target through tracer/build.rs.
-        cmd::run(cargo().args([
-            "clippy",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        cmd::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
         phase("fmt + clippy", t0);
     }
     let mut env: Vec<(String, String)> = Vec::new();

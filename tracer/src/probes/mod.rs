@@ -35,27 +35,27 @@ pub enum ProbeError {
     #[error(transparent)]
     Kallsyms(#[from] crate::kernel::kallsyms::KallsymsError),
     #[error("loading the eBPF programs failed: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object has no program or map named {0} (tracer and eBPF build disagree)")]
     Missing(&'static str),
     #[error("eBPF program {name}: {source}")]
     Program {
         name: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("attaching {what} to {target}: {source}")]
     Attach {
         what: String,
         target: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("eBPF map {name}: {source}")]
     Map {
         name: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("ring buffer size {0} is not a power of two multiple of the page size (4096)")]
     RingSize(u32),
@@ -194,7 +194,7 @@ fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut KProbe, 
         .try_into()
         .map_err(|source| ProbeError::Program {
             name: name.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     Ok(prog)
 }
@@ -237,7 +237,7 @@ impl Session {
             .override_global("FILTER", &f, true)
             .map_max_entries("EVENTS", size)
             .load(EBPF_OBJECT)
-            .map_err(ProbeError::Load)?;
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
 
         // Site configuration goes in before any site program is attached.
         {
@@ -245,7 +245,7 @@ impl Session {
             let mut sites: Array<&mut MapData, SiteConfig> =
                 Array::try_from(map).map_err(|source| ProbeError::Map {
                     name: "SITES",
-                    source,
+                    source: Box::new(source),
                 })?;
             for (i, s) in plan.sites.iter().enumerate() {
                 let (base, disp, has_mem) = match s.mem {
@@ -263,7 +263,7 @@ impl Session {
                     .set(i as u32, cfg, 0)
                     .map_err(|source| ProbeError::Map {
                         name: "SITES",
-                        source,
+                        source: Box::new(source),
                     })?;
             }
         }
@@ -273,13 +273,13 @@ impl Session {
             let prog = kprobe(&mut ebpf, name)?;
             prog.load().map_err(|source| ProbeError::Program {
                 name: name.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
             prog.attach(&p.symbol, 0)
                 .map_err(|source| ProbeError::Attach {
                     what: p.probe.name().to_owned(),
                     target: p.symbol.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         for (i, s) in plan.sites.iter().enumerate() {
@@ -287,13 +287,13 @@ impl Session {
             let prog = kprobe(&mut ebpf, name)?;
             prog.load().map_err(|source| ProbeError::Program {
                 name: name.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
             prog.attach(&s.symbol, s.offset)
                 .map_err(|source| ProbeError::Attach {
                     what: s.probe.name().to_owned(),
                     target: format!("{}+{:#x}", s.symbol, s.offset),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
 
@@ -302,7 +302,7 @@ impl Session {
             .ok_or(ProbeError::Missing("EVENTS"))?;
         let ring = RingBuf::try_from(ring).map_err(|source| ProbeError::Map {
             name: "EVENTS",
-            source,
+            source: Box::new(source),
         })?;
         // SAFETY: the ring buffer's fd is owned by `ring`, which the AsyncFd owns and keeps
         // open until it is dropped.
@@ -311,7 +311,7 @@ impl Session {
         let lost = ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?;
         let lost = PerCpuArray::try_from(lost).map_err(|source| ProbeError::Map {
             name: "LOST",
-            source,
+            source: Box::new(source),
         })?;
         Ok(Session {
             _ebpf: ebpf,
@@ -343,7 +343,7 @@ impl Session {
                 .get(&(i as u32), 0)
                 .map_err(|source| ProbeError::Map {
                     name: "LOST",
-                    source,
+                    source: Box::new(source),
                 })?;
             *slot = v.iter().sum();
         }

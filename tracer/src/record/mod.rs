@@ -83,14 +83,21 @@ fn site_probes(
         Err(e) => {
             return (
                 Vec::new(),
-                vec![format!("instruction sites: {e}; function-level probes only")],
+                vec![format!(
+                    "instruction sites: {e}; function-level probes only"
+                )],
             );
         }
     };
     let plan = crate::sites::discover(&code, ks, &layout);
     let notes = plan
         .refusals()
-        .map(|(f, e)| format!("instruction sites in {}: {e}; function-level probes only there", f.symbol))
+        .map(|(f, e)| {
+            format!(
+                "instruction sites in {}: {e}; function-level probes only there",
+                f.symbol
+            )
+        })
         .collect();
     let sites = plan
         .sites
@@ -237,7 +244,14 @@ async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
         out,
         buf: String::with_capacity(1 << 17),
     };
-    let stats = pump(&plan, &args.trace, args.raw_pointers, args.output.is_none(), &mut w).await?;
+    let stats = pump(
+        &plan,
+        &args.trace,
+        args.raw_pointers,
+        args.output.is_none(),
+        &mut w,
+    )
+    .await?;
     w.flush_buf()?;
     w.out.flush().context("writing the event log")?;
     if let Some(p) = &args.output {
@@ -254,4 +268,3 @@ async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-

@@ -50,7 +50,10 @@ pub struct TraceArgs {
 pub enum Output {
     Record(Record),
     /// `copy_hugetlb_page_range` entry/return (auxiliary kinds in the log).
-    Hugetlb { enter: bool, event: Event },
+    Hugetlb {
+        enter: bool,
+        event: Event,
+    },
 }
 
 /// Where decoded output goes. `put` may wait (backpressure): the ring buffer then fills and
@@ -230,7 +233,10 @@ pub async fn pump<S: Sink>(
         serde_json::json!(decoder.unreadable_seq),
     );
     extra.insert("mm_freed".to_owned(), serde_json::json!(counts.mm_freed));
-    extra.insert("hugetlb_events".to_owned(), serde_json::json!(counts.hugetlb));
+    extra.insert(
+        "hugetlb_events".to_owned(),
+        serde_json::json!(counts.hugetlb),
+    );
     extra.insert(
         "invalid_records".to_owned(),
         serde_json::json!(counts.invalid),
