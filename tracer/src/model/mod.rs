@@ -146,7 +146,7 @@ fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
     let mut as_expected = true;
     for v in Variant::ALL {
         let o = explore(&cfg(v))?;
-        write!(out, "{}\n", render(&o))?;
+        writeln!(out, "{}", render(&o))?;
         let expected_broken = v != Variant::Correct;
         as_expected &= o.counterexample.is_some() == expected_broken;
     }
