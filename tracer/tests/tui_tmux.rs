@@ -329,3 +329,44 @@ fn bad_input_is_one_sentence_and_status_2() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `events N` count in the header.
+fn events_shown(screen: &str) -> u64 {
+    screen
+        .split("events ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn pause_stops_the_replay_clock() {
+    let t = Tmux::start(&format!("tui --replay {}", data("clean.jsonl").display()));
+    t.wait_for("replay x1");
+    std::thread::sleep(Duration::from_millis(400));
+    t.keys(&["p"]);
+    t.wait_for("PAUSED");
+    // An event already due when the key came may still land: read after it had time to.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = t.screen();
+    let n = events_shown(&before);
+    assert!(n < 642, "the replay ended before the pause: {before}");
+    let new = |s: &str| {
+        s.split("PAUSED (+")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .map(str::to_owned)
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = t.screen();
+    assert_eq!(events_shown(&after), n, "{after}");
+    // The replay itself stopped, not only the screen: nothing new arrived underneath.
+    assert_eq!(new(&after), new(&before), "{before}\n{after}");
+    t.keys(&["p"]);
+    let s = t.wait_for("replay x1 done");
+    assert_eq!(events_shown(&s), 642, "{s}");
+    t.keys(&["q"]);
+    t.assert_restored(0);
+}

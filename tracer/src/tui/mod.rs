@@ -471,6 +471,10 @@ fn draw_loop(
                 Action::Pause => {
                     if let Some(p) = pacer {
                         p.set_paused(view.paused);
+                        // The replay clock stood still: so does "now" in the log's time.
+                        if !view.paused && s.last_rx.is_some() {
+                            s.last_rx = Some(Instant::now());
+                        }
                     }
                     frozen = if view.paused {
                         Some((s.model.clone(), now_ns(&s, speed)))
