@@ -370,3 +370,49 @@ fn pause_stops_the_replay_clock() {
     t.keys(&["q"]);
     t.assert_restored(0);
 }
+
+#[test]
+fn follow_a_pipe_through_the_live_path() {
+    let t = Tmux::start(&format!(
+        "tui --follow - < {}",
+        data("violations.jsonl").display()
+    ));
+    let s = t.wait_for("follow - done");
+    assert!(s.contains("events 140"), "{s}");
+    assert!(s.contains("violations 3"), "{s}");
+    t.keys(&["q"]);
+    t.assert_restored(1);
+}
+
+#[test]
+fn follow_a_growing_file_like_tail_f() {
+    use std::io::Write;
+    let log = read(&data("clean.jsonl"));
+    let lines: Vec<&str> = log.lines().collect();
+    // The file must exist (with its header) before tracer opens it.
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("tracer-tui-grow-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("grow.jsonl");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "{}", lines[..301].join("\n")).unwrap();
+    f.flush().unwrap();
+    let t = Tmux::start(&format!("tui --follow {}", path.display()));
+    let s = t.wait_for("events 300 ");
+    assert!(s.contains(&format!("follow {}", path.display())), "{s}");
+    assert!(!s.contains("done"), "{s}");
+    // The rest, with one line split across two writes: the reader waits for its end.
+    let rest = lines[301..].join("\n") + "\n";
+    let (a, b) = rest.split_at(rest.len() / 2);
+    f.write_all(a.as_bytes()).unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    f.write_all(b.as_bytes()).unwrap();
+    f.flush().unwrap();
+    let s = t.wait_for("done");
+    assert!(s.contains("events 642"), "{s}");
+    assert!(s.contains("messages 0"), "a line was misread: {s}");
+    t.keys(&["q"]);
+    t.assert_restored(0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -53,6 +53,10 @@ pub struct Args {
     /// Replay speed: 1 plays in real time (paced by the events' ts), 10 ten times faster.
     #[arg(long, value_name = "X", default_value_t = 1.0, requires = "replay")]
     pub speed: f64,
+    /// Show a log as it is being written, unpaced (like `tail -f`, until its summary); `-`
+    /// reads standard input, e.g. `tracer record ... | tracer tui --follow -`.
+    #[arg(long, value_name = "FILE", conflicts_with = "replay")]
+    pub follow: Option<PathBuf>,
     /// Also write every record shown to FILE (schema 1) while showing it.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -112,10 +116,31 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         source: String::new(),
         panic_after: args.panic_after_ms.map(Duration::from_millis),
     };
-    match &args.replay {
-        Some(path) => Ok(run_replay(path.clone(), args.speed, opts)?),
-        None => Err(TuiError::NoLive.into()),
+    if let Some(path) = &args.replay {
+        return Ok(run_replay(path.clone(), args.speed, opts)?);
     }
+    if let Some(path) = &args.follow {
+        return Ok(run_follow(path, opts)?);
+    }
+    Err(TuiError::NoLive.into())
+}
+
+/// Follows a log being written (or a pipe) through [`run_live`].
+pub fn run_follow(path: &std::path::Path, mut opts: Options) -> Result<ExitCode, TuiError> {
+    let follow = source::open_follow(path)?;
+    if !std::io::stdout().is_terminal() {
+        return Err(TuiError::NotATerminal);
+    }
+    let header = follow.header.clone();
+    let (tx, rx) = mpsc::channel(4096);
+    let quit = Arc::new(AtomicBool::new(false));
+    opts.source = format!("follow {}", path.display());
+    let app = App::new(&opts)?;
+    source::spawn_follow(follow, tx, Arc::clone(&quit), Arc::clone(&app.shared));
+    let r = app.run(header, Input::Live(rx), None, opts, 1.0);
+    // A reader blocked on a pipe cannot be interrupted; it ends with the process.
+    quit.store(true, Ordering::Relaxed);
+    r
 }
 
 /// Replays `path` at `speed` through the TUI.
