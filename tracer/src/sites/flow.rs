@@ -20,6 +20,8 @@ pub enum Val {
     Arg(u8),
     /// The current task pointer, read from its per-cpu variable.
     Current,
+    /// The 64-bit value of another per-cpu variable (at this %gs offset).
+    PerCpu(u64),
     /// The 64-bit value loaded from memory at (value + displacement).
     Load(Box<Val>, i64),
     /// The 32-bit value returned by the seqcount-displacement load at this address.
@@ -396,7 +398,11 @@ fn is_write(a: OpAccess) -> bool {
 fn load(ins: &Instruction, st: &State, ctx: &Ctx, size: usize) -> Vs {
     match mem_ref(ins, st) {
         Mem::Stack(o) => st.slot(o, size as u32),
-        Mem::PerCpu(a) if a == ctx.current && size == 8 => Vs::one(Val::Current),
+        Mem::PerCpu(a) if size == 8 => Vs::one(if a == ctx.current {
+            Val::Current
+        } else {
+            Val::PerCpu(a)
+        }),
         Mem::Ptr { disp, .. } if size == 4 && disp == ctx.seq_disp => Vs::one(Val::Seq(ins.ip())),
         Mem::Ptr { vals, disp, .. } if size == 8 => vals.map(|v| {
             (v.depth() < MAX_DEPTH && !matches!(v, Val::Const(_) | Val::Seq(_)))
