@@ -9,6 +9,7 @@
 //! Exit status: 0 when the stream showed no violation, 1 when it did, 2 for bad input (an
 //! unreadable log, no terminal).
 pub mod check;
+pub mod live;
 pub mod model;
 pub mod render;
 pub mod source;
@@ -60,6 +61,9 @@ pub struct Args {
     /// Also write every record shown to FILE (schema 1) while showing it.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// What to trace live (without --replay or --follow).
+    #[command(flatten)]
+    pub trace: crate::record::TraceArgs,
     /// Test hook: panic after this many ms, to check that the terminal is restored.
     #[arg(long, hide = true)]
     pub panic_after_ms: Option<u64>,
@@ -77,10 +81,6 @@ pub enum TuiError {
     NotATerminal,
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
-    #[error(
-        "live tracing is not available in this build yet; run `tracer tui --replay FILE` on a recorded log"
-    )]
-    NoLive,
 }
 
 /// Options common to live and replay sessions.
@@ -122,7 +122,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.follow {
         return Ok(run_follow(path, opts)?);
     }
-    Err(TuiError::NoLive.into())
+    live::run(args.trace, opts)
 }
 
 /// Follows a log being written (or a pipe) through [`run_live`].
