@@ -243,6 +243,9 @@ struct Gup {
     lookalike: bool,
     /// Keep `current` in a stack slot across the walk instead of re-reading %gs.
     spill_current: bool,
+    /// `local_irq_save()` as a live kernel has it after paravirt patching: `pushf; pop %rax;
+    /// cli` (moves the stack pointer without a plain push/pop of a register).
+    irq_save_native: bool,
 }
 
 fn load_current_mm(a: &mut CodeAssembler, o: Gup) -> R<()> {
@@ -289,6 +292,12 @@ fn build_gup(o: Gup) -> R<Built> {
     a.test(r12b, 1)?;
     a.jne(ret0)?;
     a.set_label(&mut walk)?;
+    if o.irq_save_native {
+        a.pushfq()?;
+        a.pop(rax)?;
+        a.cli()?;
+        a.mov(qword_ptr(rsp), rax)?;
+    }
     if o.lookalike {
         a.mov(ecx, dword_ptr(r13 + SEQ))?;
         a.mov(dword_ptr(rsp + 0x18), ecx)?;
@@ -512,6 +521,11 @@ fn sites_synthetic_read_variants_still_found() -> R<()> {
         },
         Gup {
             spill_current: true,
+            ..Gup::default()
+        },
+        Gup {
+            spill_current: true,
+            irq_save_native: true,
             ..Gup::default()
         },
     ] {

@@ -586,8 +586,21 @@ fn step(
             _ => st.forget_escaped(escaped),
         }
     }
+    // pushf/popf (what paravirt irq save/restore is patched into) and other implicit stack
+    // users move the stack pointer by a known amount; what they push is not tracked.
+    let inc = i64::from(ins.stack_pointer_increment());
+    let mut rsp_known = false;
+    if inc != 0
+        && let Some(o) = rsp_offset(st)
+    {
+        if inc < 0 {
+            st.kill_slots(o + inc, o);
+        }
+        adjust_rsp(st, inc);
+        rsp_known = true;
+    }
     for r in written {
-        if gpr(r).is_some() {
+        if gpr(r).is_some() && !(rsp_known && r.full_register() == Register::RSP) {
             st.set_reg(r.full_register(), Vs::top());
         }
     }
