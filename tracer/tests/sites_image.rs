@@ -143,7 +143,8 @@ fn sites_image_bzimage_lz4_legacy_several_blocks() -> R<()> {
 #[test]
 fn sites_image_bad_inputs_are_errors() -> R<()> {
     let e = elf(62);
-    let cases: Vec<(&str, Vec<u8>, fn(&ImageError) -> bool)> = vec![
+    type Check = fn(&ImageError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
         (
             "gzip payload",
             bzimage(&[0x1f, 0x8b, 8, 0, 1, 2, 3, 4], e.len()),

@@ -107,7 +107,10 @@ fn version(release: &str) -> (u32, u32) {
 /// Site offsets measured by hand (objdump of the decompressed vmlinux at the kallsyms addresses
 /// of a `nokaslr` boot) for the builds this project started on; other builds get the structural
 /// checks only.
-const MEASURED: [(&str, &[(&str, SiteKind, u64)]); 2] = [
+/// (function, site, offset)
+type Measured = &'static [(&'static str, SiteKind, u64)];
+
+const MEASURED: [(&str, Measured); 2] = [
     (
         "6.1.0-56-cloud-amd64",
         &[

@@ -329,3 +329,90 @@ fn bad_input_is_one_sentence_and_status_2() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `events N` count in the header.
+fn events_shown(screen: &str) -> u64 {
+    screen
+        .split("events ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn pause_stops_the_replay_clock() {
+    let t = Tmux::start(&format!("tui --replay {}", data("clean.jsonl").display()));
+    t.wait_for("replay x1");
+    std::thread::sleep(Duration::from_millis(400));
+    t.keys(&["p"]);
+    t.wait_for("PAUSED");
+    // An event already due when the key came may still land: read after it had time to.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = t.screen();
+    let n = events_shown(&before);
+    assert!(n < 642, "the replay ended before the pause: {before}");
+    let new = |s: &str| {
+        s.split("PAUSED (+")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .map(str::to_owned)
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = t.screen();
+    assert_eq!(events_shown(&after), n, "{after}");
+    // The replay itself stopped, not only the screen: nothing new arrived underneath.
+    assert_eq!(new(&after), new(&before), "{before}\n{after}");
+    t.keys(&["p"]);
+    let s = t.wait_for("replay x1 done");
+    assert_eq!(events_shown(&s), 642, "{s}");
+    t.keys(&["q"]);
+    t.assert_restored(0);
+}
+
+#[test]
+fn follow_a_pipe_through_the_live_path() {
+    let t = Tmux::start(&format!(
+        "tui --follow - < {}",
+        data("violations.jsonl").display()
+    ));
+    let s = t.wait_for("follow - done");
+    assert!(s.contains("events 140"), "{s}");
+    assert!(s.contains("violations 3"), "{s}");
+    t.keys(&["q"]);
+    t.assert_restored(1);
+}
+
+#[test]
+fn follow_a_growing_file_like_tail_f() {
+    use std::io::Write;
+    let log = read(&data("clean.jsonl"));
+    let lines: Vec<&str> = log.lines().collect();
+    // The file must exist (with its header) before tracer opens it.
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("tracer-tui-grow-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("grow.jsonl");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "{}", lines[..301].join("\n")).unwrap();
+    f.flush().unwrap();
+    let t = Tmux::start(&format!("tui --follow {}", path.display()));
+    let s = t.wait_for("events 300 ");
+    assert!(s.contains(&format!("follow {}", path.display())), "{s}");
+    assert!(!s.contains("done"), "{s}");
+    // The rest, with one line split across two writes: the reader waits for its end.
+    let rest = lines[301..].join("\n") + "\n";
+    let (a, b) = rest.split_at(rest.len() / 2);
+    f.write_all(a.as_bytes()).unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    f.write_all(b.as_bytes()).unwrap();
+    f.flush().unwrap();
+    let s = t.wait_for("done");
+    assert!(s.contains("events 642"), "{s}");
+    assert!(s.contains("messages 0"), "a line was misread: {s}");
+    t.keys(&["q"]);
+    t.assert_restored(0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

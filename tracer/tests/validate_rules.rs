@@ -397,7 +397,14 @@ fn delivery_order_is_reordered_by_ts_within_the_window() {
         (Verdict::Clean, sorted.stats.clone())
     );
     // With a window of 2 the reversal exceeds it: late events are counted, not replayed.
-    let r = validate_reader(text.as_bytes(), Options { window: 2 }).unwrap();
+    let r = validate_reader(
+        text.as_bytes(),
+        Options {
+            window: 2,
+            ..Options::default()
+        },
+    )
+    .unwrap();
     assert!(r.stats.out_of_window > 0);
     assert_ne!(r.verdict, Verdict::Clean);
 }
@@ -409,7 +416,13 @@ fn live_api_reports_violations_as_they_become_certain() {
     let Record::Header(h) = Record::parse(&l.lines[0]).unwrap() else {
         panic!("header")
     };
-    let mut v = Validator::with_options(&h, Options { window: 1 });
+    let mut v = Validator::with_options(
+        &h,
+        Options {
+            window: 1,
+            ..Options::default()
+        },
+    );
     let recs: Vec<Record> = l.lines[1..]
         .iter()
         .map(|s| Record::parse(s).unwrap())
@@ -440,4 +453,80 @@ fn json_report_has_the_documented_shape() {
     }
     assert_eq!(viol["rule"], "write_parity");
     assert_eq!(viol["line"], 2);
+}
+
+fn with_slack(l: &Log, slack_ns: u64) -> tracer::validate::Report {
+    validate_reader(
+        l.text().as_bytes(),
+        Options {
+            slack_ns,
+            ..Options::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A `write_*` probe fires before its increment: for `slack_ns` another CPU may still load the
+/// old value. Within the slack that is explained; beyond it, it is not.
+#[test]
+fn slack_covers_a_load_racing_a_write_probe() {
+    // A reader loads the pre-increment value 10 ns after write_begin.
+    let mut l = Log::new(ALL_PROBES);
+    l.cpr_enter(1, "m", 0, true)
+        .wb(1, "m", 0)
+        .gup_enter(20, "m", 0, true)
+        .gup_exit(20, "m", 0);
+    l.we(1, "m", 1).cpr_exit(1, "m", 2).summary();
+    assert_eq!(with_slack(&l, 100).violations, vec![]);
+    assert_eq!(rules(&with_slack(&l, 5)), vec![Rule::SeqUnexplained]);
+}
+
+#[test]
+fn slack_covers_an_odd_read_begin_just_before_write_end() {
+    // The probe read odd 1; write_end fired 10 ns later; the kernel's load may have seen 2.
+    let mut l = Log::new(ALL_PROBES);
+    l.cpr_enter(1, "m", 0, true).wb(1, "m", 0);
+    l.gup_enter(20, "m", 1, true)
+        .rb(20, "m", 1)
+        .we(1, "m", 1)
+        .rr(20, "m", 2)
+        .gup_exit(20, "m", 2);
+    l.cpr_exit(1, "m", 2).summary();
+    let r = with_slack(&l, 100);
+    assert_eq!(r.violations, vec![]);
+    assert_eq!(rules(&with_slack(&l, 5)), vec![Rule::OddNotBailed]);
+    // The same race with write_end's event first.
+    let mut l = Log::new(ALL_PROBES);
+    l.cpr_enter(1, "m", 0, true)
+        .wb(1, "m", 0)
+        .gup_enter(20, "m", 1, true);
+    l.we(1, "m", 1)
+        .rb(20, "m", 1)
+        .rr(20, "m", 2)
+        .gup_exit(20, "m", 2);
+    l.cpr_exit(1, "m", 2).summary();
+    assert_eq!(with_slack(&l, 100).violations, vec![]);
+    assert!(rules(&with_slack(&l, 5)).contains(&Rule::OddNotBailed));
+}
+
+#[test]
+fn slack_covers_a_retry_racing_write_begin_but_not_a_whole_section() {
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 0, true)
+        .rb(20, "m", 0)
+        .cpr_enter(1, "m", 0, true)
+        .wb(1, "m", 0);
+    l.rr(20, "m", 0)
+        .gup_exit(20, "m", 1)
+        .we(1, "m", 1)
+        .cpr_exit(1, "m", 2)
+        .summary();
+    assert_eq!(with_slack(&l, 100).violations, vec![]);
+    assert!(rules(&with_slack(&l, 5)).contains(&Rule::UnprotectedOverlap));
+    // Begin and end both before the retry: no slack can explain an unchanged value.
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 0, true).rb(20, "m", 0);
+    fork_copy(&mut l, 1, "m", 0);
+    l.rr(20, "m", 0).gup_exit(20, "m", 2).summary();
+    assert!(rules(&with_slack(&l, 1_000_000)).contains(&Rule::UnprotectedOverlap));
 }

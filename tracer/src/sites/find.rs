@@ -92,6 +92,7 @@ pub fn describe(v: &Val, names: &[(Val, String)]) -> String {
     match v {
         Val::Arg(n) => format!("arg{n}"),
         Val::Current => "current".into(),
+        Val::PerCpu(a) => format!("%gs:{a:#x}"),
         Val::Load(b, d) => format!("[{}{}]", describe(b, names), super::flow::signed_hex(*d)),
         Val::Seq(ip) => format!("seq@{ip:#x}"),
         Val::Const(c) => format!("{c:#x}"),
@@ -129,9 +130,15 @@ pub fn find_write_pair(
     let sym = &func.symbol;
     let mut notes = Vec::new();
     let mut incs = Vec::new();
+    let mut unproven = Vec::new();
     for a in seq_accesses(func, flow, ctx) {
         let at = func.offset(a.idx);
         if !origin_is(&a.vals, mm) {
+            if a.kind == AccessKind::Increment
+                && (a.vals.is_top() || a.vals.iter().any(|v| mm.contains(v)))
+            {
+                unproven.push(a.idx);
+            }
             notes.push(format!(
                 "+{at:#x}: same displacement, but the base %{} holds {}, not the source mm: not the seqcount",
                 reg_lower(a.base),
@@ -151,6 +158,16 @@ pub fn find_write_pair(
                 "+{at:#x}: reads the seqcount (not part of the write section)"
             )),
         }
+    }
+    if incs.len() < 2 && !unproven.is_empty() {
+        return Err(SiteError::Ambiguous {
+            symbol: sym.clone(),
+            why: format!(
+                "{} increment(s) through the source mm proven, and the base register of the increment(s) at {} cannot be proven to hold the source mm or anything else",
+                incs.len(),
+                offsets(func, unproven.iter().copied())
+            ),
+        });
     }
     match incs.len() {
         0 => {
@@ -310,9 +327,13 @@ pub fn find_read_side(
     let sym = &func.symbol;
     let mut notes = Vec::new();
     let mut mine = Vec::new();
+    let mut unproven = Vec::new();
     for a in seq_accesses(func, flow, ctx) {
         let at = func.offset(a.idx);
         if !origin_is(&a.vals, std::slice::from_ref(cur_mm)) {
+            if a.vals.is_top() || a.vals.iter().any(|v| v == cur_mm) {
+                unproven.push(a.idx);
+            }
             notes.push(format!(
                 "+{at:#x}: same displacement, but the base %{} holds {}, not current->mm: not the seqcount",
                 reg_lower(a.base),
@@ -338,7 +359,19 @@ pub fn find_read_side(
             }
         }
     }
+    let unproven_err = |what: &str| SiteError::Ambiguous {
+        symbol: sym.clone(),
+        why: format!(
+            "{what}, and the base register of the same-displacement access(es) at {} cannot be proven to hold current->mm or anything else",
+            offsets(func, unproven.iter().copied())
+        ),
+    };
     if mine.is_empty() {
+        if !unproven.is_empty() {
+            return Err(unproven_err(
+                "no load of current->mm->write_protect_seq is proven",
+            ));
+        }
         return Err(SiteError::NotFound {
             symbol: sym.clone(),
             what: "no load of current->mm->write_protect_seq".into(),
@@ -389,6 +422,12 @@ pub fn find_read_side(
     }
     let (begin, retry, compare) = match pairs.len() {
         1 => pairs.remove(0),
+        0 if !unproven.is_empty() => {
+            return Err(unproven_err(&format!(
+                "no comparison of two proven seqcount loads (proven: {})",
+                offsets(func, mine.iter().map(|a| a.idx))
+            )));
+        }
         0 => {
             return Err(dead_retry(func, flow, ctx, &mine, sym));
         }

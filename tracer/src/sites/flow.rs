@@ -20,6 +20,8 @@ pub enum Val {
     Arg(u8),
     /// The current task pointer, read from its per-cpu variable.
     Current,
+    /// The 64-bit value of another per-cpu variable (at this %gs offset).
+    PerCpu(u64),
     /// The 64-bit value loaded from memory at (value + displacement).
     Load(Box<Val>, i64),
     /// The 32-bit value returned by the seqcount-displacement load at this address.
@@ -396,7 +398,11 @@ fn is_write(a: OpAccess) -> bool {
 fn load(ins: &Instruction, st: &State, ctx: &Ctx, size: usize) -> Vs {
     match mem_ref(ins, st) {
         Mem::Stack(o) => st.slot(o, size as u32),
-        Mem::PerCpu(a) if a == ctx.current && size == 8 => Vs::one(Val::Current),
+        Mem::PerCpu(a) if size == 8 => Vs::one(if a == ctx.current {
+            Val::Current
+        } else {
+            Val::PerCpu(a)
+        }),
         Mem::Ptr { disp, .. } if size == 4 && disp == ctx.seq_disp => Vs::one(Val::Seq(ins.ip())),
         Mem::Ptr { vals, disp, .. } if size == 8 => vals.map(|v| {
             (v.depth() < MAX_DEPTH && !matches!(v, Val::Const(_) | Val::Seq(_)))
@@ -580,8 +586,21 @@ fn step(
             _ => st.forget_escaped(escaped),
         }
     }
+    // pushf/popf (what paravirt irq save/restore is patched into) and other implicit stack
+    // users move the stack pointer by a known amount; what they push is not tracked.
+    let inc = i64::from(ins.stack_pointer_increment());
+    let mut rsp_known = false;
+    if inc != 0
+        && let Some(o) = rsp_offset(st)
+    {
+        if inc < 0 {
+            st.kill_slots(o + inc, o);
+        }
+        adjust_rsp(st, inc);
+        rsp_known = true;
+    }
     for r in written {
-        if gpr(r).is_some() {
+        if gpr(r).is_some() && !(rsp_known && r.full_register() == Register::RSP) {
             st.set_reg(r.full_register(), Vs::top());
         }
     }

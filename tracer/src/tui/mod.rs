@@ -9,6 +9,7 @@
 //! Exit status: 0 when the stream showed no violation, 1 when it did, 2 for bad input (an
 //! unreadable log, no terminal).
 pub mod check;
+pub mod live;
 pub mod model;
 pub mod render;
 pub mod source;
@@ -53,9 +54,16 @@ pub struct Args {
     /// Replay speed: 1 plays in real time (paced by the events' ts), 10 ten times faster.
     #[arg(long, value_name = "X", default_value_t = 1.0, requires = "replay")]
     pub speed: f64,
+    /// Show a log as it is being written, unpaced (like `tail -f`, until its summary); `-`
+    /// reads standard input, e.g. `tracer record ... | tracer tui --follow -`.
+    #[arg(long, value_name = "FILE", conflicts_with = "replay")]
+    pub follow: Option<PathBuf>,
     /// Also write every record shown to FILE (schema 1) while showing it.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// What to trace live (without --replay or --follow).
+    #[command(flatten)]
+    pub trace: crate::record::TraceArgs,
     /// Test hook: panic after this many ms, to check that the terminal is restored.
     #[arg(long, hide = true)]
     pub panic_after_ms: Option<u64>,
@@ -73,10 +81,6 @@ pub enum TuiError {
     NotATerminal,
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
-    #[error(
-        "live tracing is not available in this build yet; run `tracer tui --replay FILE` on a recorded log"
-    )]
-    NoLive,
 }
 
 /// Options common to live and replay sessions.
@@ -112,10 +116,31 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         source: String::new(),
         panic_after: args.panic_after_ms.map(Duration::from_millis),
     };
-    match &args.replay {
-        Some(path) => Ok(run_replay(path.clone(), args.speed, opts)?),
-        None => Err(TuiError::NoLive.into()),
+    if let Some(path) = &args.replay {
+        return Ok(run_replay(path.clone(), args.speed, opts)?);
     }
+    if let Some(path) = &args.follow {
+        return Ok(run_follow(path, opts)?);
+    }
+    live::run(args.trace, opts)
+}
+
+/// Follows a log being written (or a pipe) through [`run_live`].
+pub fn run_follow(path: &std::path::Path, mut opts: Options) -> Result<ExitCode, TuiError> {
+    let follow = source::open_follow(path)?;
+    if !std::io::stdout().is_terminal() {
+        return Err(TuiError::NotATerminal);
+    }
+    let header = follow.header.clone();
+    let (tx, rx) = mpsc::channel(4096);
+    let quit = Arc::new(AtomicBool::new(false));
+    opts.source = format!("follow {}", path.display());
+    let app = App::new(&opts)?;
+    source::spawn_follow(follow, tx, Arc::clone(&quit), Arc::clone(&app.shared));
+    let r = app.run(header, Input::Live(rx), None, opts, 1.0);
+    // A reader blocked on a pipe cannot be interrupted; it ends with the process.
+    quit.store(true, Ordering::Relaxed);
+    r
 }
 
 /// Replays `path` at `speed` through the TUI.
@@ -471,6 +496,10 @@ fn draw_loop(
                 Action::Pause => {
                     if let Some(p) = pacer {
                         p.set_paused(view.paused);
+                        // The replay clock stood still: so does "now" in the log's time.
+                        if !view.paused && s.last_rx.is_some() {
+                            s.last_rx = Some(Instant::now());
+                        }
                     }
                     frozen = if view.paused {
                         Some((s.model.clone(), now_ns(&s, speed)))

@@ -184,6 +184,108 @@ pub fn spawn_replay(
     })
 }
 
+/// A log being written (or a pipe): its header, and a reader positioned after it.
+pub struct Follow {
+    pub header: Header,
+    reader: Box<dyn BufRead + Send>,
+    /// A regular file grows: at its end, wait for more (like `tail -f`) until the summary.
+    grows: bool,
+    name: String,
+}
+
+/// Opens `path` (`-` for standard input) to follow, reading its header first.
+pub fn open_follow(path: &Path) -> Result<Follow, SourceError> {
+    let (mut reader, grows): (Box<dyn BufRead + Send>, bool) = if path == Path::new("-") {
+        (Box::new(BufReader::new(io::stdin())), false)
+    } else {
+        let f = File::open(path).map_err(|source| SourceError::Open {
+            path: path.into(),
+            source,
+        })?;
+        let grows = f.metadata().is_ok_and(|m| m.is_file());
+        (Box::new(BufReader::new(f)), grows)
+    };
+    let mut first = String::new();
+    let n = reader
+        .read_line(&mut first)
+        .map_err(|source| SourceError::Read {
+            path: path.into(),
+            source,
+        })?;
+    if n == 0 {
+        return Err(SourceError::Empty { path: path.into() });
+    }
+    match Record::parse(first.trim_end()) {
+        Ok(Record::Header(header)) => Ok(Follow {
+            header,
+            reader,
+            grows,
+            name: path.display().to_string(),
+        }),
+        Ok(other) => Err(SourceError::NotHeader {
+            path: path.into(),
+            kind: kind_name(&other),
+        }),
+        Err(source) => Err(SourceError::BadHeader {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
+/// Sends the records of a followed log as they are written, unpaced, until its summary, the
+/// end of a pipe, or `quit`. Lines that do not parse are reported and skipped.
+pub fn spawn_follow(
+    mut f: Follow,
+    tx: tokio::sync::mpsc::Sender<Record>,
+    quit: Arc<AtomicBool>,
+    model: Arc<Mutex<super::Shared>>,
+) {
+    std::thread::spawn(move || {
+        let mut buf = String::new();
+        let mut no = 1u64;
+        loop {
+            if quit.load(Ordering::Relaxed) {
+                return;
+            }
+            match f.reader.read_line(&mut buf) {
+                Ok(0) if f.grows && !buf.ends_with('\n') => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                Ok(0) if buf.is_empty() => return,
+                // A regular file's last line may still be half written.
+                Ok(_) if f.grows && !buf.ends_with('\n') => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    let mut s = model.lock().unwrap_or_else(|p| p.into_inner());
+                    s.model
+                        .message(format!("{}: read error after line {no}: {e}", f.name));
+                    return;
+                }
+            }
+            no += 1;
+            let line = std::mem::take(&mut buf);
+            if line.trim().is_empty() {
+                continue;
+            }
+            match Record::parse(line.trim_end()) {
+                Ok(rec) => {
+                    let last = matches!(rec, Record::Summary(_));
+                    if tx.blocking_send(rec).is_err() || last {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let mut s = model.lock().unwrap_or_else(|p| p.into_inner());
+                    s.model
+                        .message(format!("{} line {no}: {e}; skipped", f.name));
+                }
+            }
+        }
+    });
+}
+
 /// A summary for a log cut short (export while running, or quit before the source's own
 /// summary): counts as seen so far, marked partial.
 pub fn partial_summary(m: &Model, why: &str) -> Summary {

@@ -146,12 +146,20 @@ pub struct Options {
     /// Reorder window in events: an event is replayed once this many newer-delivered events
     /// are buffered behind it.
     pub window: usize,
+    /// How long after a `write_begin`/`write_end` event its increment may still be invisible.
+    /// Those probes fire on the increment instruction, before it executes, so for this long
+    /// another CPU may still load the old value (or, at a `read_begin`, already the new one).
+    pub slack_ns: u64,
 }
+
+/// Default [`Options::slack_ns`]: generous for a kprobe's overhead even under emulation.
+pub const DEFAULT_SLACK_NS: u64 = 10_000;
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             window: DEFAULT_WINDOW,
+            slack_ns: DEFAULT_SLACK_NS,
         }
     }
 }
@@ -224,8 +232,11 @@ struct GupCall {
     /// `read_retry`: (value loaded, line).
     retry: Option<(u32, u64)>,
     retry_fail: bool,
-    /// First write event (line, tid) on this mm between `read_begin` and `read_retry`.
+    /// First write event (line, tid) on this mm between `read_begin` and `read_retry`, its
+    /// ts, and how many increments the write events in between account for.
     saw_write: Option<(u64, u32)>,
+    first_write_ts: u64,
+    writes_seen: u32,
 }
 
 #[derive(Default, Debug)]
@@ -250,6 +261,10 @@ struct MmState {
     cpr_open: Vec<u32>,
     /// Threads inside a PIN read window (after an even `read_begin`, before `read_retry`).
     readers: Vec<u32>,
+    /// Threads whose `read_begin` loaded an odd value and that have not retried.
+    odd_readers: Vec<u32>,
+    /// The last write event: (is `write_end`, value before its increment, ts).
+    last_write: Option<(bool, u32, u64)>,
 }
 
 /// The incremental validator. Feed records in delivery order with [`Validator::push`];
@@ -296,6 +311,7 @@ impl Validator {
         Validator {
             opts: Options {
                 window: opts.window.max(1),
+                ..opts
             },
             write_probed,
             retry_fail_probed: names_probe(header, &["retry_fail"]),
@@ -392,6 +408,8 @@ impl Validator {
                     open_write: None,
                     cpr_open: Vec::new(),
                     readers: Vec::new(),
+                    odd_readers: Vec::new(),
+                    last_write: None,
                 });
                 id
             }
@@ -460,6 +478,8 @@ impl Validator {
             m.open_write = None;
             m.cpr_open.clear();
             m.readers.clear();
+            m.odd_readers.clear();
+            m.last_write = None;
         }
     }
 
@@ -534,9 +554,19 @@ impl Validator {
     /// `seq_unexplained`: an observed value must equal the last one, or exceed it by no more
     /// than the open copy windows allow.
     fn observe(&mut self, e: &Ev, what: &str) {
+        let slack = self.opts.slack_ns;
         let Some(m) = self.mms.get_mut(e.mm as usize) else {
             return;
         };
+        let is_write = matches!(e.kind, Kind::WriteBegin | Kind::WriteEnd);
+        if !is_write
+            && let Some((_, pre, wts)) = m.last_write
+            && e.seq == pre
+            && e.ts.saturating_sub(wts) <= slack
+        {
+            // The last write's increment may not have landed yet: the old value is explained.
+            return;
+        }
         let prev = m.lo;
         let credit = m.credit;
         m.lo = Some((e.seq, e.line));
@@ -572,6 +602,7 @@ impl Validator {
         if let Some(m) = self.mms.get_mut(e.mm as usize) {
             m.lo = Some((e.seq.wrapping_add(1), e.line));
             m.credit = 0;
+            m.last_write = Some((e.kind == Kind::WriteEnd, e.seq, e.ts));
         }
     }
 
@@ -686,9 +717,13 @@ impl Validator {
         for t in readers {
             if let Some(c) = self.threads.get_mut(&t).and_then(|th| th.call.as_mut())
                 && c.begin.is_some_and(|(_, _, ts)| ts <= w.ts)
-                && c.saw_write.is_none()
             {
-                c.saw_write = Some((w.line, e.tid));
+                // Both increments of the section, whatever the timing of their probes.
+                c.writes_seen = c.writes_seen.saturating_add(2);
+                if c.saw_write.is_none() {
+                    c.saw_write = Some((w.line, e.tid));
+                    c.first_write_ts = w.ts;
+                }
             }
         }
     }
@@ -699,10 +734,12 @@ impl Validator {
             return;
         };
         for &t in &m.readers {
-            if let Some(c) = self.threads.get_mut(&t).and_then(|th| th.call.as_mut())
-                && c.saw_write.is_none()
-            {
-                c.saw_write = Some((e.line, e.tid));
+            if let Some(c) = self.threads.get_mut(&t).and_then(|th| th.call.as_mut()) {
+                c.writes_seen = c.writes_seen.saturating_add(1);
+                if c.saw_write.is_none() {
+                    c.saw_write = Some((e.line, e.tid));
+                    c.first_write_ts = e.ts;
+                }
             }
         }
     }
@@ -761,6 +798,7 @@ impl Validator {
         self.observe(e, "write_end");
         self.advance(e);
         self.mark_readers(e);
+        self.settle_odd_readers(e);
         if let Some(m) = self.mms.get_mut(e.mm as usize)
             && m.open_write.is_some_and(|(t, _)| t == e.tid)
         {
@@ -811,6 +849,38 @@ impl Validator {
         }
     }
 
+    /// A `read_begin` probe reads the counter just before the kernel's own load: if this
+    /// `write_end` fired shortly after it, on the odd value the probe saw, the kernel may have
+    /// loaded the even value after the increment and rightly gone on to `read_retry`.
+    fn settle_odd_readers(&mut self, e: &Ev) {
+        let slack = self.opts.slack_ns;
+        let Some(m) = self.mms.get_mut(e.mm as usize) else {
+            return;
+        };
+        let mut moved = Vec::new();
+        m.odd_readers.retain(|&t| {
+            let settle = self
+                .threads
+                .get(&t)
+                .and_then(|th| th.call.as_ref())
+                .and_then(|c| c.begin)
+                .is_some_and(|(s, _, ts)| s == e.seq && e.ts.saturating_sub(ts) <= slack);
+            if settle {
+                moved.push(t);
+            }
+            !settle
+        });
+        m.readers.extend(moved.iter().copied());
+        for t in moved {
+            if let Some(c) = self.threads.get_mut(&t).and_then(|th| th.call.as_mut())
+                && let Some((s, l, ts)) = c.begin
+            {
+                c.begin = Some((s.wrapping_add(1), l, ts));
+                c.odd = false;
+            }
+        }
+    }
+
     fn gup_enter(&mut self, e: &Ev) {
         self.observe(e, "gup_enter");
         self.close_call(e);
@@ -826,6 +896,8 @@ impl Validator {
             retry: None,
             retry_fail: false,
             saw_write: None,
+            first_write_ts: 0,
+            writes_seen: 0,
         });
     }
 
@@ -871,6 +943,11 @@ impl Validator {
         {
             m.readers.swap_remove(i);
         }
+        if let Some(m) = self.mms.get_mut(mm as usize)
+            && let Some(i) = m.odd_readers.iter().position(|&t| t == tid)
+        {
+            m.odd_readers.swap_remove(i);
+        }
     }
 
     fn read_begin(&mut self, e: &Ev) {
@@ -894,15 +971,32 @@ impl Validator {
                 retry: None,
                 retry_fail: false,
                 saw_write: None,
+                first_write_ts: 0,
+                writes_seen: 0,
             });
         }
-        let odd = e.seq & 1 == 1;
+        let mut seq = e.seq;
+        if seq & 1 == 1
+            && let Some(m) = self.mms.get(e.mm as usize)
+            && let Some((true, pre, wts)) = m.last_write
+            && pre == seq
+            && e.ts.saturating_sub(wts) <= self.opts.slack_ns
+        {
+            // The write_end just before may not have landed when the probe read the odd value;
+            // the kernel's own load, an instant later, may have seen the even one.
+            seq = seq.wrapping_add(1);
+        }
+        let odd = seq & 1 == 1;
         if let Some(c) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) {
-            c.begin = Some((e.seq, e.line, e.ts));
+            c.begin = Some((seq, e.line, e.ts));
             c.odd = odd;
         }
-        if !odd && let Some(m) = self.mms.get_mut(e.mm as usize) {
-            m.readers.push(e.tid);
+        if let Some(m) = self.mms.get_mut(e.mm as usize) {
+            if odd {
+                m.odd_readers.push(e.tid);
+            } else {
+                m.readers.push(e.tid);
+            }
         }
     }
 
@@ -914,6 +1008,9 @@ impl Validator {
         let Some((s, bl, _)) = c.begin else { return };
         c.retry = Some((e.seq, e.line));
         let (odd, saw, mm) = (c.odd, c.saw_write, c.mm);
+        // One write event within the slack before the retry may not have landed yet.
+        let certain =
+            c.writes_seen >= 2 || e.ts.saturating_sub(c.first_write_ts) > self.opts.slack_ns;
         self.leave_read_window(mm, e.tid);
         if odd {
             self.violate(
@@ -931,7 +1028,9 @@ impl Validator {
             self.stats.failed_retries += 1;
             return;
         }
-        if let Some((wl, wtid)) = saw {
+        if let Some((wl, wtid)) = saw
+            && certain
+        {
             self.violate(
                 Rule::UnprotectedOverlap,
                 e,

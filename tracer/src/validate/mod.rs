@@ -14,8 +14,8 @@ use std::{
 };
 
 pub use engine::{
-    DEFAULT_WINDOW, MAX_STORED_VIOLATIONS, Options, Report, Rule, Stats, Validator, Verdict,
-    Violation,
+    DEFAULT_SLACK_NS, DEFAULT_WINDOW, MAX_STORED_VIOLATIONS, Options, Report, Rule, Stats,
+    Validator, Verdict, Violation,
 };
 use thiserror::Error;
 
@@ -31,6 +31,10 @@ pub struct Args {
     /// Reorder window, in events: how far out of timestamp order a line may be delivered.
     #[arg(long, default_value_t = DEFAULT_WINDOW)]
     pub window: usize,
+    /// How long (ns) after a write_begin/write_end event its increment may still be invisible
+    /// to other CPUs (the probe fires before the instruction).
+    #[arg(long, default_value_t = DEFAULT_SLACK_NS)]
+    pub slack_ns: u64,
 }
 
 /// Why a log cannot be judged at all (exit status 2).
@@ -252,6 +256,7 @@ pub fn render_text(r: &Report) -> String {
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let opts = Options {
         window: args.window,
+        slack_ns: args.slack_ns,
     };
     let report = if args.file == "-" {
         validate_reader(io::stdin().lock(), opts)?

@@ -1,0 +1,106 @@
+//! `tracer tui` on the running kernel: the recorder's tracing loop ([`crate::record::pump`])
+//! feeds [`super::run_live`] through a channel.
+use std::{
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use tokio::sync::mpsc;
+
+use crate::{
+    events::Record,
+    record::{Output, Sink, TraceArgs, pump},
+};
+
+/// Hands the pump's records to the TUI. `send` waits when the channel is full, so a TUI that
+/// falls behind makes the ring buffer fill, and the kernel counts (and reports) the losses.
+struct ChannelSink {
+    tx: mpsc::Sender<Record>,
+    /// Something (the header) reached the TUI: from then on errors go to its messages pane.
+    started: Arc<AtomicBool>,
+    /// The TUI has quit; the pump runs on until its SIGINT so it stops the workload too.
+    gone: bool,
+}
+
+impl Sink for ChannelSink {
+    async fn put(&mut self, out: Output) -> Result<()> {
+        // Auxiliary hugetlb events are not shown (the validator skips them as well).
+        if let (Output::Record(r), false) = (out, self.gone) {
+            if self.tx.send(r).await.is_err() {
+                self.gone = true;
+            } else {
+                self.started.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Attaches the probes, runs the optional workload, and shows the events until the person
+/// quits (or the workload/duration ends the trace: the screen then stays, marked done).
+pub fn run(trace: TraceArgs, opts: super::Options) -> Result<ExitCode> {
+    let plan = crate::record::plan(trace.btf.clone(), !trace.no_sites)?;
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(super::TuiError::NotATerminal.into());
+    }
+    // Quitting raises SIGINT to stop the pump (below). A handler must exist from the start so
+    // that the signal can never take the default action and kill the process mid-restore.
+    let sigint_seen = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(libc::SIGINT, Arc::clone(&sigint_seen))
+        .context("installing the SIGINT handler")?;
+    let (tx, mut rx) = mpsc::channel(1 << 16);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let started = Arc::new(AtomicBool::new(false));
+    let sink_started = Arc::clone(&started);
+    std::thread::spawn(move || {
+        let r = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let mut sink = ChannelSink {
+                        tx,
+                        started: sink_started,
+                        gone: false,
+                    };
+                    // The workload's stdout goes to stderr, which the TUI shows as messages.
+                    pump(&plan, &trace, false, true, &mut sink)
+                        .await
+                        .map(|_| ())
+                })
+            });
+        if let Err(e) = &r
+            && started.load(Ordering::Relaxed)
+        {
+            // During the TUI, stderr is the messages pane; after it, the terminal.
+            eprintln!("tracer: tracing stopped: {e:#}");
+        }
+        let _ = done_tx.send(r);
+    });
+    // The header comes once the probes are attached; an attach error ends the pump instead.
+    let header = match rx.blocking_recv() {
+        Some(Record::Header(h)) => h,
+        _ => {
+            return Err(match done_rx.recv() {
+                Ok(Err(e)) => e,
+                _ => anyhow!("the tracing session ended before it sent its header"),
+            });
+        }
+    };
+    let shown = super::run_live(rx, header, opts);
+    // The pump ends on SIGINT: it stops the workload, detaches and writes its summary (which
+    // nobody reads any more). Without this it would trace on until the process exits.
+    // SAFETY: raise() only delivers a signal to this process, whose SIGINT handlers are
+    // installed (signal-hook above, and the pump's).
+    unsafe {
+        libc::raise(libc::SIGINT);
+    }
+    let _ = done_rx.recv_timeout(Duration::from_secs(3));
+    Ok(shown?)
+}
