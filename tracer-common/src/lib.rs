@@ -166,19 +166,29 @@ pub enum Reg {
 /// Number of instruction-level site probe slots compiled into the eBPF object.
 pub const SITE_SLOTS: usize = 8;
 
-/// Configuration of one instruction-level site probe slot. The value read is
-/// `*(u32 *)(regs[base] + disp)`; the mm is `regs[base] + disp - mm_seq` (the seqcount is a field
-/// of the mm, so the accessed address identifies it).
+/// How a site probe obtains the seqcount value.
+pub mod site_mode {
+    /// A point in the code (`retry_fail`): read `current->mm->write_protect_seq` at that instant.
+    pub const MARKER: u8 = 0;
+    /// The probe sits on the accessing instruction: read `*(u32 *)(regs[base] + disp)` before it
+    /// executes (for a write, the value before the increment); the mm is that address minus
+    /// the seqcount's offset.
+    pub const MEMORY: u8 = 1;
+    /// The probe sits on the instruction after a load: the loaded value is the low 32 bits of
+    /// `regs[base]`, exactly what the kernel read; the mm is `current->mm`.
+    pub const LOADED: u8 = 2;
+}
+
+/// Configuration of one instruction-level site probe slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteConfig {
-    /// A `Probe` discriminant (`WriteBegin`..=`RetryFail`); 0 disables the slot.
+    /// A `Probe` discriminant (`WriteBegin`..=`RetryFail`).
     pub probe: u8,
-    /// A `Reg` discriminant.
+    /// A `Reg` discriminant (see `mode`).
     pub base: u8,
-    /// 1 when the value is read through the base register (read/write sites), 0 for sites
-    /// that only mark a point in the code (`retry_fail`), which read `current->mm` instead.
-    pub has_mem: u8,
+    /// One of `site_mode`.
+    pub mode: u8,
     pub _pad: u8,
     pub disp: i32,
 }

@@ -15,7 +15,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{Filter, Offsets, PROBE_COUNT, Probe, RawEvent, SITE_SLOTS, SiteConfig};
+use tracer_common::{
+    Filter, Offsets, PROBE_COUNT, Probe, RawEvent, SITE_SLOTS, SiteConfig, site_mode,
+};
 
 /// Set by userspace before load (aya `override_global`).
 #[unsafe(no_mangle)]
@@ -342,16 +344,27 @@ fn site(ctx: &ProbeContext, slot: u32) {
         return;
     };
     let off = offsets();
-    let (mm, read) = if cfg.has_mem != 0 {
-        // `Reg` discriminants are pt_regs slots in order, 8 bytes each.
-        let Some(base) = regs_at(ctx, u64::from(cfg.base) * 8) else {
-            return;
-        };
-        let addr = base.wrapping_add(cfg.disp as i64 as u64);
-        (addr.wrapping_sub(off.mm_seq as u64), read_now(addr))
-    } else {
-        let mm = current_mm();
-        (mm, seq_now(mm))
+    let (mm, read) = match cfg.mode {
+        site_mode::MEMORY => {
+            // `Reg` discriminants are pt_regs slots in order, 8 bytes each.
+            let Some(base) = regs_at(ctx, u64::from(cfg.base) * 8) else {
+                return;
+            };
+            let addr = base.wrapping_add(cfg.disp as i64 as u64);
+            (addr.wrapping_sub(off.mm_seq as u64), read_now(addr))
+        }
+        site_mode::LOADED => {
+            let Some(v) = regs_at(ctx, u64::from(cfg.base) * 8) else {
+                return;
+            };
+            // SAFETY: helper with no preconditions.
+            let ts = unsafe { bpf_ktime_get_ns() };
+            (current_mm(), (Some(v as u32), ts))
+        }
+        _ => {
+            let mm = current_mm();
+            (mm, seq_now(mm))
+        }
     };
     emit(&task, probe, mm, read, 0, 0, 0);
 }

@@ -2,6 +2,7 @@
 //! exit status 2, never a panic. These run on the host (no VM): this project's machines run a
 //! kernel without kprobes, and the other conditions are made for the test (an unprivileged user,
 //! a missing BTF file, a seccomp filter that takes bpf() away).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::{
     os::unix::process::CommandExt as _,
     path::Path,

@@ -1,5 +1,6 @@
 //! Target and offset resolution against real kernels' BTF and kallsyms (from the Debian packages
 //! booted by `cargo xtask test`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod kernels;
 
 use tracer::kernel::{btf::Btf, foll::FollSource, kallsyms::Kallsyms, target};

@@ -1,10 +1,11 @@
 //! What `tracer record` wrote inside each VM kernel while `tracer stress` forked and pinned,
 //! judged as a user would judge the log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod kernels;
 
 use std::collections::HashMap;
 
-use tracer::events::{Body, Event, Record};
+use tracer::events::{Body, Event, Kind, Record};
 
 struct Log {
     records: Vec<Record>,
@@ -206,5 +207,166 @@ fn mm_names_are_stable_within_a_lifetime() {
                 k.release
             );
         }
+    }
+}
+
+/// Events of one GUP-fast call: from a `gup_enter` to the `gup_exit` on the same tid.
+fn gup_calls(log: &Log) -> Vec<Vec<&Event>> {
+    let mut open: HashMap<u32, Vec<&Event>> = HashMap::new();
+    let mut calls = Vec::new();
+    for e in events(log) {
+        match e.body {
+            Body::GupEnter { .. } => {
+                open.insert(e.tid, vec![e]);
+            }
+            Body::GupExit { .. } => {
+                if let Some(mut c) = open.remove(&e.tid) {
+                    c.push(e);
+                    calls.push(c);
+                }
+            }
+            Body::Site { .. } => {
+                if let Some(c) = open.get_mut(&e.tid) {
+                    c.push(e);
+                }
+            }
+            _ => {}
+        }
+    }
+    calls
+}
+
+fn site_seq(e: &Event, kind: Kind) -> Option<u32> {
+    match e.body {
+        Body::Site { kind: k, seq } if k == kind => Some(seq),
+        _ => None,
+    }
+}
+
+#[test]
+fn instruction_sites_observe_the_protocol_exactly() {
+    for k in kernels::all() {
+        let log = load(&k, "record.jsonl");
+        let Some(Record::Header(h)) = log.records.first() else {
+            panic!("{}: no header", k.release)
+        };
+        assert_eq!(
+            h.extra.get("mode").and_then(|m| m.as_str()),
+            Some("instruction"),
+            "{}: instruction sites were not attached: {:?}",
+            k.release,
+            h.extra.get("missing")
+        );
+        for name in [
+            "write_begin",
+            "write_end",
+            "read_begin",
+            "read_retry",
+            "retry_fail",
+        ] {
+            assert!(
+                h.probes.iter().any(|p| p.name == name && p.offset > 0),
+                "{}: no {name} site in {:?}",
+                k.release,
+                h.probes
+            );
+        }
+
+        // Writers: write_begin sees an even value, its write_end (same tid, next) that + 1.
+        let mut begun: HashMap<u32, u32> = HashMap::new();
+        let mut sections = 0;
+        for e in events(&log) {
+            if let Some(v) = site_seq(e, Kind::WriteBegin) {
+                assert_eq!(v % 2, 0, "{}: write_begin saw odd {v}: {e:?}", k.release);
+                assert!(
+                    begun.insert(e.tid, v).is_none(),
+                    "{}: nested write_begin",
+                    k.release
+                );
+            } else if let Some(v) = site_seq(e, Kind::WriteEnd) {
+                let b = begun
+                    .remove(&e.tid)
+                    .unwrap_or_else(|| panic!("{}: write_end without begin: {e:?}", k.release));
+                assert_eq!(v, b.wrapping_add(1), "{}: write_end {e:?}", k.release);
+                sections += 1;
+            }
+        }
+        assert!(
+            sections > 50,
+            "{}: only {sections} write sections",
+            k.release
+        );
+
+        // Readers, per GUP-fast call.
+        let (mut begins, mut retries, mut odd, mut changed, mut fails) = (0, 0, 0, 0, 0);
+        for call in gup_calls(&log) {
+            let mut begin: Option<u32> = None;
+            let mut retry: Option<u32> = None;
+            for e in &call {
+                if let Some(v) = site_seq(e, Kind::ReadBegin) {
+                    assert!(begin.is_none(), "{}: two read_begin in one call", k.release);
+                    begin = Some(v);
+                    begins += 1;
+                    if v % 2 == 1 {
+                        odd += 1;
+                    }
+                } else if let Some(v) = site_seq(e, Kind::ReadRetry) {
+                    let b = begin.unwrap_or_else(|| {
+                        panic!("{}: read_retry without read_begin: {call:?}", k.release)
+                    });
+                    assert_eq!(
+                        b % 2,
+                        0,
+                        "{}: the call went on after an odd load: {call:?}",
+                        k.release
+                    );
+                    retry = Some(v);
+                    retries += 1;
+                    if v != b {
+                        changed += 1;
+                    }
+                } else if site_seq(e, Kind::RetryFail).is_some() {
+                    let (b, r) = (begin.unwrap_or(0), retry.unwrap_or(0));
+                    assert!(
+                        retry.is_some() && r != b,
+                        "{}: retry_fail without a changed retry: {call:?}",
+                        k.release
+                    );
+                    fails += 1;
+                }
+            }
+            if let (Some(b), Some(r)) = (begin, retry)
+                && r != b
+            {
+                assert!(
+                    call.iter().any(|e| site_seq(e, Kind::RetryFail).is_some()),
+                    "{}: the seqcount changed but the call did not back out: {call:?}",
+                    k.release
+                );
+            }
+        }
+        assert!(begins > 10, "{}: only {begins} read_begin", k.release);
+        assert_eq!(
+            begins - retries,
+            odd,
+            "{}: read_begin - read_retry = odd loads",
+            k.release
+        );
+        assert_eq!(
+            changed, fails,
+            "{}: every changed retry backs out, no other",
+            k.release
+        );
+        eprintln!(
+            "{}: {sections} write sections, {begins} read_begin, {odd} odd, {changed} changed retries",
+            k.release
+        );
+        assert_eq!(
+            k.rc("validate"),
+            0,
+            "{}: {}",
+            k.release,
+            k.read("validate.json")
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Loading the eBPF object, attaching it where the plan says, and draining its ring buffer.
 pub mod env;
+pub mod placement;
 
 use std::{os::fd::AsRawFd as _, path::PathBuf};
 
@@ -10,7 +11,7 @@ use aya::{
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
-use tracer_common::{Filter, PROBE_COUNT, Probe, RawEvent, Reg, SITE_SLOTS, SiteConfig};
+use tracer_common::{Filter, PROBE_COUNT, Probe, RawEvent, Reg, SITE_SLOTS, SiteConfig, site_mode};
 
 use crate::{
     events::ProbeInfo,
@@ -73,9 +74,18 @@ pub struct SiteProbe {
     pub probe: Probe,
     pub symbol: String,
     pub offset: u64,
-    /// Base register and displacement of the seqcount access; `None` for a marker site that
-    /// reads `current->mm` (retry_fail).
-    pub mem: Option<(Reg, i32)>,
+    pub read: SiteRead,
+}
+
+/// How a site probe gets the seqcount value (see `tracer_common::site_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SiteRead {
+    /// A point in the code: `current->mm`'s seqcount at that instant.
+    Marker,
+    /// On the accessing instruction: the memory at base + displacement, before it executes.
+    Memory(Reg, i32),
+    /// On the instruction after a load: the value the kernel loaded, in this register.
+    Loaded(Reg),
 }
 
 /// Everything needed to attach: the function-level plan plus any instruction sites.
@@ -248,14 +258,15 @@ impl Session {
                     source: Box::new(source),
                 })?;
             for (i, s) in plan.sites.iter().enumerate() {
-                let (base, disp, has_mem) = match s.mem {
-                    Some((r, d)) => (r as u8, d, 1),
-                    None => (0, 0, 0),
+                let (base, disp, mode) = match s.read {
+                    SiteRead::Memory(r, d) => (r as u8, d, site_mode::MEMORY),
+                    SiteRead::Loaded(r) => (r as u8, 0, site_mode::LOADED),
+                    SiteRead::Marker => (0, 0, site_mode::MARKER),
                 };
                 let cfg = SiteConfig {
                     probe: s.probe as u8,
                     base,
-                    has_mem,
+                    mode,
                     _pad: 0,
                     disp,
                 };

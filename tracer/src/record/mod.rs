@@ -90,7 +90,7 @@ fn site_probes(
         }
     };
     let plan = crate::sites::discover(&code, ks, &layout);
-    let notes = plan
+    let mut notes: Vec<String> = plan
         .refusals()
         .map(|(f, e)| {
             format!(
@@ -99,16 +99,12 @@ fn site_probes(
             )
         })
         .collect();
-    let sites = plan
-        .sites
-        .iter()
-        .map(|s| probes::SiteProbe {
-            probe: s.kind.probe(),
-            symbol: s.symbol.clone(),
-            offset: s.offset,
-            mem: s.base.map(|r| (r, s.disp)),
-        })
-        .collect();
+    let mut sites = Vec::new();
+    for s in &plan.sites {
+        let (probe, note) = probes::placement::place(s, &code, ks);
+        sites.push(probe);
+        notes.extend(note);
+    }
     (sites, notes)
 }
 
@@ -125,7 +121,22 @@ pub fn print_plan(plan: &AttachPlan) {
         );
     }
     for s in &plan.sites {
-        println!("  {:<14}     {}+{:#x}", s.probe.name(), s.symbol, s.offset);
+        let how = match s.read {
+            probes::SiteRead::Memory(r, d) => format!(
+                "reads {d:#x}(%{}) before the instruction executes",
+                crate::sites::reg_name(r)
+            ),
+            probes::SiteRead::Loaded(r) => format!(
+                "reads %{} right after the load: the value the kernel loaded",
+                crate::sites::reg_name(r)
+            ),
+            probes::SiteRead::Marker => "reads current->mm's seqcount there".to_owned(),
+        };
+        println!(
+            "  {:<14}     {:<32} {how}",
+            s.probe.name(),
+            format!("{}+{:#x}", s.symbol, s.offset)
+        );
     }
     let o = &plan.function.offsets;
     println!(

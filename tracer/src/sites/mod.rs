@@ -169,7 +169,11 @@ impl Site {
         SiteConfig {
             probe: self.kind.probe() as u8,
             base: self.base.map_or(0, |r| r as u8),
-            has_mem: u8::from(self.base.is_some()),
+            mode: if self.base.is_some() {
+                tracer_common::site_mode::MEMORY
+            } else {
+                tracer_common::site_mode::MARKER
+            },
             _pad: 0,
             disp: self.disp,
         }

@@ -2,7 +2,7 @@
 //! boots of `cargo xtask test` (kallsyms under nokaslr, BTF, vmlinuz, config, and the logs the
 //! guest recorded). Under `cargo xtask test` (`TRACER_REQUIRE_FIXTURES=1`) a missing fixture
 //! fails; under a plain `cargo test` the tests say they skip.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 
