@@ -40,6 +40,12 @@ static FILTER: Filter = Filter {
     comm: [0; 16],
 };
 
+/// Wake the consumer only once this much data is waiting; below it, records are submitted
+/// without a wakeup and userspace drains on a short timer. One wakeup per record costs more
+/// than the record itself at high rates. Set by userspace (an eighth of the ring).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
+
 /// Userspace sets the size with `set_max_entries` before load.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -180,7 +186,15 @@ fn emit(
         _pad: [0; 2],
         comm: task.comm,
     });
-    entry.submit(0);
+    // SAFETY: as for `offsets`.
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    // BPF_RB_AVAIL_DATA
+    let flags = if EVENTS.query(0) >= threshold {
+        2 // BPF_RB_FORCE_WAKEUP
+    } else {
+        1 // BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
 }
 
 #[inline(always)]

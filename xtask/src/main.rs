@@ -2,6 +2,7 @@
 mod build;
 mod cmd;
 mod kernels;
+mod live;
 mod setup;
 mod test;
 mod vm;

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use crate::{build, cmd, kernels, setup, vm};
 
@@ -128,6 +128,11 @@ pub fn test(a: TestArgs) -> Result<ExitCode> {
             a.kernels.clone()
         };
         let booted = vm_matrix(&specs, &tracer, t0)?;
+        // The live TUI on the default kernel, through `cargo xtask run` in a real terminal.
+        let live = kernels::fetch("6.12", None)?;
+        let xtask = std::env::current_exe().context("locating the xtask binary")?;
+        crate::live::tui_in_vm(&xtask, &build::workspace(), "6.12", &live.release)?;
+        phase("live TUI in the VM", t0);
         let fixtures = kernels::cache_dir()?.join("fixtures");
         env.push(("TRACER_FIXTURES".into(), fixtures.display().to_string()));
         env.push(("TRACER_REQUIRE_FIXTURES".into(), "1".into()));
@@ -163,24 +168,51 @@ fn host_can_trace() -> Result<bool, String> {
     Ok(true)
 }
 
+/// Rows and columns of the terminal on stdout, when there is one (and stdin is one too: the
+/// TUI needs keys).
+fn terminal() -> Option<(u16, u16)> {
+    // SAFETY: isatty and TIOCGWINSZ only read the descriptors' state into `ws`.
+    unsafe {
+        if libc::isatty(0) != 1 || libc::isatty(1) != 1 {
+            return None;
+        }
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) != 0 || ws.ws_row == 0 {
+            return Some((24, 80));
+        }
+        Some((ws.ws_row, ws.ws_col))
+    }
+}
+
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     setup::setup()?;
     let tracer = build::static_tracer()?;
+    let term = terminal();
     let dur = a.duration.to_string();
     let stress_dur = a.duration.saturating_sub(1).max(1).to_string();
+    let out_root = build::workspace().join("target/run");
     match host_can_trace() {
         Ok(_) => {
             println!("run: tracing the host kernel");
-            let out = build::workspace().join("target/run");
-            std::fs::create_dir_all(&out)?;
-            let log = out.join("trace.jsonl");
-            cmd::run(
-                Command::new(&tracer)
-                    .args(["record", "-o"])
-                    .arg(&log)
-                    .args(["--duration", &dur, "--", tracer.to_string_lossy().as_ref()])
-                    .args(["stress", "--duration", &stress_dur]),
-            )?;
+            std::fs::create_dir_all(&out_root)?;
+            let log = out_root.join("trace.jsonl");
+            let t = tracer.to_string_lossy().into_owned();
+            if term.is_some() {
+                cmd::run(
+                    Command::new(&tracer)
+                        .args(["tui", "--record"])
+                        .arg(&log)
+                        .args(["--", &t, "stress", "--duration", "3600"]),
+                )?;
+            } else {
+                cmd::run(
+                    Command::new(&tracer)
+                        .args(["record", "-o"])
+                        .arg(&log)
+                        .args(["--duration", &dur, "--", &t])
+                        .args(["stress", "--duration", &stress_dur]),
+                )?;
+            }
             let status = Command::new(&tracer).arg("validate").arg(&log).status()?;
             println!("run: log at {}", log.display());
             Ok(if status.success() {
@@ -195,33 +227,61 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
                 a.kernel
             );
             let kernel = kernels::fetch(&a.kernel, None)?;
-            let out = build::workspace().join("target/run").join(&kernel.release);
+            let out = out_root.join(&kernel.release);
             let _ = std::fs::remove_dir_all(&out);
-            let script = format!(
-                "tracer record -o /out/trace.jsonl --duration {dur} -- tracer stress --duration {stress_dur}\n\
-                 tracer validate /out/trace.jsonl\n"
-            );
+            let script = match term {
+                // The TUI on the guest's serial console, sized like this terminal. setsid -c
+                // gives it a controlling terminal, which reading keys needs.
+                Some((rows, cols)) => {
+                    let term_name = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+                    println!(
+                        "run: the TUI will open on the VM's console ({cols}x{rows}); q quits and powers the VM off"
+                    );
+                    format!(
+                        "stty -F /dev/ttyS0 rows {rows} cols {cols}\n\
+                         export TERM={term_name}\n\
+                         setsid -c tracer tui --record /out/trace.jsonl -- tracer stress --duration 3600 \
+                           </dev/ttyS0 >/dev/ttyS0 2>/out/tui.err\n\
+                         echo $? > /out/tui.rc\n\
+                         clear\n\
+                         tracer validate /out/trace.jsonl\n"
+                    )
+                }
+                None => format!(
+                    "tracer record -o /out/trace.jsonl --duration {dur} -- tracer stress --duration {stress_dur}\n\
+                     tracer validate /out/trace.jsonl\n"
+                ),
+            };
             let r = vm::run(&vm::VmOpts {
                 kernel: &kernel,
                 tracer: &tracer,
                 modules: guest_modules(),
                 script,
                 out: out.clone(),
-                timeout: Duration::from_secs(600),
+                timeout: Duration::from_secs(if term.is_some() { 24 * 3600 } else { 600 }),
                 nokaslr: false,
-                interactive: false,
+                interactive: term.is_some(),
                 memory_mb: 1024,
             })?;
+            if let Ok(err) = std::fs::read_to_string(out.join("tui.err"))
+                && !err.trim().is_empty()
+            {
+                print!("{err}");
+            }
             println!(
                 "run: {} finished in {:.1}s; the log is at {}",
                 kernel.release,
                 r.boot_secs,
                 out.join("trace.jsonl").display()
             );
-            if r.exit_code != 0 {
-                bail!("the traced run in the VM exited {}", r.exit_code);
-            }
-            Ok(ExitCode::SUCCESS)
+            // The guest's last step is the validator: 0 clean, 1 violations, 3 inconclusive.
+            Ok(match r.exit_code {
+                0 => ExitCode::SUCCESS,
+                c => {
+                    println!("run: the validator's verdict in the VM exited {c}");
+                    ExitCode::FAILURE
+                }
+            })
         }
     }
 }

@@ -245,6 +245,7 @@ impl Session {
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &f, true)
+            .override_global("WAKEUP_BYTES", &(u64::from(size) / 8), true)
             .map_max_entries("EVENTS", size)
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;

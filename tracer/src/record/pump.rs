@@ -170,6 +170,9 @@ pub async fn pump<S: Sink>(
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // The kernel side wakes us only when the ring is an eighth full; below that, this timer
+    // collects what is waiting (and bounds the latency the TUI sees).
+    let mut drain_tick = tokio::time::interval(Duration::from_millis(50));
     let mut lost_seen = [0u64; PROBE_COUNT];
     let mut command_status: Option<String> = None;
     let mut batch: Vec<RawEvent> = Vec::with_capacity(4096);
@@ -189,6 +192,9 @@ pub async fn pump<S: Sink>(
         };
         tokio::select! {
             r = session.next_batch(&mut batch) => { r?; }
+            _ = drain_tick.tick() => {
+                session.drain_now(&mut batch);
+            }
             _ = tick.tick() => {
                 report_lost(&session, &mut lost_seen, sink).await?;
             }

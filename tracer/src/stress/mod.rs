@@ -38,6 +38,10 @@ pub struct Args {
     /// Pause between forks, in microseconds.
     #[arg(long, default_value_t = 0)]
     pub fork_gap_us: u64,
+    /// Pause between pins, in microseconds. The default leaves the tracer's consumer CPU time
+    /// on a small (or emulated) machine; 0 pins flat out.
+    #[arg(long, default_value_t = 200)]
+    pub pin_gap_us: u64,
 }
 
 const PAGE: usize = 4096;
@@ -245,6 +249,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
 
     let mut threads = Vec::new();
     for t in 0..args.pinners.max(1) {
+        let gap = Duration::from_micros(args.pin_gap_us);
         let (maps, pinners, counters, stop) = (
             Arc::clone(&maps),
             Arc::clone(&pinners),
@@ -261,6 +266,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
                     p.pin_once(m.ptr, n, &counters);
                 }
                 i += 1;
+                if !gap.is_zero() {
+                    std::thread::sleep(gap);
+                }
             }
         }));
     }
