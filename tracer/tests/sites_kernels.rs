@@ -244,6 +244,13 @@ fn check_kernel(fx: &Fixture) -> R<()> {
         "{rel}: .BTF of the decompressed image differs from /sys/kernel/btf/vmlinux"
     );
 
+    // The release banner offline mode reads when no --release is given.
+    assert_eq!(
+        tracer::sites::image_release(&image).as_deref(),
+        Some(rel.as_str()),
+        "{rel}: Linux version banner"
+    );
+
     let btf = Btf::from_file(&btf_path)?;
     let ks = Kallsyms::from_file(&kallsyms)?;
     let seq = u64::from(
