@@ -1,5 +1,5 @@
 //! The kernel image reader on images built here: a small ELF "vmlinux", wrapped in bzImages
-//! with zstd and LZ4-legacy payloads, and broken variants that must give errors, not panics.
+//! with zstd, LZ4-legacy and xz payloads, and broken variants that must give errors, not panics.
 use std::{error::Error, fs, path::PathBuf};
 
 use tracer::kernel::image::{CodeSource, ElfImage, ImageError};
@@ -135,6 +135,16 @@ fn sites_image_bzimage_zstd() -> R<()> {
 fn sites_image_bzimage_lz4_legacy_several_blocks() -> R<()> {
     let e = elf(62);
     let p = temp("lz4", &bzimage(&lz4_legacy(&e, 0x800), e.len()))?;
+    let r = check_image(&p);
+    fs::remove_file(&p)?;
+    r
+}
+
+#[test]
+fn sites_image_bzimage_xz() -> R<()> {
+    let e = elf(62);
+    let x = liblzma::encode_all(&e[..], 6)?;
+    let p = temp("xz", &bzimage(&x, e.len()))?;
     let r = check_image(&p);
     fs::remove_file(&p)?;
     r

@@ -700,7 +700,7 @@ pub struct Args {
     /// Offline: read machine code from this vmlinux ELF (or bzImage; the format is detected).
     #[arg(long, value_name = "PATH", conflicts_with = "image")]
     pub vmlinux: Option<PathBuf>,
-    /// Offline: read machine code from this bzImage/vmlinuz (zstd or LZ4 payload).
+    /// Offline: read machine code from this bzImage/vmlinuz (zstd, LZ4 or xz payload).
     #[arg(long, value_name = "PATH")]
     pub image: Option<PathBuf>,
     /// BTF of the kernel [default: /sys/kernel/btf/vmlinux live; offline: the image's .BTF section].
@@ -747,8 +747,7 @@ impl Inputs {
                 "offline mode needs --kallsyms PATH: the vmlinux inside a vmlinuz has no symbol table (capture /proc/kallsyms from the booted kernel with nokaslr)"
             ),
         };
-        let kallsyms = Kallsyms::from_file(&kallsyms_path)
-            .with_context(|| format!("kallsyms {}", kallsyms_path.display()))?;
+        let kallsyms = Kallsyms::from_file(&kallsyms_path)?;
         let code = match offline {
             Some(p) => ElfImage::from_kernel_file(p)?,
             None => ElfImage::kcore().map_err(|e| {
@@ -770,7 +769,7 @@ impl Inputs {
         let release = match (&args.release, offline) {
             (Some(r), _) => Some(r.clone()),
             (None, None) => live_release(),
-            (None, Some(_)) => linux_version(&code),
+            (None, Some(_)) => image_release(&code),
         };
         Ok(Inputs {
             code,
@@ -782,7 +781,7 @@ impl Inputs {
 }
 
 /// The release from the image's `Linux version X ...` banner, if its .rodata has one.
-fn linux_version(code: &ElfImage) -> Option<String> {
+pub fn image_release(code: &ElfImage) -> Option<String> {
     let rodata = code.section(".rodata").ok()?;
     let needle = b"Linux version ";
     let at = memchr::memmem::find(&rodata, needle)?;

@@ -68,13 +68,14 @@ impl Checker for Live {
     }
 
     fn status(&self) -> String {
+        // Structural counts only: the finer figures (bails, protected overlaps) depend on the
+        // validator's tolerances and are in `tracer validate`'s report.
         if let Some(r) = &self.report {
             let mut s = format!(
-                "verdict {} · {} write sections · {} PIN calls · {} odd bails",
+                "verdict {} · {} write sections · {} PIN calls",
                 r.verdict.as_str(),
                 r.stats.write_sections,
                 r.stats.pin_gup_fast,
-                r.stats.odd_bails
             );
             if r.stats.lost > 0 {
                 s.push_str(" · events lost");
@@ -88,8 +89,8 @@ impl Checker for Live {
             Some(v) => {
                 let st = v.stats();
                 format!(
-                    "validating · {} write sections · {} PIN calls · {} odd bails",
-                    st.write_sections, st.pin_gup_fast, st.odd_bails
+                    "validating · {} write sections · {} PIN calls",
+                    st.write_sections, st.pin_gup_fast
                 )
             }
             None => "validator stopped".into(),

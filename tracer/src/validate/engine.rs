@@ -125,6 +125,10 @@ pub struct Stats {
     /// Events that arrived older than an event already replayed (beyond the reorder window);
     /// they are not replayed.
     pub out_of_window: u64,
+    /// The largest amount by which an event's ts was older than an event delivered before it.
+    /// A single ring buffer delivers nearly in ts order; milliseconds here mean the CPUs'
+    /// clocks disagree (seen under QEMU's TCG), and ts order is then not real order.
+    pub max_ts_inversion_ns: u64,
     /// Every violation found (the report keeps only the first [`MAX_STORED_VIOLATIONS`]).
     pub violations: u64,
     pub violations_by_rule: BTreeMap<Rule, u64>,
@@ -152,8 +156,10 @@ pub struct Options {
     pub slack_ns: u64,
 }
 
-/// Default [`Options::slack_ns`]: generous for a kprobe's overhead even under emulation.
-pub const DEFAULT_SLACK_NS: u64 = 10_000;
+/// Default [`Options::slack_ns`]. A 6.1 guest under QEMU's TCG showed 28 us between a
+/// `read_begin` probe and the kernel's own load (a `write_end` landed in between); native
+/// kprobes take about a microsecond.
+pub const DEFAULT_SLACK_NS: u64 = 100_000;
 
 impl Default for Options {
     fn default() -> Self {
@@ -229,6 +235,9 @@ struct GupCall {
     /// `read_begin`: (value loaded, line, ts).
     begin: Option<(u32, u64, u64)>,
     odd: bool,
+    /// The odd value was read within the slack of a `write_end`: the kernel's own load may
+    /// have seen the even value after it, so going on to `read_retry` is legal.
+    odd_settled: bool,
     /// `read_retry`: (value loaded, line).
     retry: Option<(u32, u64)>,
     retry_fail: bool,
@@ -279,8 +288,9 @@ pub struct Validator {
     seen_write_event: bool,
     seen_retry_fail: bool,
     buf: VecDeque<Ev>,
-    /// Timestamp of the last replayed event.
+    /// Timestamp of the last replayed event, and the largest timestamp pushed.
     released_ts: Option<u64>,
+    max_ts: Option<u64>,
     mm_ids: FastMap<Box<str>, u32>,
     mms: Vec<MmState>,
     /// Recently used mm ids (round-robin replacement); `u32::MAX` is an empty slot.
@@ -319,6 +329,7 @@ impl Validator {
             seen_retry_fail: false,
             buf: VecDeque::new(),
             released_ts: None,
+            max_ts: None,
             mm_ids: FastMap::default(),
             mms: Vec::new(),
             recent_mms: [u32::MAX; 8],
@@ -424,6 +435,12 @@ impl Validator {
 
     fn push_ev(&mut self, ev: Ev) {
         self.events += 1;
+        match self.max_ts {
+            Some(m) if m > ev.ts => {
+                self.stats.max_ts_inversion_ns = self.stats.max_ts_inversion_ns.max(m - ev.ts);
+            }
+            _ => self.max_ts = Some(ev.ts),
+        }
         if self.released_ts.is_some_and(|r| ev.ts < r) {
             self.stats.out_of_window += 1;
             return;
@@ -872,11 +889,8 @@ impl Validator {
         });
         m.readers.extend(moved.iter().copied());
         for t in moved {
-            if let Some(c) = self.threads.get_mut(&t).and_then(|th| th.call.as_mut())
-                && let Some((s, l, ts)) = c.begin
-            {
-                c.begin = Some((s.wrapping_add(1), l, ts));
-                c.odd = false;
+            if let Some(c) = self.threads.get_mut(&t).and_then(|th| th.call.as_mut()) {
+                c.odd_settled = true;
             }
         }
     }
@@ -894,6 +908,7 @@ impl Validator {
             begin: None,
             odd: false,
             retry: None,
+            odd_settled: false,
             retry_fail: false,
             saw_write: None,
             first_write_ts: 0,
@@ -969,30 +984,29 @@ impl Validator {
                 begin: None,
                 odd: false,
                 retry: None,
+                odd_settled: false,
                 retry_fail: false,
                 saw_write: None,
                 first_write_ts: 0,
                 writes_seen: 0,
             });
         }
-        let mut seq = e.seq;
-        if seq & 1 == 1
-            && let Some(m) = self.mms.get(e.mm as usize)
-            && let Some((true, pre, wts)) = m.last_write
-            && pre == seq
-            && e.ts.saturating_sub(wts) <= self.opts.slack_ns
-        {
-            // The write_end just before may not have landed when the probe read the odd value;
-            // the kernel's own load, an instant later, may have seen the even one.
-            seq = seq.wrapping_add(1);
-        }
-        let odd = seq & 1 == 1;
+        let odd = e.seq & 1 == 1;
+        // The write_end just before may not have landed when the probe read the odd value;
+        // the kernel's own load, an instant later, may have seen the even one.
+        let settled = odd
+            && self.mms.get(e.mm as usize).is_some_and(|m| {
+                m.last_write.is_some_and(|(end, pre, wts)| {
+                    end && pre == e.seq && e.ts.saturating_sub(wts) <= self.opts.slack_ns
+                })
+            });
         if let Some(c) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) {
-            c.begin = Some((seq, e.line, e.ts));
+            c.begin = Some((e.seq, e.line, e.ts));
             c.odd = odd;
+            c.odd_settled = settled;
         }
         if let Some(m) = self.mms.get_mut(e.mm as usize) {
-            if odd {
+            if odd && !settled {
                 m.odd_readers.push(e.tid);
             } else {
                 m.readers.push(e.tid);
@@ -1005,7 +1019,15 @@ impl Validator {
         let Some(c) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) else {
             return;
         };
-        let Some((s, bl, _)) = c.begin else { return };
+        let Some((mut s, bl, bts)) = c.begin else {
+            return;
+        };
+        if c.odd && c.odd_settled {
+            // It went on, so the kernel's load saw the value after the write_end.
+            s = s.wrapping_add(1);
+            c.begin = Some((s, bl, bts));
+            c.odd = false;
+        }
         c.retry = Some((e.seq, e.line));
         let (odd, saw, mm) = (c.odd, c.saw_write, c.mm);
         // One write event within the slack before the retry may not have landed yet.

@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, default_value_t = DEFAULT_WINDOW)]
     pub window: usize,
     /// How long (ns) after a write_begin/write_end event its increment may still be invisible
-    /// to other CPUs (the probe fires before the instruction).
+    /// to other CPUs (the probe fires before the instruction; slow under emulation).
     #[arg(long, default_value_t = DEFAULT_SLACK_NS)]
     pub slack_ns: u64,
 }
@@ -211,6 +211,12 @@ pub fn render_text(r: &Report) -> String {
         limits.push(format!(
             "{} events arrived beyond the reorder window and were not replayed",
             s.out_of_window
+        ));
+    }
+    if s.max_ts_inversion_ns >= 1_000_000 {
+        limits.push(format!(
+            "events were delivered up to {:.1} ms out of timestamp order: the CPUs' clocks may disagree, and ts order may not be real order",
+            s.max_ts_inversion_ns as f64 / 1e6
         ));
     }
     if s.unknown_kinds > 0 {

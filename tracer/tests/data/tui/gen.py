@@ -148,8 +148,9 @@ def clean():
             log.ev("gup_enter", pinner, start="0x7f3a12010000", nr_pages=8, flags=PIN_WRITE_612,
                    pin=True, fast_only=False, longterm=False, seq=s + 1)
             log.ev("read_begin", pinner, seq=s + 1)
-            # The copy goes on well after the load (more than a probe's skew): a true bail.
-            log.at(random.randint(12_000, 25_000))
+            # The copy of a big VMA goes on well after the load (far more than a probe's skew,
+            # even under emulation): a true bail.
+            log.at(random.randint(150_000, 400_000))
             log.ev("write_end", main, seq=s + 1)
             log.ev("cpr_exit", main, seq=s + 2, ret=0)
             log.seq["mm1"] = s + 2
@@ -208,7 +209,7 @@ def violations():
                    pin=True, fast_only=False, longterm=False, seq=s + 1)
             log.ev("read_begin", pinner, seq=s + 1)
             log.ev("read_retry", pinner, seq=s + 1)
-            log.at(random.randint(12_000, 25_000))
+            log.at(random.randint(150_000, 400_000))
             log.ev("write_end", main, seq=s + 1)
             log.ev("cpr_exit", main, seq=s + 2, ret=0)
             log.ev("gup_exit", pinner, ret=2, seq=s + 2)
