@@ -1,4 +1,5 @@
 //! Developer and CI tasks: `cargo xtask setup | run | test | vm | kernel | bench`.
+mod bench;
 mod build;
 mod cmd;
 mod kernels;
@@ -33,6 +34,12 @@ enum Cmd {
     Kernel { spec: Vec<String> },
     /// Build the static tracer binary used in VMs and print its path.
     BuildStatic,
+    /// Benchmarks, as ratios taken in one run: `tracer validate` against `jq` on the same log.
+    Bench {
+        /// Events in the generated log.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -108,6 +115,13 @@ fn main() -> ExitCode {
                 let k = kernels::fetch(&s, None)?;
                 println!("{s}: {} {}", k.release, k.image.display());
             }
+            Ok(ExitCode::SUCCESS)
+        })(),
+        Cmd::Bench { events } => (|| {
+            setup::setup()?;
+            let dir = build::workspace().join("target/bench");
+            std::fs::create_dir_all(&dir)?;
+            bench::bench_validate(events, &dir)?;
             Ok(ExitCode::SUCCESS)
         })(),
         Cmd::BuildStatic => build::static_tracer().map(|p| {
