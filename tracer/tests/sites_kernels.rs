@@ -389,6 +389,48 @@ fn check_kernel(fx: &Fixture) -> R<()> {
         assert_eq!(expected, Some(fail.addr), "{rel}: retry_fail");
     }
 
+    // Live mode: when the fixture boot ran `tracer sites --json` in the guest (reading
+    // /proc/kcore, alternatives and paravirt patched), it must agree with offline discovery.
+    let live = fx.dir.join("sites.json");
+    if live.is_file() {
+        let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&live)?)?;
+        let kinds = [
+            "write_begin",
+            "write_end",
+            "read_begin",
+            "read_retry",
+            "retry_fail",
+        ];
+        let mut got: Vec<(String, String, u64)> = v
+            .as_array()
+            .ok_or("sites.json is not an array")?
+            .iter()
+            .filter_map(|e| {
+                let kind = e.get("kind")?.as_str()?;
+                kinds.contains(&kind).then(|| {
+                    Some((
+                        kind.to_owned(),
+                        e.get("symbol")?.as_str()?.to_owned(),
+                        e.get("offset")?.as_u64()?,
+                    ))
+                })?
+            })
+            .collect();
+        let mut want: Vec<(String, String, u64)> = plan
+            .sites
+            .iter()
+            .map(|s| (s.kind.name().to_owned(), s.symbol.clone(), s.offset))
+            .collect();
+        got.sort();
+        want.sort();
+        assert_eq!(
+            got, want,
+            "{rel}: live (/proc/kcore) sites differ from offline discovery"
+        );
+    } else {
+        eprintln!("{rel}: no sites.json from a live run; live mode not compared");
+    }
+
     if let Some((_, measured)) = MEASURED.iter().find(|(r, _)| r == rel) {
         for (symbol, kind, offset) in *measured {
             let s = plan

@@ -230,6 +230,8 @@ enum Retry {
     NoUnpin,
     /// Both sides of the branch go to the same place.
     SameSides,
+    /// `cmp %r12d, SEQ(%rax); jne backout`: the retry load is the comparison itself.
+    CmpMem,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -314,9 +316,15 @@ fn build_gup(o: Gup) -> R<Built> {
         load_current_mm(&mut a, o)?;
     }
     a.set_label(&mut l_retry)?;
-    a.mov(eax, dword_ptr(rax + SEQ))?;
+    if o.retry == Retry::CmpMem {
+        a.cmp(dword_ptr(rax + SEQ), r12d)?;
+        a.jne(backout)?;
+    } else {
+        a.mov(eax, dword_ptr(rax + SEQ))?;
+    }
     let mut l_fail = a.create_label();
     match o.retry {
+        Retry::CmpMem => {}
         Retry::Jne | Retry::NoUnpin | Retry::SameSides => {
             a.cmp(eax, r12d)?;
             match o.retry {
@@ -362,7 +370,7 @@ fn build_gup(o: Gup) -> R<Built> {
         (SiteKind::ReadRetry, ip(&l_retry)?),
     ];
     match o.retry {
-        Retry::Jne => offs.push((SiteKind::RetryFail, ip(&backout)?)),
+        Retry::Jne | Retry::CmpMem => offs.push((SiteKind::RetryFail, ip(&backout)?)),
         Retry::Je => offs.push((SiteKind::RetryFail, ip(&l_fail)?)),
         _ => {}
     }
@@ -416,6 +424,25 @@ fn sites_synthetic_baseline_found_at_their_offsets() -> R<()> {
             } + s.offset
         );
     }
+    Ok(())
+}
+
+#[test]
+fn sites_synthetic_retry_compares_memory_directly() -> R<()> {
+    let gup = build_gup(Gup {
+        retry: Retry::CmpMem,
+        ..Gup::default()
+    })?;
+    let plan = run(&build_cpr(Cpr::default())?, &gup)?;
+    assert_eq!(found(&plan, "gup_fast_fallback"), gup.offs);
+    let retry = plan
+        .site(SiteKind::ReadRetry, "gup_fast_fallback")
+        .ok_or("no read_retry")?;
+    assert!(retry.insn.starts_with("cmp"), "{}", retry.insn);
+    assert_eq!(
+        (retry.base, retry.disp),
+        (Some(tracer_common::Reg::Rax), SEQ)
+    );
     Ok(())
 }
 

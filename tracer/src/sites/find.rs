@@ -182,7 +182,7 @@ pub fn find_write_pair(
             return Err(SiteError::Ambiguous {
                 symbol: sym.clone(),
                 why: format!(
-                    "{n} increments of write_protect_seq through the source mm (at {}), expected 2",
+                    "{n} increments of write_protect_seq through the source mm (at {}); a write section has 2",
                     offsets(func, incs.iter().map(|a| a.idx))
                 ),
             });
