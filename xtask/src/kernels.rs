@@ -46,10 +46,15 @@ fn version_key(s: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The package name for a SPEC, newest matching build for a series.
+/// The package name for a SPEC: the newest build of a series (`6.1`, `6.12`), the oldest one
+/// apt still carries (`6.1-oldest`, `6.12-oldest`), or an exact build.
 pub fn package_for(spec: &str) -> Result<String> {
     let suffix = "-cloud-amd64-unsigned";
-    let (regex, exact) = match spec {
+    let (series, oldest) = match spec.strip_suffix("-oldest") {
+        Some(s) => (s, true),
+        None => (spec, false),
+    };
+    let (regex, exact) = match series {
         "6.1" => (
             r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$".to_owned(),
             false,
@@ -73,9 +78,9 @@ pub fn package_for(spec: &str) -> Result<String> {
         found = apt_search(&regex)?;
     }
     found.sort_by_key(|p| version_key(p));
-    found
-        .pop()
-        .with_context(|| format!("apt knows no Debian cloud kernel of series {spec}"))
+    let pick = if oldest { found.first() } else { found.last() };
+    pick.cloned()
+        .with_context(|| format!("apt knows no Debian cloud kernel of series {series}"))
 }
 
 /// Resolves SPEC to a kernel on disk, downloading and extracting when needed.

@@ -16,8 +16,8 @@ use crate::{build, cmd, kernels, setup, vm};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
-    /// Kernels for the VM tests (SPEC as for `cargo xtask vm`). Default: the newest 6.1 and 6.12
-    /// cloud builds.
+    /// Kernels for the VM tests (SPEC as for `cargo xtask vm`). Default: the newest and the
+    /// oldest 6.1 and 6.12 cloud builds apt carries.
     #[arg(long = "kernel")]
     kernels: Vec<String>,
     /// Skip the VM tests (and the tests that need their fixtures).
@@ -45,7 +45,9 @@ fn guest_modules() -> Vec<String> {
         .to_vec()
 }
 
-pub const DEFAULT_KERNELS: [&str; 2] = ["6.1", "6.12"];
+/// The newest build of each series (the default kernels) and the oldest one apt still carries,
+/// to show site discovery is not tuned to one build.
+pub const DEFAULT_KERNELS: [&str; 4] = ["6.1", "6.12", "6.1-oldest", "6.12-oldest"];
 
 /// The in-guest steps of a test boot. Each step's exit status lands in /out, so one failing
 /// step does not hide the others; the host-side tests judge them. The validator gets a 50 ms

@@ -891,10 +891,48 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let plan = discover(&inputs.code, &inputs.kallsyms, &layout);
+    // The function-level probes that run beside (or, where discovery refused, instead of) the
+    // instruction sites.
+    let functions = inputs
+        .release
+        .as_deref()
+        .map(|r| crate::kernel::target::resolve(&inputs.btf, &inputs.kallsyms, r));
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&render_json(&plan))?);
+        let mut v = render_json(&plan);
+        if let (serde_json::Value::Array(items), Some(Ok(f))) = (&mut v, &functions) {
+            items.extend(f.probes.iter().map(|p| {
+                serde_json::json!({
+                    "kind": "function",
+                    "probe": p.probe.name(),
+                    "symbol": p.symbol,
+                    "offset": 0,
+                    "ret": p.ret,
+                    "evidence": p.reason,
+                })
+            }));
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render_text(&plan, &inputs.code.describe()));
+        match &functions {
+            Some(Ok(f)) => {
+                println!("function-level probes:");
+                for p in &f.probes {
+                    println!(
+                        "{:<11} {}{}  ({})",
+                        p.probe.name(),
+                        if p.ret { "return of " } else { "" },
+                        p.symbol,
+                        p.reason
+                    );
+                }
+                for m in &f.missing {
+                    println!("missing     {m}");
+                }
+            }
+            Some(Err(e)) => println!("function-level probes: {e}"),
+            None => println!("function-level probes: unknown kernel release (pass --release)"),
+        }
     }
     Ok(if plan.complete() {
         ExitCode::SUCCESS
