@@ -74,9 +74,15 @@ pub fn tui_in_vm(xtask: &Path, workspace: &Path, spec: &str, release: &str) -> R
         &script,
     ])
     .context("starting tmux (installed by setup)")?;
-    // The header names the kernel; the table fills once the workload forks and pins.
+    // The TUI's header names the kernel, its footer lists the keys, and the mm table gets a
+    // row for the workload (comm `tracer`) once it forks and pins. (The lines `cargo xtask run`
+    // prints before the VM boots must not match: they too name the kernel and the q key.)
+    let header = format!("kernel {release}");
     let (ok, screen) = t.wait_for(Duration::from_secs(300), |s| {
-        s.contains(release) && s.contains("tracer") && s.contains("q quit")
+        s.contains(&header)
+            && s.contains("q quit p pause")
+            && s.contains("forks")
+            && s.lines().any(|l| l.contains("tracer") && l.contains("mm1"))
     })?;
     println!("live: the TUI in the VM showed:\n{screen}");
     if !ok {

@@ -34,6 +34,11 @@ enum Cmd {
     Kernel { spec: Vec<String> },
     /// Build the static tracer binary used in VMs and print its path.
     BuildStatic,
+    /// The live-TUI-in-a-VM check of `cargo xtask test` on its own.
+    LiveTui {
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+    },
     /// Benchmarks, as ratios taken in one run: `tracer validate` against `jq` on the same log.
     Bench {
         /// Events in the generated log.
@@ -122,6 +127,12 @@ fn main() -> ExitCode {
             let dir = build::workspace().join("target/bench");
             std::fs::create_dir_all(&dir)?;
             bench::bench_validate(events, &dir)?;
+            Ok(ExitCode::SUCCESS)
+        })(),
+        Cmd::LiveTui { kernel } => (|| {
+            let k = kernels::fetch(&kernel, None)?;
+            let xtask = std::env::current_exe()?;
+            live::tui_in_vm(&xtask, &build::workspace(), &kernel, &k.release)?;
             Ok(ExitCode::SUCCESS)
         })(),
         Cmd::BuildStatic => build::static_tracer().map(|p| {
