@@ -102,11 +102,12 @@ pub fn tui_in_vm(xtask: &Path, workspace: &Path, spec: &str, release: &str) -> R
     if !ok {
         bail!("`q` did not end the live TUI and power the VM off within 120 s");
     }
-    if !end.contains("verdict:") {
-        bail!("no validator verdict after the live session");
-    }
+    // After the TUI, the guest validates the log it recorded; `run` exits 0 only when that
+    // verdict is clean.
     if !end.contains("run exited 0") {
-        bail!("`cargo xtask run` did not exit 0 after the live session");
+        bail!(
+            "`cargo xtask run` did not exit 0 after the live session (the verdict on its log is above)"
+        );
     }
     Ok(())
 }
