@@ -156,6 +156,19 @@ pub fn print_plan(plan: &AttachPlan) {
     }
 }
 
+/// How far apart a seqcount access and its probe's timestamp may be, as a hint for the
+/// validator. On bare metal the probe runs right next to the access with interrupts off
+/// (100 us is generous); in a virtual machine the vCPU can be descheduled between the two for
+/// milliseconds (measured up to ~13 ms under QEMU TCG on a loaded 2-core host), so 50 ms.
+pub fn clock_slack_ns() -> u64 {
+    let virtualized = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
+        c.lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "hypervisor"))
+    });
+    if virtualized { 50_000_000 } else { 100_000 }
+}
+
 pub fn header(plan: &AttachPlan, args: &TraceArgs) -> Header {
     let f = &plan.function.foll;
     let o = &plan.function.offsets;
@@ -174,6 +187,10 @@ pub fn header(plan: &AttachPlan, args: &TraceArgs) -> Header {
         serde_json::json!({"pid": args.pid, "comm": args.comm}),
     );
     extra.insert("ring_size".to_owned(), serde_json::json!(args.ring_size));
+    extra.insert(
+        "clock_slack_ns".to_owned(),
+        serde_json::json!(clock_slack_ns()),
+    );
     let notes: Vec<&String> = plan
         .function
         .missing
