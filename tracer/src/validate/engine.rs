@@ -120,7 +120,8 @@ pub struct Stats {
     pub gup_calls: u64,
     /// Lines with a `kind` this validator does not know (skipped).
     pub unknown_kinds: u64,
-    /// Events lost: the sum of `lost` lines and of the summary's `lost` counts.
+    /// Events lost: per probe, the larger of the sum of its `lost` lines (deltas) and the
+    /// summary's total for it (the same losses counted twice otherwise).
     pub lost: u64,
     /// Events that arrived older than an event already replayed (beyond the reorder window);
     /// they are not replayed.
@@ -150,15 +151,15 @@ pub struct Options {
     /// Reorder window in events: an event is replayed once this many newer-delivered events
     /// are buffered behind it.
     pub window: usize,
-    /// How long after a `write_begin`/`write_end` event its increment may still be invisible.
-    /// Those probes fire on the increment instruction, before it executes, so for this long
-    /// another CPU may still load the old value (or, at a `read_begin`, already the new one).
+    /// How far a timestamp may be from the instant of the access it reports, across CPUs
+    /// (a probe can run late after its load, a vCPU can stall, clocks can disagree). Values
+    /// are exact; every timestamp is a bound give or take this much (`docs/validate.md`).
     pub slack_ns: u64,
 }
 
-/// Default [`Options::slack_ns`]. A 6.1 guest under QEMU's TCG showed 28 us between a
-/// `read_begin` probe and the kernel's own load (a `write_end` landed in between); native
-/// kprobes take about a microsecond.
+/// Default [`Options::slack_ns`], for real hardware (native kprobes take about a
+/// microsecond). Guests under QEMU's TCG showed vCPU stalls of several ms between an access
+/// and its probe; VM tests pass 50 ms.
 pub const DEFAULT_SLACK_NS: u64 = 100_000;
 
 impl Default for Options {
