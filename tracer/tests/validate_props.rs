@@ -109,7 +109,9 @@ proptest! {
         let mut s = String::new();
         rec.write_line(&mut s).unwrap();
         lines[i] = s.trim_end().to_string();
-        prop_assert_eq!(validate(&lines).verdict, Verdict::Violations);
+        // Judged exactly: with a slack, a function-level value one increment ahead is legal
+        // when a write is stamped within the slack after it (timestamps are only bounds).
+        prop_assert_eq!(validate_exact(&lines).verdict, Verdict::Violations);
     }
 
     #[test]

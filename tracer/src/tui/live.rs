@@ -53,6 +53,13 @@ pub fn run(trace: TraceArgs, opts: super::Options) -> Result<ExitCode> {
     let sigint_seen = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(libc::SIGINT, Arc::clone(&sigint_seen))
         .context("installing the SIGINT handler")?;
+    // Everything written to stderr from here on, the workload's output included (it inherits
+    // fd 2 when the pump starts it), goes to the messages pane rather than over the screen.
+    let app = super::App::new(&opts)?;
+    super::term::capture_stderr(super::term::message_sink(std::sync::Arc::clone(
+        &app.shared,
+    )))
+    .context("capturing stderr")?;
     let (tx, mut rx) = mpsc::channel(1 << 16);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let started = Arc::new(AtomicBool::new(false));
@@ -87,13 +94,18 @@ pub fn run(trace: TraceArgs, opts: super::Options) -> Result<ExitCode> {
     let header = match rx.blocking_recv() {
         Some(Record::Header(h)) => h,
         _ => {
+            super::term::restore_stderr();
             return Err(match done_rx.recv() {
                 Ok(Err(e)) => e,
                 _ => anyhow!("the tracing session ended before it sent its header"),
             });
         }
     };
-    let shown = super::run_live(rx, header, opts);
+    let mut opts = opts;
+    if opts.source.is_empty() {
+        opts.source = "live".into();
+    }
+    let shown = app.run(header, super::Input::Live(rx), None, opts, 1.0);
     // The pump ends on SIGINT: it stops the workload, detaches and writes its summary (which
     // nobody reads any more). Without this it would trace on until the process exits.
     // SAFETY: raise() only delivers a signal to this process, whose SIGINT handlers are

@@ -43,6 +43,8 @@ use self::{
 
 /// Redraw period: 10 Hz whatever the event rate.
 const FRAME: Duration = Duration::from_millis(100);
+/// Records taken from the stream per lock of the model.
+const BATCH: usize = 256;
 /// Without a record for this long, the validator's reorder window is flushed.
 const IDLE_FLUSH: Duration = Duration::from_millis(250);
 
@@ -196,10 +198,21 @@ enum Input {
 }
 
 impl Input {
-    async fn next(&mut self) -> Option<(Option<u64>, Record)> {
+    /// Waits for records and takes up to `max` of those waiting (0: the source has ended).
+    async fn next_many(&mut self, out: &mut Vec<(Option<u64>, Record)>, max: usize) -> usize {
         match self {
-            Input::Live(rx) => rx.recv().await.map(|r| (None, r)),
-            Input::Replay(rx) => rx.recv().await.map(|(n, r)| (Some(n), r)),
+            Input::Live(rx) => {
+                let mut v = Vec::with_capacity(max);
+                let n = rx.recv_many(&mut v, max).await;
+                out.extend(v.into_iter().map(|r| (None, r)));
+                n
+            }
+            Input::Replay(rx) => {
+                let mut v = Vec::with_capacity(max);
+                let n = rx.recv_many(&mut v, max).await;
+                out.extend(v.into_iter().map(|(no, r)| (Some(no), r)));
+                n
+            }
         }
     }
 }
@@ -314,6 +327,7 @@ fn consume(
     let mut open = true;
     // Records pushed since the checker was last flushed.
     let mut dirty = false;
+    let mut batch = Vec::with_capacity(BATCH);
     rt.block_on(async {
         loop {
             tokio::select! {
@@ -322,23 +336,8 @@ fn consume(
                     Some(Cmd::Export(path)) => export(&shared, &mut spool, path),
                     Some(Cmd::Stop) | None => break,
                 },
-                item = input.next(), if open => match item {
-                    Some((no, rec)) => {
-                        if line == 1 && rec == header_rec {
-                            continue;
-                        }
-                        line = no.unwrap_or(line + 1);
-                        let mut s = lock(&shared);
-                        feed(&mut s.model, checker.as_mut(), line, &rec);
-                        s.checker_status = checker.status();
-                        if matches!(rec, Record::Event(_)) {
-                            s.last_rx = Some(Instant::now());
-                        }
-                        drop(s);
-                        spool.write(&rec);
-                        dirty = true;
-                    }
-                    None => {
+                n = input.next_many(&mut batch, BATCH), if open => {
+                    if n == 0 {
                         open = false;
                         let mut s = lock(&shared);
                         settle(&mut s.model, checker.as_mut(), true);
@@ -346,8 +345,29 @@ fn consume(
                         s.done = true;
                         drop(s);
                         let _ = spool.flush();
+                        continue;
                     }
-                },
+                    // One lock per batch: the draw waits at most one batch, the consumer at
+                    // most the computation of one frame.
+                    // A live source may repeat the header it was started with: drop the copy.
+                    if line == 1 && batch.first().is_some_and(|(_, r)| *r == header_rec) {
+                        batch.remove(0);
+                    }
+                    let mut s = lock(&shared);
+                    for (no, rec) in &batch {
+                        line = no.unwrap_or(line + 1);
+                        feed(&mut s.model, checker.as_mut(), line, rec);
+                        if matches!(rec, Record::Event(_)) {
+                            s.last_rx = Some(Instant::now());
+                        }
+                    }
+                    s.checker_status = checker.status();
+                    drop(s);
+                    for (_, rec) in batch.drain(..) {
+                        spool.write(&rec);
+                    }
+                    dirty = true;
+                }
                 // A quiet stream: let the validator judge what its reorder window holds.
                 () = tokio::time::sleep(IDLE_FLUSH), if open && dirty => {
                     dirty = false;
@@ -435,6 +455,7 @@ fn draw_loop(
     let mut frozen: Option<(Model, u64)> = None;
     let recording = opts.record.as_ref().map(|p| p.display().to_string());
     let mut next_frame = Instant::now();
+    let mut offscreen = ratatui::buffer::Buffer::empty(ratatui::layout::Rect::default());
     loop {
         if session.signalled.load(Ordering::Relaxed) {
             return Ok(());
@@ -445,6 +466,15 @@ fn draw_loop(
             panic!("test panic requested with --panic-after-ms");
         }
         cpu.sample();
+        // The frame is computed under the lock but written to the terminal after it: a slow
+        // terminal (a serial console) must not hold up the consumer.
+        let size = session.terminal.size()?;
+        let area = ratatui::layout::Rect::new(0, 0, size.width, size.height);
+        if offscreen.area != area {
+            offscreen = ratatui::buffer::Buffer::empty(area);
+        } else {
+            offscreen.reset();
+        }
         {
             let s = lock(shared);
             let live_now = now_ns(&s, speed);
@@ -468,10 +498,15 @@ fn draw_loop(
                     .as_ref()
                     .map_or(0, |(m, _)| s.model.events - m.events),
             };
-            session
-                .terminal
-                .draw(|f| render::draw(f, model, &view, &status))?;
+            render::draw_into(&mut offscreen, area, model, &view, &status);
         }
+        session.terminal.draw(|f| {
+            let b = f.buffer_mut();
+            // Equal unless the terminal was resized in between; the next frame catches up.
+            if b.area == offscreen.area {
+                b.content.clone_from(&offscreen.content);
+            }
+        })?;
         next_frame += FRAME;
         let now = Instant::now();
         if next_frame < now {

@@ -2,10 +2,14 @@
 //! draw exactly what a person sees.
 use ratatui::{
     Frame,
+    buffer::Buffer,
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
     text::{Line, Span},
-    widgets::{Block, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Wrap},
+    widgets::{
+        Block, Cell, Clear, Paragraph, Row, Sparkline, StatefulWidget, Table, TableState, Widget,
+        Wrap,
+    },
 };
 
 use crate::{
@@ -54,8 +58,38 @@ pub const FOOTER: [(&str, &str); 9] = [
 
 const DIM: Style = Style::new().fg(Color::DarkGray);
 
+/// Where widgets are drawn: a frame's buffer, or an off-screen one (so the model's lock is
+/// held while computing a frame, never while writing it to a slow terminal).
+pub struct Canvas<'b> {
+    buf: &'b mut Buffer,
+    area: Rect,
+}
+
+impl Canvas<'_> {
+    fn render_widget<W: Widget>(&mut self, w: W, area: Rect) {
+        w.render(area, self.buf);
+    }
+
+    fn render_stateful_widget<W: StatefulWidget>(
+        &mut self,
+        w: W,
+        area: Rect,
+        state: &mut W::State,
+    ) {
+        w.render(area, self.buf, state);
+    }
+}
+
+/// Draws everything into `f`.
 pub fn draw(f: &mut Frame, model: &Model, view: &View, st: &Status) {
     let area = f.area();
+    draw_into(f.buffer_mut(), area, model, view, st);
+}
+
+/// Draws everything into `buf`, which covers `area`.
+pub fn draw_into(buf: &mut Buffer, area: Rect, model: &Model, view: &View, st: &Status) {
+    let f = &mut Canvas { buf, area };
+    let area = f.area;
     let wide = area.width >= 120 && area.height >= 40;
     let chart_h = if area.height >= 40 { 8 } else { 6 };
     let table_h = if wide {
@@ -130,7 +164,7 @@ fn clock(ns: u64) -> String {
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-fn draw_header(f: &mut Frame, area: Rect, model: &Model, st: &Status) {
+fn draw_header(f: &mut Canvas, area: Rect, model: &Model, st: &Status) {
     let kernel = model.header.as_ref().map_or("?", |h| h.kernel.as_str());
     let mode = model.attach_mode();
     let line1 = Line::from(vec![
@@ -188,7 +222,7 @@ fn draw_header(f: &mut Frame, area: Rect, model: &Model, st: &Status) {
     );
 }
 
-fn draw_table(f: &mut Frame, area: Rect, model: &Model, view: &View) {
+fn draw_table(f: &mut Canvas, area: Rect, model: &Model, view: &View) {
     let rows = view.rows(model);
     let header = Row::new(
         [
@@ -288,7 +322,7 @@ fn stretch(data: &[u64], width: u16) -> Vec<u64> {
 }
 
 fn draw_hist(
-    f: &mut Frame,
+    f: &mut Canvas,
     area: Rect,
     title: &str,
     primary: (&str, &Hist),
@@ -345,7 +379,7 @@ fn draw_hist(
     );
 }
 
-fn draw_charts(f: &mut Frame, area: Rect, model: &Model, st: &Status) {
+fn draw_charts(f: &mut Canvas, area: Rect, model: &Model, st: &Status) {
     let [rate, cow, gup] = Layout::horizontal([
         Constraint::Ratio(1, 3),
         Constraint::Ratio(1, 3),
@@ -436,7 +470,7 @@ fn event_line(e: &Event, first_ts: u64, foll: Option<&FollFlags>) -> Line<'stati
     ])
 }
 
-fn draw_tail(f: &mut Frame, area: Rect, model: &Model, view: &View, title: String) {
+fn draw_tail(f: &mut Canvas, area: Rect, model: &Model, view: &View, title: String) {
     let b = block(title, view.pane == Pane::Tail);
     let inner = b.inner(area);
     let h = usize::from(inner.height);
@@ -464,7 +498,7 @@ fn draw_tail(f: &mut Frame, area: Rect, model: &Model, view: &View, title: Strin
 }
 
 fn draw_violations(
-    f: &mut Frame,
+    f: &mut Canvas,
     area: Rect,
     model: &Model,
     view: &View,
@@ -534,7 +568,7 @@ fn draw_violations(
     }
 }
 
-fn draw_messages(f: &mut Frame, area: Rect, model: &Model, view: &View, title: String) {
+fn draw_messages(f: &mut Canvas, area: Rect, model: &Model, view: &View, title: String) {
     let b = block(title, view.pane == Pane::Messages);
     let h = usize::from(b.inner(area).height);
     let mut lines: Vec<Line> = model
@@ -552,7 +586,7 @@ fn draw_messages(f: &mut Frame, area: Rect, model: &Model, view: &View, title: S
     f.render_widget(Paragraph::new(lines).block(b), area);
 }
 
-fn draw_footer(f: &mut Frame, area: Rect, view: &View) {
+fn draw_footer(f: &mut Canvas, area: Rect, view: &View) {
     let line = match &view.typing {
         Some(t) => Line::from(vec![
             Span::styled(" filter (comm or pid): ", Style::new().bold()),
@@ -576,7 +610,7 @@ fn draw_footer(f: &mut Frame, area: Rect, view: &View) {
     f.render_widget(Paragraph::new(line), area);
 }
 
-fn draw_help(f: &mut Frame, area: Rect, model: &Model) {
+fn draw_help(f: &mut Canvas, area: Rect, model: &Model) {
     let w = area.width.saturating_sub(4).min(100);
     let h = area.height.saturating_sub(2);
     let popup = Rect {

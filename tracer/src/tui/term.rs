@@ -24,7 +24,8 @@ use ratatui::{
 /// The real stderr while it is redirected (-1 otherwise), for the panic hook.
 static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
 
-fn restore_stderr() {
+/// Gives fd 2 back (idempotent).
+pub fn restore_stderr() {
     let fd = SAVED_STDERR.swap(-1, Ordering::SeqCst);
     if fd >= 0 {
         // SAFETY: `fd` is the duplicate of the original stderr made in `Session::enter`, still
@@ -55,6 +56,38 @@ fn restore_terminal() {
     }
 }
 
+/// Points fd 2 at a pipe whose lines go to `messages`, until [`restore_stderr`]. Does nothing
+/// if stderr is already captured (the live session captures it before the workload starts).
+pub fn capture_stderr(messages: impl Fn(String) + Send + 'static) -> io::Result<()> {
+    if SAVED_STDERR.load(Ordering::SeqCst) >= 0 {
+        return Ok(());
+    }
+    let (reader, writer) = io::pipe()?;
+    // SAFETY: dup of fd 2, which is open for the life of the process.
+    let saved = unsafe { libc::dup(2) };
+    if saved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are open; dup2 atomically points fd 2 at the pipe.
+    if unsafe { libc::dup2(writer.as_raw_fd(), 2) } < 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: `saved` came from dup above and is not used elsewhere.
+        drop(unsafe { OwnedFd::from_raw_fd(saved) });
+        return Err(e);
+    }
+    drop(writer);
+    SAVED_STDERR.store(saved, Ordering::SeqCst);
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            match line {
+                Ok(l) => messages(l),
+                Err(_) => break,
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Writes `log` records to stderr: while the TUI runs stderr goes to the messages pane, so
 /// aya-log output lands there instead of over the screen.
 struct StderrLogger;
@@ -82,29 +115,7 @@ impl Session {
     /// Redirects stderr into `messages` (one line at a time), installs the signal flags and
     /// the panic hook, then enters raw mode and the alternate screen.
     pub fn enter(messages: impl Fn(String) + Send + 'static) -> io::Result<Session> {
-        let (reader, writer) = io::pipe()?;
-        // SAFETY: dup of fd 2, which is open for the life of the process.
-        let saved = unsafe { libc::dup(2) };
-        if saved < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors are open; dup2 atomically points fd 2 at the pipe.
-        if unsafe { libc::dup2(writer.as_raw_fd(), 2) } < 0 {
-            let e = io::Error::last_os_error();
-            // SAFETY: `saved` came from dup above and is not used elsewhere.
-            drop(unsafe { OwnedFd::from_raw_fd(saved) });
-            return Err(e);
-        }
-        drop(writer);
-        SAVED_STDERR.store(saved, Ordering::SeqCst);
-        std::thread::spawn(move || {
-            for line in BufReader::new(reader).lines() {
-                match line {
-                    Ok(l) => messages(l),
-                    Err(_) => break,
-                }
-            }
-        });
+        capture_stderr(messages)?;
         if log::set_logger(&STDERR_LOGGER).is_ok() {
             log::set_max_level(log::LevelFilter::Info);
         }

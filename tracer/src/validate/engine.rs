@@ -120,7 +120,8 @@ pub struct Stats {
     pub gup_calls: u64,
     /// Lines with a `kind` this validator does not know (skipped).
     pub unknown_kinds: u64,
-    /// Events lost: the sum of `lost` lines and of the summary's `lost` counts.
+    /// Events lost: per probe, the larger of the sum of its `lost` lines (deltas) and the
+    /// summary's total for it (the same losses counted twice otherwise).
     pub lost: u64,
     /// Events that arrived older than an event already replayed (beyond the reorder window);
     /// they are not replayed.
@@ -150,15 +151,15 @@ pub struct Options {
     /// Reorder window in events: an event is replayed once this many newer-delivered events
     /// are buffered behind it.
     pub window: usize,
-    /// How long after a `write_begin`/`write_end` event its increment may still be invisible.
-    /// Those probes fire on the increment instruction, before it executes, so for this long
-    /// another CPU may still load the old value (or, at a `read_begin`, already the new one).
+    /// How far a timestamp may be from the instant of the access it reports, across CPUs
+    /// (a probe can run late after its load, a vCPU can stall, clocks can disagree). Values
+    /// are exact; every timestamp is a bound give or take this much (`docs/validate.md`).
     pub slack_ns: u64,
 }
 
-/// Default [`Options::slack_ns`]. A 6.1 guest under QEMU's TCG showed 28 us between a
-/// `read_begin` probe and the kernel's own load (a `write_end` landed in between); native
-/// kprobes take about a microsecond.
+/// Default [`Options::slack_ns`], for real hardware (native kprobes take about a
+/// microsecond). Guests under QEMU's TCG showed vCPU stalls of several ms between an access
+/// and its probe; VM tests pass 50 ms.
 pub const DEFAULT_SLACK_NS: u64 = 100_000;
 
 impl Default for Options {
@@ -215,10 +216,12 @@ struct CprOpen {
     seq: u32,
     cow: bool,
     line: u64,
-    ts: u64,
+    /// In a log without `write_*` events: this window put its two possible increments on the
+    /// mm's timeline (see [`MmState::hist`]).
+    tentative: bool,
     /// Set when another thread's advancing copy window on the same mm closed while this one
-    /// was open: (that window's cpr_enter line, its cpr_exit line, its tid).
-    overlapped_by: Option<(u64, u64, u32)>,
+    /// was open: that window's cpr_enter line, cpr_exit line, tid, and seq at enter and exit.
+    overlapped_by: Option<(u64, u64, u32, u32, u32)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -232,20 +235,15 @@ struct WriteOpen {
 struct GupCall {
     mm: u32,
     line: u64,
+    /// `gup_enter`'s ts: the earliest the call's first load can have happened (`None` when
+    /// the call was started by a `read_begin`, so nothing bounds it from below).
+    enter_ts: Option<u64>,
     /// `read_begin`: (value loaded, line, ts).
     begin: Option<(u32, u64, u64)>,
     odd: bool,
-    /// The odd value was read within the slack of a `write_end`: the kernel's own load may
-    /// have seen the even value after it, so going on to `read_retry` is legal.
-    odd_settled: bool,
     /// `read_retry`: (value loaded, line).
     retry: Option<(u32, u64)>,
     retry_fail: bool,
-    /// First write event (line, tid) on this mm between `read_begin` and `read_retry`, its
-    /// ts, and how many increments the write events in between account for.
-    saw_write: Option<(u64, u32)>,
-    first_write_ts: u64,
-    writes_seen: u32,
 }
 
 #[derive(Default, Debug)]
@@ -256,24 +254,98 @@ struct Thread {
     call: Option<GupCall>,
 }
 
+/// One increment of an mm's counter, from `v` to `v + 1`, known to have happened no later
+/// than `hi` (ns, slack included; `u64::MAX` until bounded). Its lower bound only matters
+/// when it is inserted (see [`Jump`]).
+#[derive(Clone, Copy, Debug)]
+struct Trans {
+    v: u32,
+    hi: u64,
+    /// The event that reported it, and its thread.
+    line: u64,
+    tid: u32,
+}
+
+/// Increments kept per mm. Readers lag by at most the slack, so a few forks' worth is plenty;
+/// older ones are summarized in [`MmState::floor_hi`].
+const HIST_CAP: usize = 64;
+
 #[derive(Debug)]
 struct MmState {
     name: Box<str>,
-    /// Last observed seq (the lower bound of the counter), and the line that showed it.
-    lo: Option<(u32, u64)>,
-    /// How far above `lo` an observation may be without a write event explaining it: +2 per
-    /// open COW copy window in a log without `write_*` events.
-    credit: u32,
-    /// The open `write_begin` on this mm: (tid, line).
-    open_write: Option<(u32, u64)>,
+    /// The counter's value after every increment known so far (`None`: nothing observed since
+    /// the log began or the last loss).
+    cur: Option<u32>,
+    /// Increments leading to `cur`, ascending by value, consecutive unless events are missing.
+    hist: VecDeque<Trans>,
+    /// Values below the oldest one in `hist` may only have been loaded before this instant.
+    floor_hi: u64,
+    /// Increments whose `hi` is the next event of their thread on this mm: (tid, value).
+    open_hi: Vec<(u32, u32)>,
+    /// The open `write_begin` on this mm: (tid, line, seq).
+    open_write: Option<(u32, u64, u32)>,
     /// Threads with an open COW copy window on this mm.
     cpr_open: Vec<u32>,
-    /// Threads inside a PIN read window (after an even `read_begin`, before `read_retry`).
-    readers: Vec<u32>,
-    /// Threads whose `read_begin` loaded an odd value and that have not retried.
-    odd_readers: Vec<u32>,
-    /// The last write event: (is `write_end`, value before its increment, ts).
-    last_write: Option<(bool, u32, u64)>,
+}
+
+impl MmState {
+    fn new(name: &str) -> Self {
+        MmState {
+            name: name.into(),
+            cur: None,
+            hist: VecDeque::new(),
+            floor_hi: 0,
+            open_hi: Vec::new(),
+            open_write: None,
+            cpr_open: Vec::new(),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.cur = None;
+        self.hist.clear();
+        self.floor_hi = 0;
+        self.open_hi.clear();
+        self.open_write = None;
+        self.cpr_open.clear();
+    }
+
+    /// Position in `hist` of the increment from `v`.
+    fn find(&self, v: u32) -> Option<usize> {
+        let front = self.hist.front()?.v;
+        let k = v.wrapping_sub(front) as usize;
+        // Consecutive values (the usual case) index directly.
+        if self.hist.get(k).is_some_and(|t| t.v == v) {
+            return Some(k);
+        }
+        self.hist.iter().position(|t| t.v == v)
+    }
+
+    /// Records an increment from `t.v`, keeping `hist` ascending relative to `cur`.
+    fn insert(&mut self, t: Trans) {
+        let base = self.cur.unwrap_or(t.v);
+        let rel = |v: u32| v.wrapping_sub(base) as i32;
+        let pos = self.hist.partition_point(|x| rel(x.v) < rel(t.v));
+        self.hist.insert(pos, t);
+        if self.cur.is_none_or(|c| rel(t.v) >= rel(c)) {
+            self.cur = Some(t.v.wrapping_add(1));
+        }
+        while self.hist.len() > HIST_CAP {
+            if let Some(old) = self.hist.pop_front() {
+                self.floor_hi = self.floor_hi.max(old.hi);
+            }
+        }
+    }
+}
+
+/// A load of a value above every increment known so far: explained only if the increments
+/// that reach it show up with a lower bound no later than `b`.
+#[derive(Clone, Copy, Debug)]
+struct Jump {
+    ev: Ev,
+    b: u64,
+    what: &'static str,
+    from: u32,
 }
 
 /// The incremental validator. Feed records in delivery order with [`Validator::push`];
@@ -297,6 +369,14 @@ pub struct Validator {
     recent_mms: [u32; 8],
     recent_next: usize,
     threads: FastMap<u32, Thread>,
+    /// Loads of values not yet reached by the known increments, awaiting them.
+    jumps: Vec<Jump>,
+    /// Per probe, the sum of the counts of its `lost` lines (deltas).
+    lost_lines: BTreeMap<String, u64>,
+    /// Increments that lost events may have made and that no jump has used up yet. A `lost`
+    /// line is written when the recorder notices the loss, which can be up to a ring buffer's
+    /// worth of events before the gap itself is delivered, so the gap is not located.
+    lost_increments: u64,
     stats: Stats,
     events: u64,
     violations: Vec<Violation>,
@@ -335,6 +415,9 @@ impl Validator {
             recent_mms: [u32::MAX; 8],
             recent_next: 0,
             threads: FastMap::default(),
+            jumps: Vec::new(),
+            lost_lines: BTreeMap::new(),
+            lost_increments: 0,
             stats: Stats::default(),
             events: 0,
             violations: Vec::new(),
@@ -348,11 +431,24 @@ impl Validator {
     pub fn push(&mut self, line: u64, rec: &Record) -> Vec<Violation> {
         match rec {
             Record::Event(e) => self.push_event(line, e),
-            Record::Lost { count, .. } => self.lost(*count),
+            Record::Lost { probe, count } => self.lost(probe, *count),
             Record::Summary(s) => {
                 self.stats.summary = true;
-                self.stats.lost = self.stats.lost.saturating_add(s.lost.values().sum());
                 self.flush_buffer();
+                self.expire_jumps(u64::MAX);
+                // `lost` lines are deltas and the summary holds totals of the same losses:
+                // per probe, the larger of the two is what was lost.
+                let mut total: u64 = 0;
+                for (probe, &n) in &s.lost {
+                    let lines = self.lost_lines.get(probe).copied().unwrap_or(0);
+                    total = total.saturating_add(n.max(lines));
+                }
+                for (probe, &n) in &self.lost_lines {
+                    if !s.lost.contains_key(probe) {
+                        total = total.saturating_add(n);
+                    }
+                }
+                self.stats.lost = total;
             }
             Record::Unknown(_) => self.stats.unknown_kinds += 1,
             // A header carries no event; the CLI rejects a second one as bad input.
@@ -412,16 +508,7 @@ impl Validator {
                 // More than u32::MAX distinct mms cannot fit in memory anyway.
                 let id = u32::try_from(self.mms.len()).unwrap_or(u32::MAX);
                 self.mm_ids.insert(name.into(), id);
-                self.mms.push(MmState {
-                    name: name.into(),
-                    lo: None,
-                    credit: 0,
-                    open_write: None,
-                    cpr_open: Vec::new(),
-                    readers: Vec::new(),
-                    odd_readers: Vec::new(),
-                    last_write: None,
-                });
+                self.mms.push(MmState::new(name));
                 id
             }
         };
@@ -485,18 +572,23 @@ impl Validator {
 
     /// Events were dropped: replay what is buffered, then forget all protocol state so that
     /// the gap cannot be mistaken for a violation.
-    fn lost(&mut self, count: u64) {
+    fn lost(&mut self, probe: &str, count: u64) {
         self.flush_buffer();
-        self.stats.lost = self.stats.lost.saturating_add(count);
+        // A jump still waiting for its increments may be explained by the missing events.
+        self.jumps.clear();
+        let incs = match probe {
+            "write_begin" | "write_end" => count,
+            // Without write_* events a lost copy may have advanced seq by 2.
+            "cpr_enter" | "cpr_exit" if !self.write_mode() => count.saturating_mul(2),
+            _ => 0,
+        };
+        self.lost_increments = self.lost_increments.saturating_add(incs);
+        let n = self.lost_lines.entry(probe.to_string()).or_insert(0);
+        *n = n.saturating_add(count);
+        self.stats.lost = self.lost_lines.values().sum();
         self.threads.clear();
         for m in &mut self.mms {
-            m.lo = None;
-            m.credit = 0;
-            m.open_write = None;
-            m.cpr_open.clear();
-            m.readers.clear();
-            m.odd_readers.clear();
-            m.last_write = None;
+            m.reset();
         }
     }
 
@@ -516,6 +608,7 @@ impl Validator {
 
     pub fn finish(mut self) -> Report {
         self.flush_buffer();
+        self.expire_jumps(u64::MAX);
         let s = &self.stats;
         let verdict = if s.violations > 0 {
             Verdict::Violations
@@ -568,62 +661,201 @@ impl Validator {
         self.pending.push(v);
     }
 
-    /// `seq_unexplained`: an observed value must equal the last one, or exceed it by no more
-    /// than the open copy windows allow.
-    fn observe(&mut self, e: &Ev, what: &str) {
-        let slack = self.opts.slack_ns;
+    /// The slack-widened interval `[a, b]` in which a function-level event's counter read
+    /// happened: at its ts.
+    fn at_ts(&self, e: &Ev) -> (Option<u64>, u64) {
+        let s = self.opts.slack_ns;
+        (Some(e.ts.saturating_sub(s)), e.ts.saturating_add(s))
+    }
+
+    /// `seq_unexplained` for a load of `e.seq` that happened in `[a, b]` (`a` is `None` when
+    /// nothing bounds it from below). It is explained if the counter can have held that value
+    /// at some instant of the interval, given the increments known on the mm.
+    fn observe(&mut self, e: &Ev, what: &'static str, a: Option<u64>, b: u64) {
         let Some(m) = self.mms.get_mut(e.mm as usize) else {
             return;
         };
-        let is_write = matches!(e.kind, Kind::WriteBegin | Kind::WriteEnd);
-        if !is_write
-            && let Some((_, pre, wts)) = m.last_write
-            && e.seq == pre
-            && e.ts.saturating_sub(wts) <= slack
-        {
-            // The last write's increment may not have landed yet: the old value is explained.
+        let x = e.seq;
+        let Some(c) = m.cur else {
+            // Only a load bounded from below establishes the value: an unbounded one may be
+            // older than anything the log shows.
+            if a.is_some() {
+                m.cur = Some(x);
+                m.floor_hi = b;
+            }
+            return;
+        };
+        let rel = x.wrapping_sub(c) as i32;
+        if rel == 0 {
             return;
         }
-        let prev = m.lo;
-        let credit = m.credit;
-        m.lo = Some((e.seq, e.line));
-        let Some((lo, lo_line)) = prev else { return };
-        let d = e.seq.wrapping_sub(lo);
-        if d <= credit {
-            m.credit = credit - d;
+        if rel > 0 {
+            // Increments reaching x may still be replayed (their events can be stamped up to
+            // the slack after this load's interval): decide when no later event can explain it.
+            if !self.jumps.iter().any(|j| j.ev.mm == e.mm && j.ev.seq == x) {
+                self.jumps.push(Jump {
+                    ev: *e,
+                    b,
+                    what,
+                    from: c,
+                });
+            }
             return;
         }
-        m.credit = 0;
-        let how = if (d as i32) < 0 {
-            format!("went backwards from {lo} to {}", e.seq)
-        } else {
-            format!(
-                "jumped from {lo} to {} (+{d}) with no write section to explain it",
-                e.seq
-            )
+        let a = a.unwrap_or(0);
+        let below_known = m
+            .hist
+            .front()
+            .is_none_or(|f| rel < f.v.wrapping_sub(c) as i32);
+        let (hi, wline) = match m.find(x).and_then(|k| m.hist.get(k)) {
+            Some(t) => (t.hi, Some(t.line)),
+            None if below_known => (m.floor_hi, None),
+            // Inside the known range with its increment missing: nothing to judge by.
+            None => return,
+        };
+        if a <= hi {
+            return;
+        }
+        let (lines, by) = match wline {
+            Some(l) => (vec![l], format!("the increment from {x} (line {l})")),
+            None => (vec![], format!("the last increment past {x}")),
         };
         self.violate(
             Rule::SeqUnexplained,
             e,
-            vec![lo_line],
+            lines,
             format!(
-                "{what} at line {} loaded {}: seq {how} (last value seen at line {lo_line})",
-                e.line, e.seq
+                "{what} at line {} loaded {x}, but seq had already reached {c}: {by} happened by {hi} ns, and this load no earlier than {a} ns",
+                e.line
             ),
         );
     }
 
-    /// A write event changed the counter by +1 (the value it reports is before the increment).
-    /// Write events account for every change exactly, so no copy-window credit remains.
-    fn advance(&mut self, e: &Ev) {
-        if let Some(m) = self.mms.get_mut(e.mm as usize) {
-            m.lo = Some((e.seq.wrapping_add(1), e.line));
-            m.credit = 0;
-            m.last_write = Some((e.kind == Kind::WriteEnd, e.seq, e.ts));
+    /// Reports the jumps that no event still to be replayed (ts >= `now`) can explain.
+    fn expire_jumps(&mut self, now: u64) {
+        let slack = self.opts.slack_ns;
+        if self.jumps.is_empty() {
+            return;
+        }
+        let mut due = Vec::new();
+        self.jumps.retain(|j| {
+            let d = now == u64::MAX || now > j.b.saturating_add(slack);
+            if d {
+                due.push(*j);
+            }
+            !d
+        });
+        for j in due {
+            let x = j.ev.seq;
+            if let Some(m) = self.mms.get_mut(j.ev.mm as usize)
+                && m.cur.is_some_and(|c| x.wrapping_sub(c) as i32 > 0)
+            {
+                // Resynchronize on the observed value so that one gap is reported once.
+                m.cur = Some(x);
+                m.hist.clear();
+                m.floor_hi = j.b;
+            }
+            let d = u64::from(x.wrapping_sub(j.from));
+            if d <= self.lost_increments {
+                // Lost write events can have made these increments.
+                self.lost_increments -= d;
+                continue;
+            }
+            self.violate(
+                Rule::SeqUnexplained,
+                &j.ev,
+                vec![],
+                format!(
+                    "{} at line {} loaded {x}: seq jumped from {} to {x} (+{}) with no write section to explain it",
+                    j.what,
+                    j.ev.line,
+                    j.from,
+                    x.wrapping_sub(j.from)
+                ),
+            );
+        }
+    }
+
+    /// A write event: its increment from `e.seq` happened at or after its ts and before the
+    /// thread's next event (both widened by the slack).
+    fn write_event(&mut self, e: &Ev, what: &'static str) {
+        self.seen_write_event = true;
+        let slack = self.opts.slack_ns;
+        let lo = e.ts.saturating_sub(slack);
+        let b = e.ts.saturating_add(slack);
+        let Some(m) = self.mms.get_mut(e.mm as usize) else {
+            return;
+        };
+        let v = e.seq;
+        let dup = m
+            .find(v)
+            .and_then(|k| m.hist.get(k))
+            .map(|t| (t.line, t.tid));
+        let mut jump = None;
+        match m.cur {
+            None => m.floor_hi = b,
+            Some(c) if v.wrapping_sub(c) as i32 > 0 => jump = Some(c),
+            Some(_) => {}
+        }
+        if dup.is_none() {
+            m.insert(Trans {
+                v,
+                hi: u64::MAX,
+                line: e.line,
+                tid: e.tid,
+            });
+            m.open_hi.push((e.tid, v));
+        }
+        if let Some(from) = jump
+            && !self.jumps.iter().any(|j| j.ev.mm == e.mm && j.ev.seq == v)
+        {
+            self.jumps.push(Jump {
+                ev: *e,
+                b,
+                what,
+                from,
+            });
+        }
+        // Loads waiting for the increment to v + 1 are explained if it can have come in time.
+        self.jumps
+            .retain(|j| !(j.ev.mm == e.mm && j.ev.seq == v.wrapping_add(1) && lo <= j.b));
+        if let Some((dl, dt)) = dup {
+            self.violate(
+                Rule::SeqUnexplained,
+                e,
+                vec![dl],
+                format!(
+                    "{what} at line {} increments seq from {v}, but tid {dt}'s write at line {dl} already did: the counter cannot pass {v} twice",
+                    e.line
+                ),
+            );
+        }
+    }
+
+    /// The thread's increments awaiting its next event on the mm get their upper bound.
+    fn close_open_hi(&mut self, e: &Ev) {
+        let slack = self.opts.slack_ns;
+        let Some(m) = self.mms.get_mut(e.mm as usize) else {
+            return;
+        };
+        let mut i = 0;
+        while let Some(&(tid, v)) = m.open_hi.get(i) {
+            if tid != e.tid {
+                i += 1;
+                continue;
+            }
+            m.open_hi.swap_remove(i);
+            if let Some(t) = m.find(v).and_then(|k| m.hist.get_mut(k)) {
+                t.hi = e.ts.saturating_add(slack);
+            }
         }
     }
 
     fn replay(&mut self, e: Ev) {
+        if !self.jumps.is_empty() {
+            self.expire_jumps(e.ts);
+        }
+        self.close_open_hi(&e);
         match e.kind {
             Kind::CprEnter => self.cpr_enter(&e),
             Kind::CprExit => self.cpr_exit(&e),
@@ -638,14 +870,26 @@ impl Validator {
     }
 
     fn cpr_enter(&mut self, e: &Ev) {
-        self.observe(e, "cpr_enter");
+        let (a, b) = self.at_ts(e);
+        self.observe(e, "cpr_enter", a, b);
         let cpr_mode = !self.write_mode();
+        let mut tentative = false;
         if let Some(m) = self.mms.get_mut(e.mm as usize)
             && e.flag
         {
             m.cpr_open.push(e.tid);
-            if cpr_mode {
-                m.credit = m.credit.saturating_add(2);
+            // Without write_* events the copy's two increments (if it makes them) happen
+            // inside its window: put them on the timeline until cpr_exit says.
+            if cpr_mode && m.cur == Some(e.seq) {
+                tentative = true;
+                for v in [e.seq, e.seq.wrapping_add(1)] {
+                    m.insert(Trans {
+                        v,
+                        hi: u64::MAX,
+                        line: e.line,
+                        tid: e.tid,
+                    });
+                }
             }
         }
         self.threads.entry(e.tid).or_default().cpr.push(CprOpen {
@@ -653,34 +897,45 @@ impl Validator {
             seq: e.seq,
             cow: e.flag,
             line: e.line,
-            ts: e.ts,
+            tentative,
             overlapped_by: None,
         });
     }
 
     fn cpr_exit(&mut self, e: &Ev) {
-        self.observe(e, "cpr_exit");
+        let (a, b) = self.at_ts(e);
+        self.observe(e, "cpr_exit", a, b);
         let Some(w) = self.threads.get_mut(&e.tid).and_then(|t| t.cpr.pop()) else {
             // The log began inside this copy: nothing to pair it with.
             return;
         };
         let cpr_mode = !self.write_mode();
+        let d = e.seq.wrapping_sub(w.seq);
         if let Some(m) = self.mms.get_mut(w.mm as usize) {
             if w.cow
                 && let Some(i) = m.cpr_open.iter().position(|&t| t == e.tid)
             {
                 m.cpr_open.swap_remove(i);
             }
-            let remaining_cow = u32::try_from(m.cpr_open.len()).unwrap_or(u32::MAX);
-            if cpr_mode {
-                m.credit = m.credit.min(remaining_cow.saturating_mul(2));
+            if w.tentative {
+                for v in [w.seq, w.seq.wrapping_add(1)] {
+                    if let Some(k) = m.find(v) {
+                        if d == 0 {
+                            m.hist.remove(k);
+                        } else if let Some(t) = m.hist.get_mut(k) {
+                            t.hi = b;
+                        }
+                    }
+                }
+                if d == 0 && m.cur == Some(w.seq.wrapping_add(2)) {
+                    m.cur = Some(w.seq);
+                }
             }
         }
         self.stats.copies += 1;
         if w.cow {
             self.stats.cow_copies += 1;
         }
-        let d = e.seq.wrapping_sub(w.seq);
         if !(d == 0 || (d == 2 && w.cow)) {
             let why = if d == 2 {
                 "but the VMA is not COW, and only a COW copy takes the write section".to_string()
@@ -707,19 +962,25 @@ impl Validator {
         }
         // A COW window whose seq advanced is a write section in this log.
         self.stats.write_sections += 1;
-        if let Some((oline, oexit, otid)) = w.overlapped_by {
-            self.violate(
-                Rule::WriterOverlap,
-                e,
-                vec![w.line, oline, oexit],
-                format!(
-                    "copy window lines {}-{} (tid {}) overlaps tid {otid}'s copy window lines {oline}-{oexit} on the same mm; both advanced seq",
-                    w.line, e.line, e.tid
-                ),
-            );
+        if let Some((oline, oexit, otid, olo, ohi)) = w.overlapped_by {
+            // The values decide: two windows overlap only if the ranges of seq they spanned
+            // share an increment; windows whose ranges follow each other are serialized, and
+            // their timestamps merely disagree.
+            let r = |v: u32| i64::from(v.wrapping_sub(w.seq) as i32);
+            if r(olo).max(0) < r(ohi).min(i64::from(d as i32)) {
+                self.violate(
+                    Rule::WriterOverlap,
+                    e,
+                    vec![w.line, oline, oexit],
+                    format!(
+                        "copy window lines {}-{} (tid {}, seq {}..{}) overlaps tid {otid}'s copy window lines {oline}-{oexit} (seq {olo}..{ohi}) on the same mm; both advanced seq",
+                        w.line, e.line, e.tid, w.seq, e.seq
+                    ),
+                );
+            }
         }
-        let (others, readers) = match self.mms.get(w.mm as usize) {
-            Some(m) => (m.cpr_open.clone(), m.readers.clone()),
+        let others = match self.mms.get(w.mm as usize) {
+            Some(m) => m.cpr_open.clone(),
             None => return,
         };
         for t in others.into_iter().filter(|&t| t != e.tid) {
@@ -727,45 +988,13 @@ impl Validator {
                 && o.mm == w.mm
                 && o.overlapped_by.is_none()
             {
-                o.overlapped_by = Some((w.line, e.line, e.tid));
-            }
-        }
-        // A whole write section fell inside the read windows that began before it.
-        for t in readers {
-            if let Some(c) = self.threads.get_mut(&t).and_then(|th| th.call.as_mut())
-                && c.begin.is_some_and(|(_, _, ts)| ts <= w.ts)
-            {
-                // Both increments of the section, whatever the timing of their probes.
-                c.writes_seen = c.writes_seen.saturating_add(2);
-                if c.saw_write.is_none() {
-                    c.saw_write = Some((w.line, e.tid));
-                    c.first_write_ts = w.ts;
-                }
-            }
-        }
-    }
-
-    /// Marks every open read window on the mm: a write section began or ended inside it.
-    fn mark_readers(&mut self, e: &Ev) {
-        let Some(m) = self.mms.get(e.mm as usize) else {
-            return;
-        };
-        for &t in &m.readers {
-            if let Some(c) = self.threads.get_mut(&t).and_then(|th| th.call.as_mut()) {
-                c.writes_seen = c.writes_seen.saturating_add(1);
-                if c.saw_write.is_none() {
-                    c.saw_write = Some((e.line, e.tid));
-                    c.first_write_ts = e.ts;
-                }
+                o.overlapped_by = Some((w.line, e.line, e.tid, w.seq, e.seq));
             }
         }
     }
 
     fn write_begin(&mut self, e: &Ev) {
-        self.seen_write_event = true;
-        self.observe(e, "write_begin");
-        self.advance(e);
-        self.mark_readers(e);
+        self.write_event(e, "write_begin");
         if e.seq & 1 == 1 {
             self.violate(
                 Rule::WriteParity,
@@ -780,17 +1009,21 @@ impl Validator {
         let prev_open = self
             .mms
             .get_mut(e.mm as usize)
-            .and_then(|m| m.open_write.replace((e.tid, e.line)));
-        if let Some((otid, oline)) = prev_open
+            .and_then(|m| m.open_write.replace((e.tid, e.line, e.seq)));
+        // Another thread's section still open by the timestamps is an overlap only if the
+        // values agree: this increment read a value from before that section's end. A value
+        // past its end means the sections followed each other and the clocks disagree.
+        if let Some((otid, oline, oseq)) = prev_open
             && otid != e.tid
+            && (e.seq == oseq || e.seq == oseq.wrapping_add(1))
         {
             self.violate(
                 Rule::WriterOverlap,
                 e,
                 vec![oline],
                 format!(
-                    "write_begin at line {} (tid {}) while tid {otid}'s write section from line {oline} is still open on the same mm",
-                    e.line, e.tid
+                    "write_begin at line {} (tid {}) saw {} while tid {otid}'s write section from line {oline} (begun at {oseq}) was still open on the same mm",
+                    e.line, e.tid, e.seq
                 ),
             );
         }
@@ -811,13 +1044,9 @@ impl Validator {
     }
 
     fn write_end(&mut self, e: &Ev) {
-        self.seen_write_event = true;
-        self.observe(e, "write_end");
-        self.advance(e);
-        self.mark_readers(e);
-        self.settle_odd_readers(e);
+        self.write_event(e, "write_end");
         if let Some(m) = self.mms.get_mut(e.mm as usize)
-            && m.open_write.is_some_and(|(t, _)| t == e.tid)
+            && m.open_write.is_some_and(|(t, _, _)| t == e.tid)
         {
             m.open_write = None;
         }
@@ -866,37 +1095,9 @@ impl Validator {
         }
     }
 
-    /// A `read_begin` probe reads the counter just before the kernel's own load: if this
-    /// `write_end` fired shortly after it, on the odd value the probe saw, the kernel may have
-    /// loaded the even value after the increment and rightly gone on to `read_retry`.
-    fn settle_odd_readers(&mut self, e: &Ev) {
-        let slack = self.opts.slack_ns;
-        let Some(m) = self.mms.get_mut(e.mm as usize) else {
-            return;
-        };
-        let mut moved = Vec::new();
-        m.odd_readers.retain(|&t| {
-            let settle = self
-                .threads
-                .get(&t)
-                .and_then(|th| th.call.as_ref())
-                .and_then(|c| c.begin)
-                .is_some_and(|(s, _, ts)| s == e.seq && e.ts.saturating_sub(ts) <= slack);
-            if settle {
-                moved.push(t);
-            }
-            !settle
-        });
-        m.readers.extend(moved.iter().copied());
-        for t in moved {
-            if let Some(c) = self.threads.get_mut(&t).and_then(|th| th.call.as_mut()) {
-                c.odd_settled = true;
-            }
-        }
-    }
-
     fn gup_enter(&mut self, e: &Ev) {
-        self.observe(e, "gup_enter");
+        let (a, b) = self.at_ts(e);
+        self.observe(e, "gup_enter", a, b);
         self.close_call(e);
         self.stats.gup_calls += 1;
         if e.flag {
@@ -905,19 +1106,17 @@ impl Validator {
         self.threads.entry(e.tid).or_default().call = Some(GupCall {
             mm: e.mm,
             line: e.line,
+            enter_ts: Some(e.ts),
             begin: None,
             odd: false,
             retry: None,
-            odd_settled: false,
             retry_fail: false,
-            saw_write: None,
-            first_write_ts: 0,
-            writes_seen: 0,
         });
     }
 
     fn gup_exit(&mut self, e: &Ev) {
-        self.observe(e, "gup_exit");
+        let (a, b) = self.at_ts(e);
+        self.observe(e, "gup_exit", a, b);
         self.close_call(e);
     }
 
@@ -927,7 +1126,6 @@ impl Validator {
         let Some(c) = self.threads.get_mut(&e.tid).and_then(|t| t.call.take()) else {
             return;
         };
-        self.leave_read_window(c.mm, e.tid);
         if c.odd && c.retry.is_none() {
             self.stats.odd_bails += 1;
             self.stats.protected_overlaps += 1;
@@ -952,26 +1150,18 @@ impl Validator {
         }
     }
 
-    fn leave_read_window(&mut self, mm: u32, tid: u32) {
-        if let Some(m) = self.mms.get_mut(mm as usize)
-            && let Some(i) = m.readers.iter().position(|&t| t == tid)
-        {
-            m.readers.swap_remove(i);
-        }
-        if let Some(m) = self.mms.get_mut(mm as usize)
-            && let Some(i) = m.odd_readers.iter().position(|&t| t == tid)
-        {
-            m.odd_readers.swap_remove(i);
-        }
-    }
-
     fn read_begin(&mut self, e: &Ev) {
-        self.observe(e, "read_begin");
-        let needs_new = self
-            .threads
-            .get(&e.tid)
-            .and_then(|t| t.call.as_ref())
-            .is_none_or(|c| c.begin.is_some() || c.mm != e.mm);
+        let slack = self.opts.slack_ns;
+        let call = self.threads.get(&e.tid).and_then(|t| t.call.as_ref());
+        let needs_new = call.is_none_or(|c| c.begin.is_some() || c.mm != e.mm);
+        // The load happened after the call began (gup_enter) and at or before this probe.
+        let a = if needs_new {
+            None
+        } else {
+            call.and_then(|c| c.enter_ts)
+                .map(|t| t.saturating_sub(slack))
+        };
+        self.observe(e, "read_begin", a, e.ts.saturating_add(slack));
         if needs_new {
             // No gup_enter probe, or its event was not seen: read_begin starts the call, and
             // only FOLL_PIN calls read the counter.
@@ -981,60 +1171,39 @@ impl Validator {
             self.threads.entry(e.tid).or_default().call = Some(GupCall {
                 mm: e.mm,
                 line: e.line,
+                enter_ts: None,
                 begin: None,
                 odd: false,
                 retry: None,
-                odd_settled: false,
                 retry_fail: false,
-                saw_write: None,
-                first_write_ts: 0,
-                writes_seen: 0,
             });
         }
-        let odd = e.seq & 1 == 1;
-        // The write_end just before may not have landed when the probe read the odd value;
-        // the kernel's own load, an instant later, may have seen the even one.
-        let settled = odd
-            && self.mms.get(e.mm as usize).is_some_and(|m| {
-                m.last_write.is_some_and(|(end, pre, wts)| {
-                    end && pre == e.seq && e.ts.saturating_sub(wts) <= self.opts.slack_ns
-                })
-            });
         if let Some(c) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) {
             c.begin = Some((e.seq, e.line, e.ts));
-            c.odd = odd;
-            c.odd_settled = settled;
-        }
-        if let Some(m) = self.mms.get_mut(e.mm as usize) {
-            if odd && !settled {
-                m.odd_readers.push(e.tid);
-            } else {
-                m.readers.push(e.tid);
-            }
+            c.odd = e.seq & 1 == 1;
         }
     }
 
     fn read_retry(&mut self, e: &Ev) {
-        self.observe(e, "read_retry");
-        let Some(c) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) else {
+        let slack = self.opts.slack_ns;
+        let call = self
+            .threads
+            .get(&e.tid)
+            .and_then(|t| t.call)
+            .filter(|c| c.mm == e.mm);
+        // The load happened after read_begin's probe and at or before this one.
+        let a2 = call
+            .and_then(|c| c.begin)
+            .map(|(_, _, ts)| ts.saturating_sub(slack));
+        self.observe(e, "read_retry", a2, e.ts.saturating_add(slack));
+        let Some(c) = call else { return };
+        let (Some((s, bl, _)), Some(a2)) = (c.begin, a2) else {
             return;
         };
-        let Some((mut s, bl, bts)) = c.begin else {
-            return;
-        };
-        if c.odd && c.odd_settled {
-            // It went on, so the kernel's load saw the value after the write_end.
-            s = s.wrapping_add(1);
-            c.begin = Some((s, bl, bts));
-            c.odd = false;
+        if let Some(cm) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) {
+            cm.retry = Some((e.seq, e.line));
         }
-        c.retry = Some((e.seq, e.line));
-        let (odd, saw, mm) = (c.odd, c.saw_write, c.mm);
-        // One write event within the slack before the retry may not have landed yet.
-        let certain =
-            c.writes_seen >= 2 || e.ts.saturating_sub(c.first_write_ts) > self.opts.slack_ns;
-        self.leave_read_window(mm, e.tid);
-        if odd {
+        if c.odd {
             self.violate(
                 Rule::OddNotBailed,
                 e,
@@ -1050,16 +1219,26 @@ impl Validator {
             self.stats.failed_retries += 1;
             return;
         }
-        if let Some((wl, wtid)) = saw
-            && certain
+        // Both loads read s. The increment from s is proven to fall between them only if it
+        // happened before this load could have (its upper bound is below a2) while the first
+        // load can still have preceded it.
+        let a1 = c.enter_ts.map_or(0, |t| t.saturating_sub(slack));
+        let inc = self
+            .mms
+            .get(e.mm as usize)
+            .and_then(|m| m.find(s).and_then(|k| m.hist.get(k)))
+            .copied();
+        if let Some(t) = inc
+            && t.hi < a2
+            && a1 <= t.hi
         {
             self.violate(
                 Rule::UnprotectedOverlap,
                 e,
-                vec![bl, wl],
+                vec![bl, t.line],
                 format!(
-                    "read_begin at line {bl} and read_retry at line {} both loaded {s}, but tid {wtid}'s write section changed between them (line {wl}): the pins taken in between were kept",
-                    e.line
+                    "read_begin at line {bl} and read_retry at line {} both loaded {s}, but tid {}'s increment from {s} (line {}) happened between the two loads: the pins taken in between were kept",
+                    e.line, t.tid, t.line
                 ),
             );
         }
@@ -1067,7 +1246,8 @@ impl Validator {
 
     fn retry_fail(&mut self, e: &Ev) {
         self.seen_retry_fail = true;
-        self.observe(e, "retry_fail");
+        let (a, b) = self.at_ts(e);
+        self.observe(e, "retry_fail", a, b);
         if let Some(c) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) {
             c.retry_fail = true;
         }

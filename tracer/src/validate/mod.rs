@@ -31,8 +31,8 @@ pub struct Args {
     /// Reorder window, in events: how far out of timestamp order a line may be delivered.
     #[arg(long, default_value_t = DEFAULT_WINDOW)]
     pub window: usize,
-    /// How long (ns) after a write_begin/write_end event its increment may still be invisible
-    /// to other CPUs (the probe fires before the instruction; slow under emulation).
+    /// Timestamp uncertainty (ns) between CPUs: how far an event's ts may be from the access
+    /// it reports (100 us suits hardware; VMs under emulation need tens of ms).
     #[arg(long, default_value_t = DEFAULT_SLACK_NS)]
     pub slack_ns: u64,
 }

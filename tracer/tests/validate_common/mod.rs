@@ -132,6 +132,17 @@ impl Log {
         self.lines.push(s.trim_end().to_string());
         self
     }
+    pub fn lost_probe(&mut self, probe: &str, count: u64) -> &mut Log {
+        let mut s = String::new();
+        Record::Lost {
+            probe: probe.into(),
+            count,
+        }
+        .write_line(&mut s)
+        .unwrap();
+        self.lines.push(s.trim_end().to_string());
+        self
+    }
     pub fn raw(&mut self, line: &str) -> &mut Log {
         self.lines.push(line.to_string());
         self
