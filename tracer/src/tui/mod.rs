@@ -440,6 +440,18 @@ fn now_ns(s: &Shared, speed: f64) -> u64 {
     s.model.last_ts.saturating_add(since)
 }
 
+/// Whether standard input's terminal was hung up (POLLHUP/POLLERR), without blocking.
+fn terminal_hung_up() -> bool {
+    let mut fds = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut fds, 1, 0) };
+    n > 0 && fds.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
 fn draw_loop(
     shared: &Arc<Mutex<Shared>>,
     cmds: &mpsc::UnboundedSender<Cmd>,
@@ -516,6 +528,12 @@ fn draw_loop(
         while let Some(left) = next_frame.checked_duration_since(Instant::now()) {
             if !event::poll(left)? {
                 break;
+            }
+            // A hung-up terminal (its window closed, the tmux server killed, an ssh link
+            // dropped) reads as endless EOF, on which crossterm's read spins forever: leave
+            // through the normal quit path instead, which still closes the record.
+            if session.signalled.load(Ordering::Relaxed) || terminal_hung_up() {
+                return Ok(());
             }
             let TermEvent::Key(key) = event::read()? else {
                 continue;
