@@ -143,3 +143,28 @@ fn bad_input_is_one_line_naming_the_line() {
         1
     );
 }
+
+/// The VM tests' setting: `--slack-ns 50000000` forgives ms of vCPU skew but still exits 1 on a
+/// broken protocol, and counts losses once (lines and summary describe the same losses).
+#[test]
+fn vm_slack_still_exits_1_on_a_value_violation() {
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 0, true).rb(20, "m", 0);
+    l.cpr_enter(1, "m", 0, true).wb(1, "m", 0);
+    // Loaded the odd value, yet went on to the retry.
+    l.gup_enter(21, "m", 1, true).rb(21, "m", 1).rr(21, "m", 1);
+    l.we(1, "m", 1).cpr_exit(1, "m", 2);
+    l.rr(20, "m", 0).gup_exit(20, "m", 2).gup_exit(21, "m", 2);
+    l.summary();
+    let o = run(&["-", "--json", "--slack-ns", "50000000"], &l.text());
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stats"]["violations_by_rule"]["odd_not_bailed"], 1, "{v}");
+
+    let mut l = clean_log();
+    l.lost(5).summary_lost(5);
+    let o = run(&["-", "--slack-ns", "50000000"], &l.text());
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("limits: 5 events lost"), "{out}");
+}

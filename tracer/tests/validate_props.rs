@@ -83,12 +83,15 @@ proptest! {
         // The model itself never breaks the property in the correct protocol.
         prop_assert_eq!(st.broken_rounds, 0);
         let (loose, exact) = (validate(&lines), validate_exact(&lines));
-        for r in [&loose, &exact] {
+        let text = lines.join("\n") + "\n";
+        let vm = validate_reader(text.as_bytes(), Options { slack_ns: 50_000_000, ..Options::default() }).unwrap();
+        for r in [&loose, &exact, &vm] {
             prop_assert_eq!(&r.violations, &vec![]);
             prop_assert_eq!(r.verdict, Verdict::Clean);
         }
         // The slack only forgives; it never changes what is counted as going right.
         prop_assert_eq!(&loose.stats, &exact.stats);
+        prop_assert_eq!(&vm.stats, &exact.stats);
         let r = validate(&lines);
         prop_assert!(r.events >= o.events);
     }
@@ -138,6 +141,10 @@ proptest! {
             lines.remove(i);
             if closed {
                 prop_assert_eq!(validate(&lines).verdict, Verdict::Violations);
+                // A value rule: a VM-sized slack does not hide it.
+                let text = lines.join("\n") + "\n";
+                let vm = validate_reader(text.as_bytes(), Options { slack_ns: 50_000_000, ..Options::default() }).unwrap();
+                prop_assert_eq!(vm.verdict, Verdict::Violations);
             }
         }
     }
