@@ -416,3 +416,32 @@ fn follow_a_growing_file_like_tail_f() {
     t.assert_restored(0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_hung_up_terminal_ends_the_tui() {
+    // Closing the window (here: killing the tmux server) hangs up the TUI's terminal. It must
+    // exit, not spin reading EOF from the dead tty.
+    let t = Tmux::start(&format!(
+        "tui --replay {} --speed 0.01",
+        data("clean.jsonl").display()
+    ));
+    t.wait_for("q quit");
+    let pid = t.tracer_pid();
+    t.tmux(&["kill-server"]);
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let gone = |p: &Path| {
+        // A zombie has exited too; only its parent has not reaped it yet.
+        std::fs::read_to_string(p.join("stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    };
+    let t0 = Instant::now();
+    while !gone(&proc_dir) && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gone(&proc_dir),
+        "tracer tui (pid {pid}) still runs after its terminal hung up"
+    );
+}

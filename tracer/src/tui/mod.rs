@@ -440,16 +440,72 @@ fn now_ns(s: &Shared, speed: f64) -> u64 {
     s.model.last_ts.saturating_add(since)
 }
 
-/// Whether standard input's terminal was hung up (POLLHUP/POLLERR), without blocking.
-fn terminal_hung_up() -> bool {
-    let mut fds = libc::pollfd {
-        fd: 0,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut fds, 1, 0) };
-    n > 0 && fds.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+/// Watches standard input for a hang-up (the window closed, the tmux server killed, an ssh
+/// link dropped). A hung-up tty reads as endless EOF, and crossterm's reader spins on EOF
+/// forever inside `event::poll`, so the watchdog swaps an empty non-blocking pipe in as fd 0:
+/// the reader then sees "would block" and returns, and the draw loop, seeing `hung_up`, leaves
+/// through the normal quit path (which still closes the record).
+struct HangupWatch {
+    hung_up: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HangupWatch {
+    fn start() -> HangupWatch {
+        let hung_up = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (hung_up, stop) = (Arc::clone(&hung_up), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                // Only a terminal on fd 0 is watched: with `--follow -` fd 0 is the log pipe,
+                // whose end is not a reason to close the screen.
+                // SAFETY: isatty only inspects the descriptor.
+                if unsafe { libc::isatty(0) } != 1 {
+                    return;
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    let mut fds = libc::pollfd {
+                        fd: 0,
+                        events: 0,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; POLLHUP/POLLERR are reported without asking.
+                    let n = unsafe { libc::poll(&mut fds, 1, 100) };
+                    if n > 0 && fds.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+                    {
+                        let mut p = [0i32; 2];
+                        // SAFETY: pipe2 fills `p`; dup2 replaces fd 0, which only this process's
+                        // terminal reader uses. The write end stays open (leaked) so the pipe
+                        // never reads as EOF.
+                        unsafe {
+                            if libc::pipe2(p.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) == 0
+                            {
+                                libc::dup2(p[0], 0);
+                                libc::close(p[0]);
+                            }
+                        }
+                        hung_up.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            })
+        };
+        HangupWatch {
+            hung_up,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HangupWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn draw_loop(
@@ -468,8 +524,9 @@ fn draw_loop(
     let recording = opts.record.as_ref().map(|p| p.display().to_string());
     let mut next_frame = Instant::now();
     let mut offscreen = ratatui::buffer::Buffer::empty(ratatui::layout::Rect::default());
+    let hangup = HangupWatch::start();
     loop {
-        if session.signalled.load(Ordering::Relaxed) {
+        if session.signalled.load(Ordering::Relaxed) || hangup.hung_up.load(Ordering::Relaxed) {
             return Ok(());
         }
         if let Some(after) = opts.panic_after
@@ -529,10 +586,7 @@ fn draw_loop(
             if !event::poll(left)? {
                 break;
             }
-            // A hung-up terminal (its window closed, the tmux server killed, an ssh link
-            // dropped) reads as endless EOF, on which crossterm's read spins forever: leave
-            // through the normal quit path instead, which still closes the record.
-            if session.signalled.load(Ordering::Relaxed) || terminal_hung_up() {
+            if hangup.hung_up.load(Ordering::Relaxed) {
                 return Ok(());
             }
             let TermEvent::Key(key) = event::read()? else {
