@@ -325,10 +325,13 @@ impl MmState {
     fn insert(&mut self, t: Trans) {
         let base = self.cur.unwrap_or(t.v);
         let rel = |v: u32| v.wrapping_sub(base) as i32;
-        let pos = self.hist.partition_point(|x| rel(x.v) < rel(t.v));
-        self.hist.insert(pos, t);
-        if self.cur.is_none_or(|c| rel(t.v) >= rel(c)) {
+        if rel(t.v) >= 0 {
+            // The usual case: the next increment, at the back.
+            self.hist.push_back(t);
             self.cur = Some(t.v.wrapping_add(1));
+        } else {
+            let pos = self.hist.partition_point(|x| rel(x.v) < rel(t.v));
+            self.hist.insert(pos, t);
         }
         while self.hist.len() > HIST_CAP {
             if let Some(old) = self.hist.pop_front() {
