@@ -685,7 +685,40 @@ fn a_jump_is_explained_by_lost_write_events_even_after_the_lost_line() {
         (Verdict::Inconclusive, 0),
         "{r:#?}"
     );
+    assert_eq!(r.stats.explained_by_loss, 1);
     let mut l = Log::new(ALL_PROBES);
     body(&mut l, 1);
     assert_eq!(rules(&l.report()), vec![Rule::SeqUnexplained]);
+}
+
+/// Likewise a write section missing its write_end, when write_end events were lost, and an
+/// odd read_begin followed by a retry, when read_begin events were lost (the retry may be a
+/// later call's). Without those losses, the same logs are violations.
+#[test]
+fn missing_events_of_a_lost_kind_are_explained() {
+    let body = |l: &mut Log, probe: &str| {
+        l.lost_probe(probe, 1);
+        l.cpr_enter(1, "m", 0, true).wb(1, "m", 0);
+        l.gup_enter(20, "m", 1, true).rb(20, "m", 1);
+        l.ts += 1_000 * MS;
+        l.rr(20, "m", 2).gup_exit(20, "m", 2);
+        l.cpr_exit(1, "m", 2);
+        l.cpr_enter(1, "m", 2, true).wb(1, "m", 2).we(1, "m", 3);
+        l.cpr_exit(1, "m", 4).summary();
+    };
+    let mut l = Log::new(ALL_PROBES);
+    body(&mut l, "gup_exit");
+    // The missing write_end is also a missing increment (1 -> 2).
+    assert_eq!(
+        rules(&l.report()),
+        vec![Rule::WriteParity, Rule::OddNotBailed, Rule::SeqUnexplained]
+    );
+    let mut l = Log::new(ALL_PROBES);
+    body(&mut l, "write_end");
+    assert_eq!(rules(&l.report()), vec![Rule::OddNotBailed]);
+    let mut l = Log::new(ALL_PROBES);
+    body(&mut l, "read_begin");
+    let r = l.report();
+    assert_eq!(rules(&r), vec![Rule::WriteParity, Rule::SeqUnexplained]);
+    assert_eq!(r.stats.explained_by_loss, 1);
 }

@@ -130,6 +130,10 @@ pub struct Stats {
     /// A single ring buffer delivers nearly in ts order; milliseconds here mean the CPUs'
     /// clocks disagree (seen under QEMU's TCG), and ts order is then not real order.
     pub max_ts_inversion_ns: u64,
+    /// Findings not reported as violations because events lost (`lost` lines) can explain
+    /// them: a seq jump within the lost write events' increments, a write section or PIN call
+    /// missing an event of a kind that was lost.
+    pub explained_by_loss: u64,
     /// Every violation found (the report keeps only the first [`MAX_STORED_VIOLATIONS`]).
     pub violations: u64,
     pub violations_by_rule: BTreeMap<Rule, u64>,
@@ -325,10 +329,13 @@ impl MmState {
     fn insert(&mut self, t: Trans) {
         let base = self.cur.unwrap_or(t.v);
         let rel = |v: u32| v.wrapping_sub(base) as i32;
-        let pos = self.hist.partition_point(|x| rel(x.v) < rel(t.v));
-        self.hist.insert(pos, t);
-        if self.cur.is_none_or(|c| rel(t.v) >= rel(c)) {
+        if rel(t.v) >= 0 {
+            // The usual case: the next increment, at the back.
+            self.hist.push_back(t);
             self.cur = Some(t.v.wrapping_add(1));
+        } else {
+            let pos = self.hist.partition_point(|x| rel(x.v) < rel(t.v));
+            self.hist.insert(pos, t);
         }
         while self.hist.len() > HIST_CAP {
             if let Some(old) = self.hist.pop_front() {
@@ -346,6 +353,17 @@ struct Jump {
     b: u64,
     what: &'static str,
     from: u32,
+}
+
+/// Findings that lost events can explain, by what they need: increments of seq, and missing
+/// events of a kind.
+#[derive(Default, Debug)]
+struct LostAllowance {
+    incs: u64,
+    write_begin: u64,
+    write_end: u64,
+    read_begin: u64,
+    retry_fail: u64,
 }
 
 /// The incremental validator. Feed records in delivery order with [`Validator::push`];
@@ -373,10 +391,10 @@ pub struct Validator {
     jumps: Vec<Jump>,
     /// Per probe, the sum of the counts of its `lost` lines (deltas).
     lost_lines: BTreeMap<String, u64>,
-    /// Increments that lost events may have made and that no jump has used up yet. A `lost`
-    /// line is written when the recorder notices the loss, which can be up to a ring buffer's
-    /// worth of events before the gap itself is delivered, so the gap is not located.
-    lost_increments: u64,
+    /// What lost events can explain and nothing has used up yet. A `lost` line is written when
+    /// the recorder notices the loss, which can be up to a ring buffer's worth of events before
+    /// the gap itself is delivered, so the gap is not located.
+    allow: LostAllowance,
     stats: Stats,
     events: u64,
     violations: Vec<Violation>,
@@ -417,7 +435,7 @@ impl Validator {
             threads: FastMap::default(),
             jumps: Vec::new(),
             lost_lines: BTreeMap::new(),
-            lost_increments: 0,
+            allow: LostAllowance::default(),
             stats: Stats::default(),
             events: 0,
             violations: Vec::new(),
@@ -576,13 +594,26 @@ impl Validator {
         self.flush_buffer();
         // A jump still waiting for its increments may be explained by the missing events.
         self.jumps.clear();
-        let incs = match probe {
-            "write_begin" | "write_end" => count,
+        let cpr_mode = !self.write_mode();
+        let a = &mut self.allow;
+        let add = |x: &mut u64, n: u64| *x = x.saturating_add(n);
+        match probe {
+            "write_begin" => {
+                add(&mut a.incs, count);
+                add(&mut a.write_begin, count);
+            }
+            "write_end" => {
+                add(&mut a.incs, count);
+                add(&mut a.write_end, count);
+            }
             // Without write_* events a lost copy may have advanced seq by 2.
-            "cpr_enter" | "cpr_exit" if !self.write_mode() => count.saturating_mul(2),
-            _ => 0,
-        };
-        self.lost_increments = self.lost_increments.saturating_add(incs);
+            "cpr_enter" | "cpr_exit" if cpr_mode => {
+                add(&mut a.incs, count.saturating_mul(2));
+            }
+            "read_begin" => add(&mut a.read_begin, count),
+            "retry_fail" => add(&mut a.retry_fail, count),
+            _ => {}
+        }
         let n = self.lost_lines.entry(probe.to_string()).or_insert(0);
         *n = n.saturating_add(count);
         self.stats.lost = self.lost_lines.values().sum();
@@ -590,6 +621,17 @@ impl Validator {
         for m in &mut self.mms {
             m.reset();
         }
+    }
+
+    /// Uses up `n` of what lost events can explain, if there is that much left.
+    fn excused(&mut self, slot: fn(&mut LostAllowance) -> &mut u64, n: u64) -> bool {
+        let left = slot(&mut self.allow);
+        if *left < n {
+            return false;
+        }
+        *left -= n;
+        self.stats.explained_by_loss += 1;
+        true
     }
 
     pub fn stats(&self) -> &Stats {
@@ -755,10 +797,8 @@ impl Validator {
                 m.hist.clear();
                 m.floor_hi = j.b;
             }
-            let d = u64::from(x.wrapping_sub(j.from));
-            if d <= self.lost_increments {
-                // Lost write events can have made these increments.
-                self.lost_increments -= d;
+            // Lost write events can have made these increments.
+            if self.excused(|a| &mut a.incs, u64::from(x.wrapping_sub(j.from))) {
                 continue;
             }
             self.violate(
@@ -1033,7 +1073,10 @@ impl Validator {
             seq: e.seq,
             line: e.line,
         });
-        if let Some(w) = unclosed {
+        // Its write_end may be among the lost events.
+        if let Some(w) = unclosed
+            && !self.excused(|a| &mut a.write_end, 1)
+        {
             self.violate(
                 Rule::WriteParity,
                 e,
@@ -1083,6 +1126,8 @@ impl Validator {
             }
             // A thread first seen here may have begun its section before the log did.
             None if !known => {}
+            // Its write_begin may be among the lost events.
+            None if self.excused(|a| &mut a.write_begin, 1) => {}
             None => self.violate(
                 Rule::WriteParity,
                 e,
@@ -1134,7 +1179,8 @@ impl Validator {
             && s != r
             && !c.odd
         {
-            if !c.retry_fail && self.retry_fail_applies() {
+            if !c.retry_fail && self.retry_fail_applies() && !self.excused(|a| &mut a.retry_fail, 1)
+            {
                 self.violate(
                     Rule::RetryIgnored,
                     e,
@@ -1204,15 +1250,18 @@ impl Validator {
             cm.retry = Some((e.seq, e.line));
         }
         if c.odd {
-            self.violate(
-                Rule::OddNotBailed,
-                e,
-                vec![bl],
-                format!(
-                    "read_begin at line {bl} loaded odd {s} (a write section was open), yet the call went on to read_retry at line {} instead of returning 0",
-                    e.line
-                ),
-            );
+            // The retry may belong to a later call whose read_begin was lost.
+            if !self.excused(|a| &mut a.read_begin, 1) {
+                self.violate(
+                    Rule::OddNotBailed,
+                    e,
+                    vec![bl],
+                    format!(
+                        "read_begin at line {bl} loaded odd {s} (a write section was open), yet the call went on to read_retry at line {} instead of returning 0",
+                        e.line
+                    ),
+                );
+            }
             return;
         }
         if e.seq != s {

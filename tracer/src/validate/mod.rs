@@ -219,6 +219,12 @@ pub fn render_text(r: &Report) -> String {
             s.max_ts_inversion_ns as f64 / 1e6
         ));
     }
+    if s.explained_by_loss > 0 {
+        limits.push(format!(
+            "{} findings not reported because lost events can explain them",
+            s.explained_by_loss
+        ));
+    }
     if s.unknown_kinds > 0 {
         limits.push(format!(
             "{} lines of unknown kinds skipped",
