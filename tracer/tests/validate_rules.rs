@@ -722,3 +722,35 @@ fn missing_events_of_a_lost_kind_are_explained() {
     assert_eq!(rules(&r), vec![Rule::WriteParity, Rule::SeqUnexplained]);
     assert_eq!(r.stats.explained_by_loss, 1);
 }
+
+/// The recorder writes its own estimate of the timestamp uncertainty into the header
+/// (`clock_slack_ns`: 50 ms under a hypervisor); without `--slack-ns` the validator uses it.
+#[test]
+fn the_header_clock_slack_is_the_default() {
+    // A function-level read stamped 5 ms after the increment past the value it read: skew a
+    // VM produces, too much for bare metal.
+    let mut l = Log::new(ALL_PROBES);
+    fork_copy(&mut l, 1, "m", 0);
+    l.ts += 5 * MS;
+    l.gup_enter(20, "m", 0, true).gup_exit(20, "m", 2).summary();
+    let plain = l.text();
+    let vm = plain.replacen(
+        "{\"kind\":\"header\",",
+        "{\"kind\":\"header\",\"clock_slack_ns\":50000000,",
+        1,
+    );
+    assert_ne!(plain, vm);
+    let judge = |text: &str, o: Options| validate_reader(text.as_bytes(), o).unwrap();
+    assert_eq!(
+        rules(&judge(&plain, Options::default())),
+        vec![Rule::SeqUnexplained]
+    );
+    assert_eq!(judge(&vm, Options::default()).verdict, Verdict::Clean);
+    // An explicit slack (the CLI's --slack-ns) wins over the header's.
+    let explicit = Options {
+        slack_ns: 100_000,
+        header_slack: false,
+        ..Options::default()
+    };
+    assert_eq!(rules(&judge(&vm, explicit)), vec![Rule::SeqUnexplained]);
+}

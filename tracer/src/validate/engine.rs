@@ -159,6 +159,9 @@ pub struct Options {
     /// (a probe can run late after its load, a vCPU can stall, clocks can disagree). Values
     /// are exact; every timestamp is a bound give or take this much (`docs/validate.md`).
     pub slack_ns: u64,
+    /// Use the header's `clock_slack_ns` (the recorder's estimate for the machine it ran on:
+    /// larger under a hypervisor) instead of `slack_ns` when the header has one.
+    pub header_slack: bool,
 }
 
 /// Default [`Options::slack_ns`], for real hardware (native kprobes take about a
@@ -171,6 +174,7 @@ impl Default for Options {
         Options {
             window: DEFAULT_WINDOW,
             slack_ns: DEFAULT_SLACK_NS,
+            header_slack: true,
         }
     }
 }
@@ -410,7 +414,12 @@ impl Validator {
         Self::with_options(header, Options::default())
     }
 
-    pub fn with_options(header: &Header, opts: Options) -> Self {
+    pub fn with_options(header: &Header, mut opts: Options) -> Self {
+        if opts.header_slack
+            && let Some(s) = header.extra.get("clock_slack_ns").and_then(|v| v.as_u64())
+        {
+            opts.slack_ns = s;
+        }
         let write_probed = if header.probes.is_empty() {
             None
         } else {

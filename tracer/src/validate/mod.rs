@@ -32,9 +32,10 @@ pub struct Args {
     #[arg(long, default_value_t = DEFAULT_WINDOW)]
     pub window: usize,
     /// Timestamp uncertainty (ns) between CPUs: how far an event's ts may be from the access
-    /// it reports (100 us suits hardware; VMs under emulation need tens of ms).
-    #[arg(long, default_value_t = DEFAULT_SLACK_NS)]
-    pub slack_ns: u64,
+    /// it reports. Default: the log header's `clock_slack_ns` (the recorder's estimate: 100 us
+    /// on hardware, 50 ms under a hypervisor), else 100 us.
+    #[arg(long)]
+    pub slack_ns: Option<u64>,
 }
 
 /// Why a log cannot be judged at all (exit status 2).
@@ -268,7 +269,8 @@ pub fn render_text(r: &Report) -> String {
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let opts = Options {
         window: args.window,
-        slack_ns: args.slack_ns,
+        slack_ns: args.slack_ns.unwrap_or(DEFAULT_SLACK_NS),
+        header_slack: args.slack_ns.is_none(),
     };
     let report = if args.file == "-" {
         validate_reader(io::stdin().lock(), opts)?
