@@ -209,21 +209,9 @@ fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut KProbe, 
     Ok(prog)
 }
 
+/// The eBPF program of a function-level probe: named like the probe itself.
 fn program_for(p: Probe) -> &'static str {
-    match p {
-        Probe::CprEnter => "cpr_enter",
-        Probe::CprExit => "cpr_exit",
-        Probe::HugetlbEnter => "hugetlb_enter",
-        Probe::HugetlbExit => "hugetlb_exit",
-        Probe::GupEnter => "gup_enter",
-        Probe::GupExit => "gup_exit",
-        Probe::MmFree => "mm_free",
-        Probe::WriteBegin
-        | Probe::WriteEnd
-        | Probe::ReadBegin
-        | Probe::ReadRetry
-        | Probe::RetryFail => "site",
-    }
+    p.name()
 }
 
 const SITE_PROGRAMS: [&str; SITE_SLOTS] = [

@@ -8,35 +8,13 @@
 //! the kernel actually loaded. That is only sound when the next instruction is reached from the
 //! load alone, so a next instruction that some branch in the function targets is refused and the
 //! load itself is probed instead (with the memory read), and the plan says so.
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind, Register};
-use tracer_common::Reg;
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind};
 
 use super::{SiteProbe, SiteRead};
 use crate::{
     kernel::{image::CodeSource, kallsyms::Kallsyms},
     sites::{Site, SiteKind},
 };
-
-fn to_reg(r: Register) -> Option<Reg> {
-    Some(match r.full_register() {
-        Register::R15 => Reg::R15,
-        Register::R14 => Reg::R14,
-        Register::R13 => Reg::R13,
-        Register::R12 => Reg::R12,
-        Register::RBP => Reg::Rbp,
-        Register::RBX => Reg::Rbx,
-        Register::R11 => Reg::R11,
-        Register::R10 => Reg::R10,
-        Register::R9 => Reg::R9,
-        Register::R8 => Reg::R8,
-        Register::RAX => Reg::Rax,
-        Register::RCX => Reg::Rcx,
-        Register::RDX => Reg::Rdx,
-        Register::RSI => Reg::Rsi,
-        Register::RDI => Reg::Rdi,
-        _ => return None,
-    })
-}
 
 fn decode_all(code: &dyn CodeSource, addr: u64, len: u64) -> Option<Vec<Instruction>> {
     let bytes = code.read(addr, usize::try_from(len).ok()?).ok()?;
@@ -91,7 +69,7 @@ pub fn place(site: &Site, code: &dyn CodeSource, ks: &Kallsyms) -> (SiteProbe, O
     if load.code() != Code::Mov_r32_rm32 || load.op1_kind() != OpKind::Memory {
         return fallback("the load is not a plain `mov` into a register");
     }
-    let Some(dest) = to_reg(load.op0_register()) else {
+    let Some(dest) = crate::sites::to_reg(load.op0_register().full_register()) else {
         return fallback("the destination register is not one pt_regs holds");
     };
     let next = load.next_ip();

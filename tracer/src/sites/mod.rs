@@ -362,7 +362,7 @@ impl SiteLayout {
     }
 }
 
-fn to_reg(r: Register) -> Option<Reg> {
+pub(crate) fn to_reg(r: Register) -> Option<Reg> {
     Some(match r {
         Register::R15 => Reg::R15,
         Register::R14 => Reg::R14,
