@@ -50,9 +50,16 @@ fn record_under_stress_is_complete_and_lossless() {
         let Some(Record::Summary(s)) = log.records.last() else {
             panic!("{}: last line is not a summary", k.release)
         };
+        // Every event line: the schema's kinds and the auxiliary hugetlb ones.
+        let aux = log
+            .records
+            .iter()
+            .filter(|r| matches!(r, Record::Unknown(k) if k.starts_with("hugetlb_")))
+            .count() as u64;
         let n_events = events(&log).count() as u64;
         assert_eq!(
-            s.events, n_events,
+            s.events,
+            n_events + aux,
             "{}: summary counts every event line",
             k.release
         );
@@ -367,6 +374,69 @@ fn instruction_sites_observe_the_protocol_exactly() {
             "{}: {}",
             k.release,
             k.read("validate.json")
+        );
+    }
+}
+
+#[test]
+fn hugetlb_copies_take_their_own_write_section() {
+    // The guest reserves huge pages and `tracer stress` forks a private hugetlb mapping, so
+    // copy_page_range hands it to copy_hugetlb_page_range, whose write section (5.19+) has its
+    // own pair of instruction sites.
+    for k in kernels::all() {
+        let log = load(&k, "record.jsonl");
+        let mut windows = 0;
+        // tid -> (seq at hugetlb_enter, write events seen inside: (kind, seq))
+        let mut open: HashMap<u32, (u64, Vec<(Kind, u32)>)> = HashMap::new();
+        for (line, rec) in log.lines.iter().zip(&log.records) {
+            match rec {
+                Record::Unknown(kind) if kind.starts_with("hugetlb_") => {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    let tid = v["tid"].as_u64().unwrap() as u32;
+                    let seq = v["seq"].as_u64().unwrap();
+                    if kind == "hugetlb_enter" {
+                        assert!(v["cow"].as_bool().unwrap(), "{}: {line}", k.release);
+                        open.insert(tid, (seq, Vec::new()));
+                    } else {
+                        let (enter, writes) = open
+                            .remove(&tid)
+                            .unwrap_or_else(|| panic!("{}: exit without enter: {line}", k.release));
+                        assert_eq!(
+                            seq,
+                            enter + 2,
+                            "{}: hugetlb copy moved seq by {}",
+                            k.release,
+                            seq - enter
+                        );
+                        let want = [
+                            (Kind::WriteBegin, enter as u32),
+                            (Kind::WriteEnd, enter as u32 + 1),
+                        ];
+                        assert_eq!(
+                            writes, want,
+                            "{}: write sites inside the hugetlb copy",
+                            k.release
+                        );
+                        windows += 1;
+                    }
+                }
+                Record::Event(e) => {
+                    if let Body::Site {
+                        kind: kind @ (Kind::WriteBegin | Kind::WriteEnd),
+                        seq,
+                    } = e.body
+                        && let Some((_, w)) = open.get_mut(&e.tid)
+                    {
+                        w.push((kind, seq));
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(windows > 0, "{}: no hugetlb copy was traced", k.release);
+        eprintln!(
+            "{}: {windows} hugetlb copies, each with its write section",
+            k.release
         );
     }
 }

@@ -55,6 +55,7 @@ pub const DEFAULT_KERNELS: [&str; 4] = ["6.1", "6.12", "6.1-oldest", "6.12-oldes
 /// its probe (values stay exact; only cross-CPU time order blurs).
 const TEST_SCRIPT: &str = r#"
 uname -r > /out/release
+echo 4 > /proc/sys/vm/nr_hugepages
 cat /proc/kallsyms > /out/kallsyms
 cp /sys/kernel/btf/vmlinux /out/btf
 tracer record --dry-run > /out/plan.txt 2>&1; echo $? > /out/plan.rc

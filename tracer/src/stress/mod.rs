@@ -64,13 +64,23 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     fn new(len: usize) -> std::io::Result<Mapping> {
+        Mapping::with_flags(len, 0)
+    }
+
+    /// A private hugetlb mapping (2 MiB pages from the kernel's pool): fork copies it through
+    /// `copy_hugetlb_page_range`, which has its own write section since 5.19.
+    fn huge(len: usize) -> std::io::Result<Mapping> {
+        Mapping::with_flags(len, libc::MAP_HUGETLB)
+    }
+
+    fn with_flags(len: usize, extra: i32) -> std::io::Result<Mapping> {
         // SAFETY: anonymous private mapping with no address hint.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
                 -1,
                 0,
             )
@@ -230,13 +240,29 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let maps: Vec<Mapping> = (0..args.mappings)
         .map(|_| Mapping::new(len))
         .collect::<std::io::Result<_>>()?;
+    // One hugetlb mapping when the kernel has huge pages reserved (vm.nr_hugepages): it is
+    // forked like the others, so the hugetlb write section runs too. Without a pool, say so.
+    let huge = match Mapping::huge(2 << 20) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!(
+                "stress: no hugetlb mapping ({e}); reserve pages with sysctl vm.nr_hugepages=4 to fork one"
+            );
+            None
+        }
+    };
     let maps = Arc::new(maps);
     let pinners = Arc::new(open_pinners(args.direct.as_deref())?);
     eprintln!(
-        "stress: pid {}, {} mappings of {} KiB, pinning via {}",
+        "stress: pid {}, {} mappings of {} KiB{}, pinning via {}",
         std::process::id(),
         args.mappings,
         len / 1024,
+        if huge.is_some() {
+            " and one 2 MiB hugetlb mapping"
+        } else {
+            ""
+        },
         pinners
             .iter()
             .map(Pinner::name)
@@ -299,6 +325,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             std::thread::sleep(Duration::from_micros(args.fork_gap_us));
         }
     }
+    drop(huge);
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
