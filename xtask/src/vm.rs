@@ -226,6 +226,15 @@ fn qemu_command(opts: &VmOpts, initrd: &Path, disk: &Path, kvm: bool) -> Command
         append.push_str(" noirqdebug");
     }
     let mut c = Command::new("qemu-system-x86_64");
+    // QEMU must not outlive an interrupted xtask (Ctrl-C, a CI timeout): it would keep a core
+    // busy emulating a guest nobody reads.
+    // SAFETY: prctl between fork and exec, no allocation.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     if kvm {
         c.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
