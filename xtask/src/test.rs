@@ -52,7 +52,10 @@ pub const DEFAULT_KERNELS: [&str; 4] = ["6.1", "6.12", "6.1-oldest", "6.12-oldes
 /// The in-guest steps of a test boot. Each step's exit status lands in /out, so one failing
 /// step does not hide the others; the host-side tests judge them. The validator gets a 50 ms
 /// timestamp slack: under TCG a vCPU can stall for milliseconds between a seqcount access and
-/// its probe (values stay exact; only cross-CPU time order blurs).
+/// its probe (values stay exact; only cross-CPU time order blurs). The recording asserts zero
+/// losses, so it gets a 16 MiB ring and a workload that pauses 100 us between forks: under TCG
+/// on 2 host cores the consumer is emulated too, and a flat-out fork loop on both vCPUs once
+/// outran a 4 MiB ring by one event.
 const TEST_SCRIPT: &str = r#"
 uname -r > /out/release
 echo 4 > /proc/sys/vm/nr_hugepages
@@ -60,7 +63,7 @@ cat /proc/kallsyms > /out/kallsyms
 cp /sys/kernel/btf/vmlinux /out/btf
 tracer record --dry-run > /out/plan.txt 2>&1; echo $? > /out/plan.rc
 tracer sites --json > /out/sites.json 2> /out/sites.err; echo $? > /out/sites.rc
-tracer record -o /out/record.jsonl --duration 120 -- tracer stress --duration 6 2> /out/record.err; echo $? > /out/record.rc
+tracer record -o /out/record.jsonl --ring-size 16777216 --duration 120 -- tracer stress --duration 6 --fork-gap-us 100 2> /out/record.err; echo $? > /out/record.rc
 cat /out/record.err
 tracer record -o /out/raw.jsonl --raw-pointers --duration 60 -- tracer stress --duration 1 2> /out/raw.err; echo $? > /out/raw.rc
 tracer validate --slack-ns 50000000 /out/record.jsonl --json > /out/validate.json 2> /out/validate.err; echo $? > /out/validate.rc
