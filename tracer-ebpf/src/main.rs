@@ -166,9 +166,21 @@ fn emit(
     b: u64,
     flags: u32,
 ) {
-    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
-        lost(probe);
-        return;
+    // A kprobe hit through int3 (instruction sites, functions not on an ftrace site) runs as
+    // an NMI on x86, where the ring buffer only try-locks: another CPU reserving at the same
+    // moment makes the reservation fail although there is room. That contention lasts a few
+    // instructions, so a few more tries get the record through; only a full ring (or a lock
+    // held throughout) counts as lost.
+    let mut tries = 0;
+    let mut entry = loop {
+        if let Some(e) = EVENTS.reserve::<RawEvent>(0) {
+            break e;
+        }
+        tries += 1;
+        if tries == 8 {
+            lost(probe);
+            return;
+        }
     };
     entry.write(RawEvent {
         ts,
