@@ -207,6 +207,8 @@ enum Outcome {
     Finished,
 }
 
+const KVM_INIT_LIMIT: Duration = Duration::from_secs(60);
+
 fn kvm_usable(cache: &Path) -> bool {
     std::fs::OpenOptions::new()
         .read(true)
@@ -326,6 +328,20 @@ fn boot_once(
             let _ = child.kill();
             let _ = child.wait();
             break true;
+        }
+        // Under KVM a guest reaches /init in seconds; one that has not after a minute is stuck
+        // (a nested-KVM "internal error" pauses the guest instead of ending QEMU), so give up
+        // on KVM rather than wait for the whole timeout.
+        if kvm
+            && start.elapsed() > KVM_INIT_LIMIT
+            && !console
+                .lock()
+                .map(|c| c.contains("vm: init ready"))
+                .unwrap_or(false)
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
