@@ -127,25 +127,14 @@ impl Decoder {
                 ret: raw.a as i64,
                 seq,
             },
-            Probe::WriteBegin => Body::Site {
-                kind: Kind::WriteBegin,
-                seq,
-            },
-            Probe::WriteEnd => Body::Site {
-                kind: Kind::WriteEnd,
-                seq,
-            },
-            Probe::ReadBegin => Body::Site {
-                kind: Kind::ReadBegin,
-                seq,
-            },
-            Probe::ReadRetry => Body::Site {
-                kind: Kind::ReadRetry,
-                seq,
-            },
-            Probe::RetryFail => Body::Site {
-                kind: Kind::RetryFail,
-                seq,
+            Probe::WriteBegin
+            | Probe::WriteEnd
+            | Probe::ReadBegin
+            | Probe::ReadRetry
+            | Probe::RetryFail => match Kind::from_name(probe.name()) {
+                // Site probes and their event kinds share names (`write_begin`, ...).
+                Some(kind) => Body::Site { kind, seq },
+                None => return Decoded::Invalid(raw.probe),
             },
             Probe::MmFree => return Decoded::MmFreed,
         };

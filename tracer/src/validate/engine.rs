@@ -485,40 +485,31 @@ impl Validator {
     }
 
     fn push_event(&mut self, line: u64, e: &Event) {
-        let flag = match e.body {
+        self.push_parts(line, e.ts, e.tid, &e.mm, &e.body);
+    }
+
+    /// Both input paths (a parsed `Record`, the CLI's fast reader) end here.
+    fn push_parts(&mut self, line: u64, ts: u64, tid: u32, mm: &str, body: &Body) {
+        let flag = match *body {
             Body::CprEnter { cow, .. } => cow,
             Body::GupEnter { pin, .. } => pin,
             _ => false,
         };
-        let mm = self.intern(&e.mm);
+        let mm = self.intern(mm);
         self.push_ev(Ev {
-            ts: e.ts,
+            ts,
             line,
-            tid: e.tid,
+            tid,
             mm,
-            kind: e.body.kind(),
-            seq: e.body.seq(),
+            kind: body.kind(),
+            seq: body.seq(),
             flag,
         });
     }
 
     /// The fast path used by the CLI: no `Record` is built.
     pub(crate) fn push_fast(&mut self, line: u64, e: &super::fast::FastEvent<'_>) {
-        let flag = match e.body {
-            Body::CprEnter { cow, .. } => cow,
-            Body::GupEnter { pin, .. } => pin,
-            _ => false,
-        };
-        let mm = self.intern(e.mm);
-        self.push_ev(Ev {
-            ts: e.ts,
-            line,
-            tid: e.tid,
-            mm,
-            kind: e.body.kind(),
-            seq: e.body.seq(),
-            flag,
-        });
+        self.push_parts(line, e.ts, e.tid, e.mm, &e.body);
         self.pending.clear();
     }
 
