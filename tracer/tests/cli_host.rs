@@ -58,8 +58,16 @@ fn not_root_is_named() {
         assert_one_sentence_exit_2(&o, "needs root");
         return;
     }
-    // Drop to nobody for the child only.
-    let mut c = tracer();
+    // Drop to nobody for the child only. The build directory may not be reachable by nobody
+    // (a checkout under a 0700 directory), so run a world-readable copy of the binary.
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("tracer-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("tracer");
+    std::fs::copy(env!("CARGO_BIN_EXE_tracer"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = Command::new(&bin);
     c.args(["record", "--duration", "1"]);
     // SAFETY: setgid/setuid between fork and exec; no allocation.
     unsafe {
@@ -74,6 +82,7 @@ fn not_root_is_named() {
         });
     }
     let o = c.output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     assert_one_sentence_exit_2(&o, "needs root");
 }
 
