@@ -423,16 +423,18 @@ fn event_line(e: &Event, first_ts: u64, foll: Option<&FollFlags>) -> Line<'stati
     let kind = e.body.kind().as_str();
     let seq = e.body.seq();
     let detail = match &e.body {
-        Body::CprEnter {
+        Body::CopyEnter {
             vma_start,
             vma_end,
             cow,
+            anon,
             ..
         } => format!(
-            "vma {vma_start:#x}-{vma_end:#x}{}",
-            if *cow { " cow" } else { "" }
+            "vma {vma_start:#x}-{vma_end:#x}{}{}",
+            if *cow { " cow" } else { "" },
+            if *anon == Some(true) { " anon" } else { "" }
         ),
-        Body::CprExit { ret, .. } => format!("ret={ret}"),
+        Body::CopyExit { ret, .. } => format!("ret={ret}"),
         Body::GupEnter {
             start,
             nr_pages,
@@ -453,7 +455,7 @@ fn event_line(e: &Event, first_ts: u64, foll: Option<&FollFlags>) -> Line<'stati
         Body::GupExit { ret, .. } => format!("ret={ret}"),
         Body::Site { .. } => String::new(),
     };
-    let seq_style = if seq & 1 == 1 {
+    let seq_style = if seq.is_some_and(|v| v & 1 == 1) {
         Style::new().fg(Color::Yellow).bold()
     } else {
         Style::new()
@@ -465,7 +467,10 @@ fn event_line(e: &Event, first_ts: u64, foll: Option<&FollFlags>) -> Line<'stati
         ),
         Span::raw(format!("{}[{}] {} ", e.comm, e.tid, e.mm)),
         Span::styled(format!("{kind} "), Style::new().fg(Color::Cyan)),
-        Span::styled(format!("seq={seq}"), seq_style),
+        Span::styled(
+            seq.map_or_else(|| "seq=?".to_owned(), |v| format!("seq={v}")),
+            seq_style,
+        ),
         Span::raw(format!(" {detail}")),
     ])
 }
