@@ -31,7 +31,7 @@ fn missing(r: &Report, needle: &str) -> bool {
     r.missing_evidence.iter().any(|m| m.contains(needle))
 }
 
-fn rule<'a>(r: &'a Report, rule: Rule) -> &'a tracer::validate::RuleReport {
+fn rule(r: &Report, rule: Rule) -> &tracer::validate::RuleReport {
     r.rules.iter().find(|x| x.rule == rule).unwrap()
 }
 
