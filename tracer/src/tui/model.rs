@@ -174,6 +174,20 @@ impl Model {
         self.lost.values().sum()
     }
 
+    /// What discovery said of the kernel's code, per side (`write`, `read`): "intact", a
+    /// defect's name, or "unknown". `None` when the header carries no discovery.
+    pub fn code_sides(&self) -> Option<(String, String)> {
+        let sides = self.header.as_ref()?.extra.get("discovery")?.get("sides")?;
+        let side = |k: &str| {
+            sides
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .to_owned()
+        };
+        Some((side("write"), side("read")))
+    }
+
     /// Attach mode from the header: the `mode` (or `attach_mode`) field the recorder writes.
     pub fn attach_mode(&self) -> String {
         let Some(h) = &self.header else {

@@ -167,10 +167,36 @@ fn clock(ns: u64) -> String {
 fn draw_header(f: &mut Canvas, area: Rect, model: &Model, st: &Status) {
     let kernel = model.header.as_ref().map_or("?", |h| h.kernel.as_str());
     let mode = model.attach_mode();
-    let line1 = Line::from(vec![
+    // What discovery proved about the kernel's code comes first, so that a narrow terminal
+    // still shows a defect (red) or an unknown side (yellow).
+    let mut line1 = vec![
         Span::styled("tracer", Style::new().bold()),
-        Span::raw(format!(" · kernel {kernel} · {mode}-level (? plan)")),
-    ]);
+        Span::raw(" · "),
+    ];
+    match model.code_sides() {
+        Some((w, r)) if w == "intact" && r == "intact" => line1.push(Span::raw("code ok")),
+        Some((w, r)) => {
+            for (side, v) in [("write", w), ("read", r)] {
+                match v.as_str() {
+                    "intact" => {}
+                    "unknown" => line1.push(Span::styled(
+                        format!("{side} code unknown "),
+                        Style::new().fg(Color::Yellow).bold(),
+                    )),
+                    d => line1.push(Span::styled(
+                        format!("DEFECT {d} "),
+                        Style::new().fg(Color::Red).bold(),
+                    )),
+                }
+            }
+        }
+        None => line1.push(Span::styled(
+            "code not examined",
+            Style::new().fg(Color::Yellow),
+        )),
+    }
+    line1.push(Span::raw(format!(" · kernel {kernel} · {mode} (? plan)")));
+    let line1 = Line::from(line1);
     let red_if = |n: u64| {
         if n > 0 {
             Style::new().fg(Color::Red).bold()
