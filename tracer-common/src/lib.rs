@@ -54,7 +54,21 @@ impl Probe {
         }
     }
 
-    /// The name used for this probe in logs and in the attach plan.
+    /// The probe with this [`name`](Probe::name): the inverse of `name`, for reading logs.
+    pub fn from_name(name: &[u8]) -> Option<Probe> {
+        let mut i = 0;
+        while i < PROBE_COUNT {
+            let p = Self::ALL[i];
+            if p.name().as_bytes() == name {
+                return Some(p);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The name used for this probe in logs and in the attach plan: the one name table of the
+    /// tracer's vocabulary (event kinds take the names of the probes that report them).
     pub const fn name(self) -> &'static str {
         match self {
             Probe::CprEnter => "cpr_enter",

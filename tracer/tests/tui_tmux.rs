@@ -309,7 +309,12 @@ fn bad_input_is_one_sentence_and_status_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("line 1 is a gup_enter record"), "{err}");
+    assert!(
+        err.contains(
+            "line 1: the first record must be a header with \"schema\":1, not a gup_enter record"
+        ),
+        "{err}"
+    );
 
     // Not a terminal: refused before touching anything.
     let out = Command::new(TRACER)

@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("jq", "/usr/bin/jq"),
     ("tmux", "/usr/bin/tmux"),
     ("util-linux", "/usr/bin/setpriv"),
+    // The report tests render its SVG charts to PNG to check they are not blank.
+    ("librsvg2-bin", "/usr/bin/rsvg-convert"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -106,18 +106,16 @@ impl Decoder {
             vm_flags: Some(u64::from(raw.flags)),
             seq,
         };
+        let copy_exit = |func| Body::CopyExit {
+            func,
+            seq,
+            ret: raw.a as i64,
+        };
         let body = match probe {
             Probe::CprEnter => copy_enter(CopyFn::Cpr),
             Probe::HugetlbEnter => copy_enter(CopyFn::Hugetlb),
-            Probe::CprExit | Probe::HugetlbExit => Body::CopyExit {
-                func: if probe == Probe::CprExit {
-                    CopyFn::Cpr
-                } else {
-                    CopyFn::Hugetlb
-                },
-                seq,
-                ret: raw.a as i64,
-            },
+            Probe::CprExit => copy_exit(CopyFn::Cpr),
+            Probe::HugetlbExit => copy_exit(CopyFn::Hugetlb),
             Probe::GupEnter => {
                 let d = self.foll.decode(raw.flags);
                 Body::GupEnter {
@@ -138,10 +136,9 @@ impl Decoder {
             | Probe::WriteEnd
             | Probe::ReadBegin
             | Probe::ReadRetry
-            | Probe::RetryFail => match Kind::from_name(probe.name()) {
-                // Site probes and their event kinds share names (`write_begin`, ...).
-                Some(kind) => Body::Site { kind, seq },
-                None => return Decoded::Invalid(raw.probe),
+            | Probe::RetryFail => match Kind::try_from(probe) {
+                Ok(kind) => Body::Site { kind, seq },
+                Err(_) => return Decoded::Invalid(raw.probe),
             },
             Probe::MmFree => return Decoded::MmFreed,
         };

@@ -7,6 +7,9 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tracer_common::Probe;
+
+use crate::sites::SiteKind;
 
 /// The schema version written in every header.
 pub const SCHEMA: u32 = 1;
@@ -16,7 +19,9 @@ pub const SCHEMA: u32 = 1;
 /// own, added `anon`/`vm_flags` to copy entries, and writes an unreadable `seq` as `null`).
 pub const SCHEMA_MINOR: u32 = 1;
 
-/// Event kinds. `as_str` is the `kind` field.
+/// Event kinds. `as_str` is the `kind` field: the name of the probe that reports the kind
+/// (`tracer_common::Probe::name`), so the vocabulary has one name table, and kinds, probes and
+/// site kinds convert into each other by type (`From`/`TryFrom`), never by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     CprEnter,
@@ -47,24 +52,110 @@ impl Kind {
         Kind::RetryFail,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    /// The probe that reports this kind of event (every kind has one).
+    pub const fn probe(self) -> Probe {
         match self {
-            Kind::CprEnter => "cpr_enter",
-            Kind::CprExit => "cpr_exit",
-            Kind::HugetlbEnter => "hugetlb_enter",
-            Kind::HugetlbExit => "hugetlb_exit",
-            Kind::GupEnter => "gup_enter",
-            Kind::GupExit => "gup_exit",
-            Kind::WriteBegin => "write_begin",
-            Kind::WriteEnd => "write_end",
-            Kind::ReadBegin => "read_begin",
-            Kind::ReadRetry => "read_retry",
-            Kind::RetryFail => "retry_fail",
+            Kind::CprEnter => Probe::CprEnter,
+            Kind::CprExit => Probe::CprExit,
+            Kind::HugetlbEnter => Probe::HugetlbEnter,
+            Kind::HugetlbExit => Probe::HugetlbExit,
+            Kind::GupEnter => Probe::GupEnter,
+            Kind::GupExit => Probe::GupExit,
+            Kind::WriteBegin => Probe::WriteBegin,
+            Kind::WriteEnd => Probe::WriteEnd,
+            Kind::ReadBegin => Probe::ReadBegin,
+            Kind::ReadRetry => Probe::ReadRetry,
+            Kind::RetryFail => Probe::RetryFail,
         }
     }
 
+    /// The event kind a probe reports; `None` for `mm_free`, which only keeps mm names unique
+    /// and writes no line.
+    pub const fn of_probe(p: Probe) -> Option<Kind> {
+        Some(match p {
+            Probe::CprEnter => Kind::CprEnter,
+            Probe::CprExit => Kind::CprExit,
+            Probe::HugetlbEnter => Kind::HugetlbEnter,
+            Probe::HugetlbExit => Kind::HugetlbExit,
+            Probe::GupEnter => Kind::GupEnter,
+            Probe::GupExit => Kind::GupExit,
+            Probe::MmFree => return None,
+            Probe::WriteBegin => Kind::WriteBegin,
+            Probe::WriteEnd => Kind::WriteEnd,
+            Probe::ReadBegin => Kind::ReadBegin,
+            Probe::ReadRetry => Kind::ReadRetry,
+            Probe::RetryFail => Kind::RetryFail,
+        })
+    }
+
+    /// The instruction site that reports this kind, for the kinds sites report.
+    pub const fn site(self) -> Option<SiteKind> {
+        Some(match self {
+            Kind::WriteBegin => SiteKind::WriteBegin,
+            Kind::WriteEnd => SiteKind::WriteEnd,
+            Kind::ReadBegin => SiteKind::ReadBegin,
+            Kind::ReadRetry => SiteKind::ReadRetry,
+            Kind::RetryFail => SiteKind::RetryFail,
+            Kind::CprEnter
+            | Kind::CprExit
+            | Kind::HugetlbEnter
+            | Kind::HugetlbExit
+            | Kind::GupEnter
+            | Kind::GupExit => return None,
+        })
+    }
+
+    /// The copy function whose window this kind opens or closes.
+    pub const fn copy_fn(self) -> Option<CopyFn> {
+        match self {
+            Kind::CprEnter | Kind::CprExit => Some(CopyFn::Cpr),
+            Kind::HugetlbEnter | Kind::HugetlbExit => Some(CopyFn::Hugetlb),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        self.probe().name()
+    }
+
+    /// The kind named `s` in a log's `kind` field.
     pub fn from_name(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+        Kind::from_bytes(s.as_bytes())
+    }
+
+    /// As [`Kind::from_name`], for a name not yet checked as UTF-8 (the fast reader).
+    pub fn from_bytes(name: &[u8]) -> Option<Kind> {
+        Probe::from_name(name).and_then(Kind::of_probe)
+    }
+}
+
+impl From<Kind> for Probe {
+    fn from(k: Kind) -> Probe {
+        k.probe()
+    }
+}
+
+/// `mm_free` reports no event kind.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("probe {} reports no event kind", .0.name())]
+pub struct NoKind(pub Probe);
+
+impl TryFrom<Probe> for Kind {
+    type Error = NoKind;
+    fn try_from(p: Probe) -> Result<Kind, NoKind> {
+        Kind::of_probe(p).ok_or(NoKind(p))
+    }
+}
+
+impl From<SiteKind> for Kind {
+    fn from(s: SiteKind) -> Kind {
+        match s {
+            SiteKind::WriteBegin => Kind::WriteBegin,
+            SiteKind::WriteEnd => Kind::WriteEnd,
+            SiteKind::ReadBegin => Kind::ReadBegin,
+            SiteKind::ReadRetry => Kind::ReadRetry,
+            SiteKind::RetryFail => Kind::RetryFail,
+        }
     }
 }
 
@@ -78,6 +169,23 @@ pub enum CopyFn {
 }
 
 impl CopyFn {
+    /// The copy function of a copy kind; the other kinds are `copy_page_range`'s (callers
+    /// match on the copy kinds first; [`Kind::copy_fn`] is the partial version).
+    pub const fn of_kind(k: Kind) -> CopyFn {
+        match k {
+            Kind::HugetlbEnter | Kind::HugetlbExit => CopyFn::Hugetlb,
+            _ => CopyFn::Cpr,
+        }
+    }
+
+    /// The kernel function.
+    pub const fn symbol(self) -> &'static str {
+        match self {
+            CopyFn::Cpr => "copy_page_range",
+            CopyFn::Hugetlb => "copy_hugetlb_page_range",
+        }
+    }
+
     pub const fn enter(self) -> Kind {
         match self {
             CopyFn::Cpr => Kind::CprEnter,
@@ -214,6 +322,24 @@ pub enum Record {
     Summary(Summary),
     /// A `kind` this reader does not know; readers skip and count these.
     Unknown(String),
+}
+
+impl Record {
+    /// The line's `kind`.
+    pub fn kind_name(&self) -> &str {
+        match self {
+            Record::Header(_) => "header",
+            Record::Event(e) => e.body.kind().as_str(),
+            Record::Lost { .. } => "lost",
+            Record::Summary(_) => "summary",
+            Record::Unknown(k) => k,
+        }
+    }
+
+    /// The probe a `lost` line names, when this version knows it.
+    pub fn lost_probe(probe: &str) -> Option<Probe> {
+        Probe::from_name(probe.as_bytes())
+    }
 }
 
 fn hex(v: u64) -> String {
@@ -517,11 +643,7 @@ impl Line {
         };
         let body = match k {
             Kind::CprEnter | Kind::HugetlbEnter => Body::CopyEnter {
-                func: if k == Kind::CprEnter {
-                    CopyFn::Cpr
-                } else {
-                    CopyFn::Hugetlb
-                },
+                func: CopyFn::of_kind(k),
                 vma_start: req_hex!(vma_start),
                 vma_end: req_hex!(vma_end),
                 cow: req!(cow),
@@ -530,11 +652,7 @@ impl Line {
                 seq: req!(seq),
             },
             Kind::CprExit | Kind::HugetlbExit => Body::CopyExit {
-                func: if k == Kind::CprExit {
-                    CopyFn::Cpr
-                } else {
-                    CopyFn::Hugetlb
-                },
+                func: CopyFn::of_kind(k),
                 seq: req!(seq),
                 ret: req!(ret),
             },

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::{BufWriter, Write},
+    io::{BufWriter, IsTerminal as _, Write},
     path::PathBuf,
     process::ExitCode,
 };
@@ -19,14 +19,17 @@ pub use pump::{Sink, TraceArgs, pump};
 use crate::{
     events::{
         Header, Record,
+        log::LogWriter,
         schema::{SCHEMA, SCHEMA_MINOR},
+        text::EventText,
     },
     probes::{self, AttachPlan, KernelSource},
 };
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Write the log here (default: standard output).
+    /// Write the log here. Without it the log goes to standard output: as JSON Lines when that
+    /// is a file or a pipe, as one readable line per event on a terminal.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Include raw kernel mm addresses (`mm_addr`); they defeat KASLR, so logs omit them by default.
@@ -271,39 +274,70 @@ pub fn main(args: Args) -> Result<ExitCode> {
     rt.block_on(record(plan, args))
 }
 
-/// Writes schema-1 lines to a file or stdout.
-struct LogWriter {
-    out: Box<dyn Write>,
+/// `tracer record`'s sink: schema-1 lines through the shared writer (a file, or stdout when
+/// it is not a terminal).
+struct LogSink<W: Write> {
+    w: LogWriter<W>,
+}
+
+impl<W: Write> Sink for LogSink<W> {
+    async fn put(&mut self, rec: Record) -> Result<()> {
+        self.w.write(&rec)?;
+        Ok(())
+    }
+
+    async fn batch_done(&mut self) -> Result<()> {
+        // One write per ring-buffer batch, not per line.
+        self.w.flush_buffer()?;
+        Ok(())
+    }
+}
+
+/// `tracer record` on a terminal: one readable line per event, as the TUI's tail shows them
+/// (and as BCC tools print), instead of JSON nobody reads at that rate.
+struct TextSink<W: Write> {
+    out: W,
+    first_ts: Option<u64>,
+    foll: Option<crate::kernel::foll::FollFlags>,
     buf: String,
 }
 
-impl Sink for LogWriter {
+impl<W: Write> Sink for TextSink<W> {
     async fn put(&mut self, rec: Record) -> Result<()> {
+        use std::fmt::Write as _;
         match rec {
+            Record::Header(h) => {
+                self.foll = crate::kernel::foll::FollFlags::for_kernel(None, &h.kernel).ok();
+                let mode = h.extra.get("mode").and_then(|m| m.as_str()).unwrap_or("?");
+                let _ = writeln!(
+                    self.buf,
+                    "tracing {} ({mode} probes); times are seconds since the first event; -o FILE writes the JSON log",
+                    h.kernel
+                );
+            }
             Record::Event(e) => {
-                e.write_json(&mut self.buf);
+                let first = *self.first_ts.get_or_insert(e.ts);
+                let t = EventText::new(&e, first, self.foll.as_ref());
+                self.buf.push_str(&t.plain());
                 self.buf.push('\n');
             }
-            r => r.write_line(&mut self.buf)?,
+            Record::Lost { probe, count } => {
+                let _ = writeln!(self.buf, "LOST {count} {probe} events (ring buffer full)");
+            }
+            Record::Summary(_) | Record::Unknown(_) => {}
         }
-        // Written per ring-buffer batch: one syscall per batch, not per line.
         if self.buf.len() > 1 << 16 {
-            self.flush_buf()?;
+            self.batch_done().await?;
         }
         Ok(())
     }
 
     async fn batch_done(&mut self) -> Result<()> {
-        self.flush_buf()
-    }
-}
-
-impl LogWriter {
-    fn flush_buf(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
             self.out
                 .write_all(self.buf.as_bytes())
-                .context("writing the event log")?;
+                .and_then(|()| self.out.flush())
+                .context("writing to the terminal")?;
             self.buf.clear();
         }
         Ok(())
@@ -311,34 +345,47 @@ impl LogWriter {
 }
 
 async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
-    let out: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(BufWriter::with_capacity(
-            1 << 20,
-            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => Box::new(BufWriter::new(std::io::stdout())),
+    let to_stdout = args.output.is_none();
+    let stats = match &args.output {
+        Some(p) => {
+            let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
+            let mut sink = LogSink {
+                w: LogWriter::new(BufWriter::with_capacity(1 << 20, f)),
+            };
+            let stats = pump(&plan, &args.trace, args.raw_pointers, false, &mut sink).await?;
+            sink.w.flush()?;
+            stats
+        }
+        None if std::io::stdout().is_terminal() => {
+            let mut sink = TextSink {
+                out: std::io::stdout(),
+                first_ts: None,
+                foll: None,
+                buf: String::new(),
+            };
+            let stats = pump(&plan, &args.trace, args.raw_pointers, true, &mut sink).await?;
+            sink.batch_done().await?;
+            stats
+        }
+        None => {
+            let mut sink = LogSink {
+                w: LogWriter::new(BufWriter::new(std::io::stdout())),
+            };
+            let stats = pump(&plan, &args.trace, args.raw_pointers, true, &mut sink).await?;
+            sink.w.flush()?;
+            stats
+        }
     };
-    let mut w = LogWriter {
-        out,
-        buf: String::with_capacity(1 << 17),
-    };
-    let stats = pump(
-        &plan,
-        &args.trace,
-        args.raw_pointers,
-        args.output.is_none(),
-        &mut w,
-    )
-    .await?;
-    w.flush_buf()?;
-    w.out.flush().context("writing the event log")?;
-    if let Some(p) = &args.output {
+    let dest = args
+        .output
+        .as_ref()
+        .map_or_else(|| "stdout".to_owned(), |p| p.display().to_string());
+    if !to_stdout || std::io::stdout().is_terminal() {
         eprintln!(
-            "tracer: {} events, {} lost, in {:.1}s -> {}",
+            "tracer: {} events, {} lost, in {:.1}s -> {dest}",
             stats.events,
             stats.lost,
             stats.duration.as_secs_f64(),
-            p.display()
         );
     }
     if let Some(s) = stats.command_status {

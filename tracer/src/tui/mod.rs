@@ -31,7 +31,10 @@ use ratatui::crossterm::event::{self, Event as TermEvent};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::events::{Header, Record};
+use crate::events::{
+    Header, Record,
+    log::{Mode, ReadArgs},
+};
 
 use self::{
     check::Checker,
@@ -63,6 +66,9 @@ pub struct Args {
     /// Also write every record shown to FILE (schema 1) while showing it.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// How --replay and --follow treat malformed lines.
+    #[command(flatten)]
+    pub read: ReadArgs,
     /// What to trace live (without --replay or --follow).
     #[command(flatten)]
     pub trace: crate::record::TraceArgs,
@@ -75,6 +81,9 @@ pub struct Args {
 pub enum TuiError {
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A strict read stopped at a bad line (shown on the screen first).
+    #[error("{0}")]
+    Log(String),
     #[error("--speed must be a positive number, got {0}")]
     Speed(f64),
     #[error(
@@ -105,6 +114,8 @@ pub struct Shared {
     done: bool,
     checker_status: String,
     note: Option<String>,
+    /// Why the source stopped early (a strict read met a bad line): the exit status is 2.
+    failed: Option<String>,
 }
 
 fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -118,39 +129,50 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         source: String::new(),
         panic_after: args.panic_after_ms.map(Duration::from_millis),
     };
+    let mode = args.read.mode();
     if let Some(path) = &args.replay {
-        return Ok(run_replay(path.clone(), args.speed, opts)?);
+        return Ok(run_replay(path.clone(), args.speed, mode, opts)?);
     }
     if let Some(path) = &args.follow {
-        return Ok(run_follow(path, opts)?);
+        return Ok(run_follow(path, mode, opts)?);
     }
     live::run(args.trace, opts)
 }
 
 /// Follows a log being written (or a pipe) through [`run_live`].
-pub fn run_follow(path: &std::path::Path, mut opts: Options) -> Result<ExitCode, TuiError> {
-    let follow = source::open_follow(path)?;
+pub fn run_follow(
+    path: &std::path::Path,
+    mode: Mode,
+    mut opts: Options,
+) -> Result<ExitCode, TuiError> {
+    let quit = Arc::new(AtomicBool::new(false));
+    let follow = source::open_follow(path, mode, Arc::clone(&quit))?;
     if !std::io::stdout().is_terminal() {
         return Err(TuiError::NotATerminal);
     }
-    let header = follow.header.clone();
+    let header = follow.header().clone();
     let (tx, rx) = mpsc::channel(4096);
-    let quit = Arc::new(AtomicBool::new(false));
     opts.source = format!("follow {}", path.display());
     let app = App::new(&opts)?;
-    source::spawn_follow(follow, tx, Arc::clone(&quit), Arc::clone(&app.shared));
-    let r = app.run(header, Input::Live(rx), None, opts, 1.0);
+    source::spawn_follow(follow, tx, Arc::clone(&app.shared));
+    let r = app.run(header, Input::Numbered(rx), None, opts, 1.0);
     // A reader blocked on a pipe cannot be interrupted; it ends with the process.
     quit.store(true, Ordering::Relaxed);
     r
 }
 
 /// Replays `path` at `speed` through the TUI.
-pub fn run_replay(path: PathBuf, speed: f64, mut opts: Options) -> Result<ExitCode, TuiError> {
+pub fn run_replay(
+    path: PathBuf,
+    speed: f64,
+    mode: Mode,
+    mut opts: Options,
+) -> Result<ExitCode, TuiError> {
     if !(speed.is_finite() && speed > 0.0) {
         return Err(TuiError::Speed(speed));
     }
-    let (header, lines) = source::open_replay(&path)?;
+    let log = source::open_replay(&path, mode)?;
+    let header = log.header().clone();
     if !std::io::stdout().is_terminal() {
         return Err(TuiError::NotATerminal);
     }
@@ -160,14 +182,13 @@ pub fn run_replay(path: PathBuf, speed: f64, mut opts: Options) -> Result<ExitCo
     let app = App::new(&opts)?;
     let quit = Arc::new(AtomicBool::new(false));
     let reader = source::spawn_replay(
-        path,
-        lines,
+        log,
         tx,
         Arc::clone(&pacer),
         Arc::clone(&quit),
         Arc::clone(&app.shared),
     );
-    let r = app.run(header, Input::Replay(rx), Some(&pacer), opts, speed);
+    let r = app.run(header, Input::Numbered(rx), Some(&pacer), opts, speed);
     quit.store(true, Ordering::Relaxed);
     let _ = reader.join();
     r
@@ -192,9 +213,11 @@ pub fn run_live(
     app.run(header, Input::Live(rx), None, opts, 1.0)
 }
 
+/// Where records come from: a live session's channel (numbered by record, which is the line
+/// the spool writes them at), or a log read by the shared reader (numbered by its lines).
 enum Input {
     Live(mpsc::Receiver<Record>),
-    Replay(mpsc::Receiver<(u64, Record)>),
+    Numbered(mpsc::Receiver<(u64, Record)>),
 }
 
 impl Input {
@@ -207,7 +230,7 @@ impl Input {
                 out.extend(v.into_iter().map(|r| (None, r)));
                 n
             }
-            Input::Replay(rx) => {
+            Input::Numbered(rx) => {
                 let mut v = Vec::with_capacity(max);
                 let n = rx.recv_many(&mut v, max).await;
                 out.extend(v.into_iter().map(|(no, r)| (Some(no), r)));
@@ -236,6 +259,7 @@ impl App {
             done: false,
             checker_status: String::new(),
             note: None,
+            failed: None,
         }));
         Ok(App { shared, spool })
     }
@@ -268,6 +292,9 @@ impl App {
             eprintln!("tracer: {m}");
         }
         result?;
+        if let Some(f) = &s.failed {
+            return Err(TuiError::Log(f.clone()));
+        }
         Ok(if s.model.violations > 0 {
             ExitCode::from(1)
         } else {
@@ -379,7 +406,7 @@ fn consume(
         }
     });
     let mut s = lock(&shared);
-    if !spool.summary_seen {
+    if !spool.summary_seen() {
         let sum = source::partial_summary(&s.model, "quit before the end of the stream");
         spool.write(&Record::Summary(sum));
     }

@@ -141,6 +141,8 @@ pub struct Model {
     /// Lost events per probe: `lost` records added up, or the summary's figure if larger.
     pub lost: BTreeMap<String, u64>,
     pub unknown: u64,
+    /// Malformed lines a lenient read skipped (each also listed in the messages).
+    pub skipped: u64,
     pub first_ts: Option<u64>,
     pub last_ts: u64,
     mms: HashMap<String, MmStats>,

@@ -13,7 +13,7 @@ use ratatui::{
 };
 
 use crate::{
-    events::{Body, Event},
+    events::{Event, text::EventText},
     kernel::foll::FollFlags,
 };
 
@@ -219,6 +219,14 @@ fn draw_header(f: &mut Canvas, area: Rect, model: &Model, st: &Status) {
         ),
         Span::raw(format!(" · {}", clock(model.elapsed_ns(st.now_ns)))),
     ];
+    if model.skipped > 0 {
+        // Lines a lenient read skipped: the screen is missing what they held.
+        counters.push(Span::raw(" · "));
+        counters.push(Span::styled(
+            format!("skipped {}", model.skipped),
+            Style::new().fg(Color::Yellow).bold(),
+        ));
+    }
     if let Some(c) = st.cpu_pct {
         counters.push(Span::raw(format!(" · cpu {c:.1}%")));
     }
@@ -445,59 +453,18 @@ fn draw_charts(f: &mut Canvas, area: Rect, model: &Model, st: &Status) {
 }
 
 fn event_line(e: &Event, first_ts: u64, foll: Option<&FollFlags>) -> Line<'static> {
-    let t = e.ts.saturating_sub(first_ts);
-    let kind = e.body.kind().as_str();
-    let seq = e.body.seq();
-    let detail = match &e.body {
-        Body::CopyEnter {
-            vma_start,
-            vma_end,
-            cow,
-            anon,
-            ..
-        } => format!(
-            "vma {vma_start:#x}-{vma_end:#x}{}{}",
-            if *cow { " cow" } else { "" },
-            if *anon == Some(true) { " anon" } else { "" }
-        ),
-        Body::CopyExit { ret, .. } => format!("ret={ret}"),
-        Body::GupEnter {
-            start,
-            nr_pages,
-            flags,
-            pin,
-            fast_only,
-            longterm,
-            ..
-        } => {
-            // The probe decoded pin/fast_only/longterm at record time; WRITE and GET come from
-            // the raw value with the FOLL_* table of the kernel's era.
-            let mut d = foll.map(|t| t.decode(*flags)).unwrap_or_default();
-            d.pin = *pin;
-            d.fast_only = *fast_only;
-            d.longterm = *longterm;
-            format!("{start:#x} nr={nr_pages} {} ({flags:#x})", d.names())
-        }
-        Body::GupExit { ret, .. } => format!("ret={ret}"),
-        Body::Site { .. } => String::new(),
-    };
-    let seq_style = if seq.is_some_and(|v| v & 1 == 1) {
+    let t = EventText::new(e, first_ts, foll);
+    let seq_style = if t.odd {
         Style::new().fg(Color::Yellow).bold()
     } else {
         Style::new()
     };
     Line::from(vec![
-        Span::styled(
-            format!("{:>4}.{:06} ", t / 1_000_000_000, t % 1_000_000_000 / 1_000),
-            DIM,
-        ),
-        Span::raw(format!("{}[{}] {} ", e.comm, e.tid, e.mm)),
-        Span::styled(format!("{kind} "), Style::new().fg(Color::Cyan)),
-        Span::styled(
-            seq.map_or_else(|| "seq=?".to_owned(), |v| format!("seq={v}")),
-            seq_style,
-        ),
-        Span::raw(format!(" {detail}")),
+        Span::styled(format!("{} ", t.time), DIM),
+        Span::raw(format!("{} ", t.task)),
+        Span::styled(format!("{} ", t.kind), Style::new().fg(Color::Cyan)),
+        Span::styled(t.seq, seq_style),
+        Span::raw(format!(" {}", t.detail)),
     ])
 }
 

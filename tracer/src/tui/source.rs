@@ -2,7 +2,7 @@
 //! screen (the `--record` file, or a private spool that `e` exports).
 use std::{
     fs::File,
-    io::{self, BufRead, BufReader, BufWriter, Write},
+    io::{self, BufWriter, Read, Write},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
@@ -14,61 +14,27 @@ use std::{
 
 use thiserror::Error;
 
-use crate::events::{Header, Record, Summary, schema::ParseError};
+use crate::events::{
+    Record, Summary,
+    log::{self, Item, LogError, LogReader, LogWriter, Mode},
+};
 
 use super::model::Model;
 
 #[derive(Debug, Error)]
 pub enum SourceError {
-    #[error("cannot open {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("{path} is empty, expected a schema-1 event log")]
-    Empty { path: PathBuf },
-    #[error("{path} line 1 is not a valid header: {source}")]
-    BadHeader { path: PathBuf, source: ParseError },
-    #[error("{path} line 1 is a {kind} record, but a schema-1 log starts with its header")]
-    NotHeader { path: PathBuf, kind: String },
+    #[error(transparent)]
+    Log(#[from] LogError),
     #[error("cannot create {path}: {source}")]
     Create { path: PathBuf, source: io::Error },
 }
 
-/// Opens a log and reads its header; the remaining lines are for [`spawn_replay`].
-pub fn open_replay(path: &Path) -> Result<(Header, io::Lines<BufReader<File>>), SourceError> {
-    let file = File::open(path).map_err(|source| SourceError::Open {
-        path: path.into(),
-        source,
-    })?;
-    let mut lines = BufReader::new(file).lines();
-    let first = lines
-        .next()
-        .ok_or_else(|| SourceError::Empty { path: path.into() })?
-        .map_err(|source| SourceError::Read {
-            path: path.into(),
-            source,
-        })?;
-    match Record::parse(&first) {
-        Ok(Record::Header(h)) => Ok((h, lines)),
-        Ok(other) => Err(SourceError::NotHeader {
-            path: path.into(),
-            kind: kind_name(&other),
-        }),
-        Err(source) => Err(SourceError::BadHeader {
-            path: path.into(),
-            source,
-        }),
-    }
-}
+/// A log to replay or follow, opened and its header read by the shared reader.
+pub type Opened = LogReader<Box<dyn Read + Send>>;
 
-fn kind_name(r: &Record) -> String {
-    match r {
-        Record::Header(_) => "header".into(),
-        Record::Event(e) => e.body.kind().as_str().into(),
-        Record::Lost { .. } => "lost".into(),
-        Record::Summary(_) => "summary".into(),
-        Record::Unknown(k) => k.clone(),
-    }
+/// Opens a log to replay (strict or lenient, as every reader of logs).
+pub fn open_replay(path: &Path, mode: Mode) -> Result<Opened, SourceError> {
+    Ok(log::open(path, mode)?)
 }
 
 /// The replay clock: maps a record's `ts` to the wall time it is due, stopping while paused.
@@ -124,11 +90,47 @@ impl Pacer {
     }
 }
 
+/// Hands the reader's items to `send` until the end, a strict error or `send` refusing
+/// (quit). Skipped lines (lenient) go to the messages pane and the skip count; a strict error
+/// stops the source, is shown, and makes the session exit with status 2.
+fn pump_items(
+    mut log: Opened,
+    model: &Mutex<super::Shared>,
+    mut send: impl FnMut(u64, Record) -> bool,
+) {
+    let name = log.name().unwrap_or("log").to_owned();
+    loop {
+        let (no, item) = match log.next() {
+            Ok(Some((no, item))) => (no, item),
+            Ok(None) => return,
+            Err(e) => {
+                let mut s = model.lock().unwrap_or_else(|p| p.into_inner());
+                let m = e.to_string();
+                s.model
+                    .message(format!("{m}; reading stopped (--lenient skips bad lines)"));
+                s.note = Some(format!("stopped: {m}"));
+                s.failed = Some(m);
+                return;
+            }
+        };
+        if let Item::Skipped(skip) = &item {
+            let mut s = model.lock().unwrap_or_else(|p| p.into_inner());
+            s.model.skipped += 1;
+            s.model.message(format!("{name} {skip}"));
+            continue;
+        }
+        if let Some(rec) = item.into_record()
+            && !send(no, rec)
+        {
+            return;
+        }
+    }
+}
+
 /// Reads the rest of a log on its own thread and sends `(line number, record)` when each is
-/// due. Lines that do not parse are reported through `model` messages and skipped.
+/// due.
 pub fn spawn_replay(
-    path: PathBuf,
-    lines: io::Lines<BufReader<File>>,
+    log: Opened,
     tx: tokio::sync::mpsc::Sender<(u64, Record)>,
     pacer: Arc<Pacer>,
     quit: Arc<AtomicBool>,
@@ -136,38 +138,12 @@ pub fn spawn_replay(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut first_ts = None;
-        let note = |m: String| {
-            let mut s = model.lock().unwrap_or_else(|p| p.into_inner());
-            s.model.message(m);
-        };
-        for (i, line) in lines.enumerate() {
-            // The header was line 1.
-            let no = i as u64 + 2;
-            let line = match line {
-                Ok(l) => l,
-                Err(e) => {
-                    note(format!(
-                        "{}: read error at line {no}: {e}; replay stopped",
-                        path.display()
-                    ));
-                    return;
-                }
-            };
-            if line.trim().is_empty() {
-                continue;
-            }
-            let rec = match Record::parse(&line) {
-                Ok(r) => r,
-                Err(e) => {
-                    note(format!("{} line {no}: {e}; skipped", path.display()));
-                    continue;
-                }
-            };
+        pump_items(log, &model, |no, rec| {
             if let Record::Event(e) = &rec {
                 let first = *first_ts.get_or_insert(e.ts);
                 loop {
                     if quit.load(Ordering::Relaxed) {
-                        return;
+                        return false;
                     }
                     match pacer.wait_for(e.ts.saturating_sub(first)) {
                         Some(d) if d.is_zero() => break,
@@ -177,112 +153,50 @@ pub fn spawn_replay(
                     }
                 }
             }
-            if tx.blocking_send((no, rec)).is_err() {
-                return;
-            }
-        }
+            tx.blocking_send((no, rec)).is_ok()
+        });
     })
 }
 
-/// A log being written (or a pipe): its header, and a reader positioned after it.
-pub struct Follow {
-    pub header: Header,
-    reader: Box<dyn BufRead + Send>,
-    /// A regular file grows: at its end, wait for more (like `tail -f`) until the summary.
-    grows: bool,
-    name: String,
-}
-
-/// Opens `path` (`-` for standard input) to follow, reading its header first.
-pub fn open_follow(path: &Path) -> Result<Follow, SourceError> {
-    let (mut reader, grows): (Box<dyn BufRead + Send>, bool) = if path == Path::new("-") {
-        (Box::new(BufReader::new(io::stdin())), false)
+/// Opens `path` (`-` for standard input) to follow: a regular file is read like `tail -f`
+/// (at its end, wait for more) until the log's summary; a pipe until it ends.
+pub fn open_follow(path: &Path, mode: Mode, quit: Arc<AtomicBool>) -> Result<Opened, SourceError> {
+    if path == Path::new("-") {
+        return Ok(log::open(path, mode)?);
+    }
+    let name = path.display().to_string();
+    let f = File::open(path).map_err(|err| LogError::Open {
+        name: name.clone(),
+        err,
+    })?;
+    let wait: Option<Box<dyn FnMut() -> bool + Send>> = if f.metadata().is_ok_and(|m| m.is_file()) {
+        Some(Box::new(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            !quit.load(Ordering::Relaxed)
+        }))
     } else {
-        let f = File::open(path).map_err(|source| SourceError::Open {
-            path: path.into(),
-            source,
-        })?;
-        let grows = f.metadata().is_ok_and(|m| m.is_file());
-        (Box::new(BufReader::new(f)), grows)
+        None
     };
-    let mut first = String::new();
-    let n = reader
-        .read_line(&mut first)
-        .map_err(|source| SourceError::Read {
-            path: path.into(),
-            source,
-        })?;
-    if n == 0 {
-        return Err(SourceError::Empty { path: path.into() });
-    }
-    match Record::parse(first.trim_end()) {
-        Ok(Record::Header(header)) => Ok(Follow {
-            header,
-            reader,
-            grows,
-            name: path.display().to_string(),
-        }),
-        Ok(other) => Err(SourceError::NotHeader {
-            path: path.into(),
-            kind: kind_name(&other),
-        }),
-        Err(source) => Err(SourceError::BadHeader {
-            path: path.into(),
-            source,
-        }),
-    }
+    Ok(LogReader::with_wait(
+        Box::new(f) as Box<dyn Read + Send>,
+        Some(name),
+        mode,
+        wait,
+    )?)
 }
 
 /// Sends the records of a followed log as they are written, unpaced, until its summary, the
-/// end of a pipe, or `quit`. Lines that do not parse are reported and skipped.
+/// end of a pipe, or `quit`.
 pub fn spawn_follow(
-    mut f: Follow,
-    tx: tokio::sync::mpsc::Sender<Record>,
-    quit: Arc<AtomicBool>,
+    log: Opened,
+    tx: tokio::sync::mpsc::Sender<(u64, Record)>,
     model: Arc<Mutex<super::Shared>>,
 ) {
     std::thread::spawn(move || {
-        let mut buf = String::new();
-        let mut no = 1u64;
-        loop {
-            if quit.load(Ordering::Relaxed) {
-                return;
-            }
-            match f.reader.read_line(&mut buf) {
-                Ok(0) if f.grows && !buf.ends_with('\n') => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-                Ok(0) if buf.is_empty() => return,
-                // A regular file's last line may still be half written.
-                Ok(_) if f.grows && !buf.ends_with('\n') => continue,
-                Ok(_) => {}
-                Err(e) => {
-                    let mut s = model.lock().unwrap_or_else(|p| p.into_inner());
-                    s.model
-                        .message(format!("{}: read error after line {no}: {e}", f.name));
-                    return;
-                }
-            }
-            no += 1;
-            let line = std::mem::take(&mut buf);
-            if line.trim().is_empty() {
-                continue;
-            }
-            match Record::parse(line.trim_end()) {
-                Ok(rec) => {
-                    let last = matches!(rec, Record::Summary(_));
-                    if tx.blocking_send(rec).is_err() || last {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let mut s = model.lock().unwrap_or_else(|p| p.into_inner());
-                    s.model
-                        .message(format!("{} line {no}: {e}; skipped", f.name));
-                }
-            }
-        }
+        pump_items(log, &model, |no, rec| {
+            let last = matches!(rec, Record::Summary(_));
+            tx.blocking_send((no, rec)).is_ok() && !last
+        });
     });
 }
 
@@ -302,17 +216,14 @@ pub fn partial_summary(m: &Model, why: &str) -> Summary {
     s
 }
 
-/// Every record seen, as schema-1 lines: the `--record` file, or an unlinked temporary file.
+/// Every record seen, as schema-1 lines (through the shared writer): the `--record` file, or an
+/// unlinked temporary file that exports read back.
 pub struct Spool {
-    out: BufWriter<File>,
+    w: LogWriter<File>,
     /// A second handle to read back from (exports).
     read: File,
-    /// Bytes written so far.
-    len: u64,
-    pub summary_seen: bool,
     /// Set after a write error: the spool stops, the screen goes on.
     pub broken: Option<String>,
-    line: String,
 }
 
 impl Spool {
@@ -354,12 +265,9 @@ impl Spool {
             source,
         })?;
         Ok(Spool {
-            out: BufWriter::new(file),
+            w: LogWriter::new(file),
             read,
-            len: 0,
-            summary_seen: false,
             broken: None,
-            line: String::new(),
         })
     }
 
@@ -367,26 +275,24 @@ impl Spool {
         if self.broken.is_some() {
             return;
         }
-        if matches!(rec, Record::Summary(_)) {
-            self.summary_seen = true;
-        }
-        self.line.clear();
-        let r = rec
-            .write_line(&mut self.line)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                self.out
-                    .write_all(self.line.as_bytes())
-                    .map_err(|e| e.to_string())
-            });
-        match r {
-            Ok(()) => self.len += self.line.len() as u64,
-            Err(e) => self.broken = Some(e),
+        if let Err(e) = self.w.write(rec) {
+            self.broken = Some(e.to_string());
         }
     }
 
+    /// Whether the stream's own summary has been written.
+    pub fn summary_seen(&self) -> bool {
+        self.w.summary_written()
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.w.flush().map_err(io::Error::other)
+    }
+
+    /// A second reading handle on the spool and the length written so far (flushed first).
+    pub fn snapshot(&mut self) -> io::Result<(File, u64)> {
+        self.flush()?;
+        Ok((self.read.try_clone()?, self.w.bytes()))
     }
 
     /// Copies what has been written so far, plus `summary` unless the stream had its own, to
@@ -396,10 +302,8 @@ impl Spool {
         dest: PathBuf,
         summary: Summary,
     ) -> io::Result<std::thread::JoinHandle<io::Result<PathBuf>>> {
-        self.flush()?;
-        let src = self.read.try_clone()?;
-        let len = self.len;
-        let add_summary = !self.summary_seen;
+        let (src, len) = self.snapshot()?;
+        let add_summary = !self.summary_seen();
         Ok(std::thread::spawn(move || {
             let mut out = BufWriter::new(File::options().write(true).create_new(true).open(&dest)?);
             let mut buf = vec![0u8; 1 << 16];

@@ -10,6 +10,7 @@ use std::{
 };
 
 use serde::Serialize;
+use tracer_common::Probe;
 
 use crate::{
     events::{Body, CopyFn, Event, Header, Kind, Record},
@@ -737,7 +738,7 @@ impl Validator {
     }
 
     /// The fast path used by the CLI: no `Record` is built.
-    pub(crate) fn push_fast(&mut self, line: u64, e: &super::fast::FastEvent<'_>) {
+    pub(crate) fn push_fast(&mut self, line: u64, e: &crate::events::fast::FastEvent<'_>) {
         self.push_parts(line, e.ts, e.tid, e.mm, &e.body);
         self.pending.clear();
     }
@@ -827,24 +828,25 @@ impl Validator {
             (!self.sited(CopyFn::Cpr), !self.sited(CopyFn::Hugetlb));
         let a = &mut self.allow;
         let add = |x: &mut u64, n: u64| *x = x.saturating_add(n);
-        match probe {
-            "write_begin" => {
+        // The probe is named in the log; one typed look-up, then the vocabulary's variants.
+        match Record::lost_probe(probe) {
+            Some(Probe::WriteBegin) => {
                 add(&mut a.incs, count);
                 add(&mut a.write_begin, count);
             }
-            "write_end" => {
+            Some(Probe::WriteEnd) => {
                 add(&mut a.incs, count);
                 add(&mut a.write_end, count);
             }
             // Without write sites in its function, a lost copy may have advanced seq by 2.
-            "cpr_enter" | "cpr_exit" if cpr_windows => {
+            Some(Probe::CprEnter | Probe::CprExit) if cpr_windows => {
                 add(&mut a.incs, count.saturating_mul(2));
             }
-            "hugetlb_enter" | "hugetlb_exit" if hugetlb_windows => {
+            Some(Probe::HugetlbEnter | Probe::HugetlbExit) if hugetlb_windows => {
                 add(&mut a.incs, count.saturating_mul(2));
             }
-            "read_begin" => add(&mut a.read_begin, count),
-            "retry_fail" => add(&mut a.retry_fail, count),
+            Some(Probe::ReadBegin) => add(&mut a.read_begin, count),
+            Some(Probe::RetryFail) => add(&mut a.retry_fail, count),
             _ => {}
         }
         let n = self.lost_lines.entry(probe.to_string()).or_insert(0);

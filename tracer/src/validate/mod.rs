@@ -2,14 +2,14 @@
 //!
 //! The rules, the verdicts and the exit statuses are documented in `docs/validate.md`. The
 //! engine ([`Validator`]) is incremental so the live TUI can feed it records as they arrive;
-//! this module adds the streaming reader and the reports.
+//! this module feeds it from the shared log reader ([`crate::events::log`]) and renders the
+//! reports.
 mod engine;
-pub mod fast;
 
 use std::{
     fmt::Write as _,
-    fs::File,
     io::{self, Read, Write},
+    path::PathBuf,
     process::ExitCode,
 };
 
@@ -17,14 +17,15 @@ pub use engine::{
     DEFAULT_SLACK_NS, DEFAULT_WINDOW, DefectReport, MAX_STORED_VIOLATIONS, Options, Report, Rule,
     RuleReport, Stats, Validator, Verdict, Violation,
 };
-use thiserror::Error;
 
-use crate::events::Record;
+/// The fast event reader, now part of the shared log layer (kept here for its old path).
+pub use crate::events::fast;
+use crate::events::log::{self as logfile, Item, LogError, LogReader, Mode, ReadArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Event log (JSON Lines, schema 1), or `-` for standard input.
-    pub file: String,
+    pub file: PathBuf,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -36,143 +37,57 @@ pub struct Args {
     /// on hardware, 50 ms under a hypervisor), else 100 us.
     #[arg(long)]
     pub slack_ns: Option<u64>,
+    #[command(flatten)]
+    pub read: ReadArgs,
 }
 
-/// Why a log cannot be judged at all (exit status 2).
-#[derive(Debug, Error)]
-pub enum InputError {
-    #[error("cannot read {path}: {err}")]
-    Open { path: String, err: io::Error },
-    #[error("line {line}: read error: {err}")]
-    Read { line: u64, err: io::Error },
-    #[error("line {line}: not UTF-8 text")]
-    NotUtf8 { line: u64 },
-    // The causes are formatted inline (not as `source`) so the one-line message is not
-    // repeated by the CLI's error-chain printing.
-    #[error("line {line}: {err}")]
-    Parse {
-        line: u64,
-        err: crate::events::schema::ParseError,
-    },
-    #[error("line {line}: the first record must be a header with \"schema\":1")]
-    NoHeader { line: u64 },
-    #[error("line {line}: a second header")]
-    SecondHeader { line: u64 },
-    #[error("line {line}: a record after the summary")]
-    AfterSummary { line: u64 },
-    #[error("the log is empty (no header)")]
-    Empty,
-}
-
-/// Splits a byte stream into lines without copying each one (memchr over a large buffer).
-struct Lines<R> {
-    rd: R,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    eof: bool,
-}
-
-impl<R: Read> Lines<R> {
-    fn new(rd: R) -> Self {
-        Lines {
-            rd,
-            buf: vec![0; 1 << 20],
-            start: 0,
-            end: 0,
-            eof: false,
-        }
-    }
-
-    /// The next line without its `\n`, or `None` at the end.
-    fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
-        loop {
-            let pending = self.buf.get(self.start..self.end).unwrap_or_default();
-            if let Some(k) = memchr::memchr(b'\n', pending) {
-                let (s, e) = (self.start, self.start + k);
-                self.start = e + 1;
-                return Ok(self.buf.get(s..e));
-            }
-            if self.eof {
-                if self.start < self.end {
-                    let (s, e) = (self.start, self.end);
-                    self.start = e;
-                    return Ok(self.buf.get(s..e));
-                }
-                return Ok(None);
-            }
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if self.end == self.buf.len() {
-                // A line longer than the buffer: grow it (bounded by the longest line).
-                self.buf.resize(self.buf.len() * 2, 0);
-            }
-            let room = self.buf.get_mut(self.end..).unwrap_or_default();
-            match self.rd.read(room) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.end += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+impl Args {
+    pub fn options(&self) -> Options {
+        options(self.window, self.slack_ns)
     }
 }
 
-/// Validates a whole log from a reader. The fast path handles plain event lines; everything
-/// else goes through [`Record::parse`].
+/// Validator options from the command-line values (`slack_ns` unset: the header's).
+pub fn options(window: usize, slack_ns: Option<u64>) -> Options {
+    Options {
+        window,
+        slack_ns: slack_ns.unwrap_or(DEFAULT_SLACK_NS),
+        header_slack: slack_ns.is_none(),
+    }
+}
+
+/// Why a log cannot be judged at all (exit status 2): the shared reader's errors, each naming
+/// its line.
+pub type InputError = LogError;
+
+/// Validates a whole log from a reader (strict: the first bad line is an error).
 pub fn validate_reader<R: Read>(input: R, opts: Options) -> Result<Report, InputError> {
-    let mut lines = Lines::new(input);
-    let mut line: u64 = 0;
-    let mut v: Option<Validator> = None;
-    let mut after_summary = false;
-    loop {
-        let bytes = match lines.next_line() {
-            Ok(Some(b)) => b,
-            Ok(None) => break,
-            Err(err) => {
-                return Err(InputError::Read {
-                    line: line + 1,
-                    err,
-                });
+    let mut log = LogReader::new(input, None, Mode::Strict)?;
+    validate_log(&mut log, opts)
+}
+
+/// Validates the rest of an opened log. Lines lenient reading skipped are missing evidence:
+/// such a log is at best inconclusive.
+pub fn validate_log<R: Read>(log: &mut LogReader<R>, opts: Options) -> Result<Report, LogError> {
+    let mut v = Validator::with_options(log.header(), opts);
+    while let Some((line, item)) = log.next()? {
+        match item {
+            // The common case: no `Record` is built.
+            Item::Event(e) => v.push_fast(line, &e),
+            Item::Record(r) => {
+                v.push(line, &r);
             }
-        };
-        line += 1;
-        // The common case first: a canonical event line, parsed (and UTF-8 checked) in place.
-        if let Some(val) = v.as_mut()
-            && !after_summary
-            && let Some(fe) = fast::parse_canonical(bytes)
-        {
-            val.push_fast(line, &fe);
-            continue;
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| InputError::NotUtf8 { line })?;
-        let text = text.strip_suffix('\r').unwrap_or(text);
-        if let Some(val) = v.as_mut()
-            && !after_summary
-            && let Some(fe) = fast::parse_event(text)
-        {
-            val.push_fast(line, &fe);
-            continue;
-        }
-        if text.trim().is_empty() {
-            continue;
-        }
-        if after_summary {
-            return Err(InputError::AfterSummary { line });
-        }
-        let rec = Record::parse(text).map_err(|err| InputError::Parse { line, err })?;
-        match (&mut v, &rec) {
-            (None, Record::Header(h)) => v = Some(Validator::with_options(h, opts)),
-            (None, _) => return Err(InputError::NoHeader { line }),
-            (Some(_), Record::Header(_)) => return Err(InputError::SecondHeader { line }),
-            (Some(val), r) => {
-                after_summary = matches!(r, Record::Summary(_));
-                val.push(line, r);
-            }
+            Item::Skipped(_) => {}
         }
     }
-    v.map(Validator::finish).ok_or(InputError::Empty)
+    let mut report = v.finish();
+    if let Some(note) = log.skip_note() {
+        report.missing_evidence.push(note);
+        if report.verdict == Verdict::Clean {
+            report.verdict = Verdict::Inconclusive;
+        }
+    }
+    Ok(report)
 }
 
 fn fmt_lines(lines: &[u64]) -> String {
@@ -292,20 +207,11 @@ pub fn render_text(r: &Report) -> String {
 }
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
-    let opts = Options {
-        window: args.window,
-        slack_ns: args.slack_ns.unwrap_or(DEFAULT_SLACK_NS),
-        header_slack: args.slack_ns.is_none(),
-    };
-    let report = if args.file == "-" {
-        validate_reader(io::stdin().lock(), opts)?
-    } else {
-        let f = File::open(&args.file).map_err(|err| InputError::Open {
-            path: args.file.clone(),
-            err,
-        })?;
-        validate_reader(f, opts)?
-    };
+    let mut log = logfile::open(&args.file, args.read.mode())?;
+    let report = validate_log(&mut log, args.options())?;
+    if let Some(note) = log.skip_note() {
+        eprintln!("tracer: {note}");
+    }
     let mut out = io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut out, &report)?;

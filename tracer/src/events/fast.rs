@@ -1,4 +1,6 @@
-//! A fast, allocation-free reader for the common shape of an event line.
+//! A fast, allocation-free reader for the common shape of an event line: the first stage of
+//! [`super::log::LogReader`], which every reader of logs goes through (the validator consumes
+//! its borrowed events without building a `Record`).
 //!
 //! It accepts only lines it can judge with certainty: one flat JSON object whose values are
 //! plain strings (no escapes), integers and booleans, of a known event kind with every
@@ -6,7 +8,7 @@
 //! nested values, floats, duplicates, errors) returns `None`, and the caller falls back to
 //! [`Record::parse`](crate::events::Record::parse), so both readers agree on every line: what
 //! this one accepts, `Record::parse` parses to the same event (checked by a property test).
-use crate::events::{Body, CopyFn, Event, Kind};
+use super::{Body, CopyFn, Event, Kind};
 
 /// An event borrowed from its line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,31 +298,6 @@ fn i(v: Val<'_>) -> Option<i64> {
     }
 }
 
-fn copy_fn(k: Kind) -> CopyFn {
-    if matches!(k, Kind::HugetlbEnter | Kind::HugetlbExit) {
-        CopyFn::Hugetlb
-    } else {
-        CopyFn::Cpr
-    }
-}
-
-fn kind_of(name: &[u8]) -> Option<Kind> {
-    Some(match name {
-        b"cpr_enter" => Kind::CprEnter,
-        b"cpr_exit" => Kind::CprExit,
-        b"hugetlb_enter" => Kind::HugetlbEnter,
-        b"hugetlb_exit" => Kind::HugetlbExit,
-        b"gup_enter" => Kind::GupEnter,
-        b"gup_exit" => Kind::GupExit,
-        b"write_begin" => Kind::WriteBegin,
-        b"write_end" => Kind::WriteEnd,
-        b"read_begin" => Kind::ReadBegin,
-        b"read_retry" => Kind::ReadRetry,
-        b"retry_fail" => Kind::RetryFail,
-        _ => return None,
-    })
-}
-
 /// The exact layout `Event::write_json` produces: fixed literals between the values, so each
 /// field costs one prefix comparison. Any deviation returns `None` (the general path decides).
 ///
@@ -330,7 +307,7 @@ fn kind_of(name: &[u8]) -> Option<Kind> {
 pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
     let mut c = Cur { b: line, i: 0 };
     c.lit(b"{\"kind\":")?;
-    let kind = kind_of(c.string()?.as_bytes())?;
+    let kind = Kind::from_bytes(c.string()?.as_bytes())?;
     c.lit(b",\"ts\":")?;
     let ts = c.uint()?;
     c.lit(b",\"cpu\":")?;
@@ -368,7 +345,7 @@ pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
             };
             c.lit(b",\"seq\":")?;
             Body::CopyEnter {
-                func: copy_fn(kind),
+                func: CopyFn::of_kind(kind),
                 vma_start,
                 vma_end,
                 cow,
@@ -382,7 +359,7 @@ pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
             let seq = c.seq()?;
             c.lit(b",\"ret\":")?;
             Body::CopyExit {
-                func: copy_fn(kind),
+                func: CopyFn::of_kind(kind),
                 seq,
                 ret: c.i64()?,
             }
@@ -529,7 +506,7 @@ fn parse_general(line: &str) -> Option<FastEvent<'_>> {
     let seq = Some(f.seq?);
     let body = match kind {
         Kind::CprEnter | Kind::HugetlbEnter => Body::CopyEnter {
-            func: copy_fn(kind),
+            func: CopyFn::of_kind(kind),
             vma_start: parse_hex(f.vma_start?)?,
             vma_end: parse_hex(f.vma_end?)?,
             cow: f.cow?,
@@ -541,7 +518,7 @@ fn parse_general(line: &str) -> Option<FastEvent<'_>> {
             seq,
         },
         Kind::CprExit | Kind::HugetlbExit => Body::CopyExit {
-            func: copy_fn(kind),
+            func: CopyFn::of_kind(kind),
             seq,
             ret: f.ret?,
         },
