@@ -3,9 +3,11 @@
 //! `kernel` (what the running kernel is: BTF, kallsyms, FOLL_* values) → `sites` (where the
 //! seqcount is touched, found in machine code) → `probes` (attach plan, eBPF load, ring buffer)
 //! → `events` (decode and the schema-1 log) → `record` (JSON Lines writer) / `model` +
-//! `validate` (the protocol, replayed) → `tui` (live view). `stress` is the workload that makes
+//! `validate` (the protocol, replayed) → `export` (Perfetto, CSV, the report) / `tui` (live
+//! view). `stress` is the workload that makes
 //! the kernel fork and pin.
 pub mod events;
+pub mod export;
 pub mod kernel;
 pub mod model;
 pub mod probes;

@@ -29,6 +29,10 @@ enum Command {
     Model(tracer::model::Args),
     /// Live terminal UI (or --replay a recorded log).
     Tui(tracer::tui::Args),
+    /// Write a log as a Perfetto/chrome://tracing timeline, a CSV table or a filtered log.
+    Export(tracer::export::Args),
+    /// Write a Markdown report with SVG charts and the validator's verdict.
+    Report(tracer::export::report::Args),
     /// Workload: fork a process with dirty private memory while pinning pages through GUP-fast.
     Stress(tracer::stress::Args),
 }
@@ -41,6 +45,8 @@ fn main() -> ExitCode {
         Command::Validate(a) => tracer::validate::main(a),
         Command::Model(a) => tracer::model::main(a),
         Command::Tui(a) => tracer::tui::main(a),
+        Command::Export(a) => tracer::export::main(a),
+        Command::Report(a) => tracer::export::report::main(a),
         Command::Stress(a) => tracer::stress::main(a),
     };
     match result {

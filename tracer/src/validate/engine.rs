@@ -82,6 +82,41 @@ impl Serialize for Rule {
     }
 }
 
+/// Protected overlaps kept for an exporter (all are counted in `Stats::protected_overlaps`).
+pub const MAX_STORED_OVERLAPS: usize = 100_000;
+
+/// How the seqcount caught a race (`Stats::protected_overlaps` counts both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlapKind {
+    /// `read_begin` loaded an odd value and the call gave up before its retry.
+    OddBail,
+    /// `read_retry` loaded a value other than `read_begin`'s and the call backed out.
+    BackedOut,
+}
+
+impl OverlapKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OverlapKind::OddBail => "odd_bail",
+            OverlapKind::BackedOut => "backed_out",
+        }
+    }
+}
+
+/// One protected overlap: where a GUP-fast call met a write section and the seqcount made it
+/// back off. `line`/`ts` are the load that showed it (the odd `read_begin`, the changed
+/// `read_retry`); `lines` every line it rests on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Overlap {
+    pub how: OverlapKind,
+    pub line: u64,
+    pub ts: u64,
+    pub mm: String,
+    pub tid: u32,
+    pub lines: Vec<u64>,
+}
+
 /// One broken rule, located at the event that completed the proof.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Violation {
@@ -343,8 +378,8 @@ struct GupCall {
     /// `read_begin`: (value loaded, line, ts).
     begin: Option<(u32, u64, u64)>,
     odd: bool,
-    /// `read_retry`: (value loaded, line).
-    retry: Option<(u32, u64)>,
+    /// `read_retry`: (value loaded, line, ts).
+    retry: Option<(u32, u64, u64)>,
     retry_fail: bool,
     /// One of its loads could not be read: its values prove nothing.
     unreadable: bool,
@@ -616,6 +651,8 @@ pub struct Validator {
     events: u64,
     violations: Vec<Violation>,
     pending: Vec<Violation>,
+    /// Protected overlaps, kept only for exporters that asked ([`Validator::keep_overlaps`]).
+    overlaps: Option<Vec<Overlap>>,
 }
 
 impl Validator {
@@ -651,6 +688,7 @@ impl Validator {
             events: 0,
             violations: Vec::new(),
             pending: Vec::new(),
+            overlaps: None,
         };
         // A defect proven in the kernel's code is a violation whatever the run shows.
         let defects: Vec<(Rule, String)> = v
@@ -883,6 +921,49 @@ impl Validator {
         &self.violations
     }
 
+    /// Keeps every protected overlap from now on (at most [`MAX_STORED_OVERLAPS`]), for
+    /// [`Validator::finish_with_overlaps`]: an exporter shows where the seqcount caught a race.
+    /// Reading them changes nothing the rules decide.
+    pub fn keep_overlaps(&mut self) {
+        self.overlaps.get_or_insert_with(Vec::new);
+    }
+
+    fn keep_overlap(
+        &mut self,
+        how: OverlapKind,
+        line: u64,
+        ts: u64,
+        mm: u32,
+        tid: u32,
+        lines: Vec<u64>,
+    ) {
+        let mm = self.mm_name(mm);
+        if let Some(v) = self.overlaps.as_mut()
+            && v.len() < MAX_STORED_OVERLAPS
+        {
+            v.push(Overlap {
+                how,
+                line,
+                ts,
+                mm,
+                tid,
+                lines,
+            });
+        }
+    }
+
+    /// [`Validator::finish`], plus the protected overlaps kept since
+    /// [`Validator::keep_overlaps`] (in the order they were settled).
+    pub fn finish_with_overlaps(mut self) -> (Report, Vec<Overlap>) {
+        // What `finish` does first (each step drains, so `finish` repeats them as no-ops),
+        // so that the calls it settles still add their overlaps.
+        self.flush_buffer();
+        self.expire_jumps(u64::MAX);
+        self.settle_open_at_end();
+        let overlaps = self.overlaps.take().unwrap_or_default();
+        (self.finish(), overlaps)
+    }
+
     pub fn finish(mut self) -> Report {
         self.flush_buffer();
         self.expire_jumps(u64::MAX);
@@ -929,13 +1010,16 @@ impl Validator {
                 self.stats.unsettled += 1;
             }
             let Some(c) = t.call.take() else { continue };
-            let changed = matches!((c.begin, c.retry), (Some((s, ..)), Some((r, _))) if s != r);
+            let changed = matches!((c.begin, c.retry), (Some((s, ..)), Some((r, ..))) if s != r);
             let undecided = (c.odd && c.retry.is_none())
                 || (changed && !c.odd && !c.retry_fail && self.retry_fail_applies());
             if c.unreadable || undecided {
                 self.stats.unsettled += 1;
             } else if changed && !c.odd {
                 self.stats.protected_overlaps += 1;
+                if let (Some((_, bl, _)), Some((_, rl, rts))) = (c.begin, c.retry) {
+                    self.keep_overlap(OverlapKind::BackedOut, rl, rts, c.mm, tid, vec![bl, rl]);
+                }
             }
         }
     }
@@ -1683,8 +1767,11 @@ impl Validator {
         if c.odd && c.retry.is_none() {
             self.stats.odd_bails += 1;
             self.stats.protected_overlaps += 1;
+            if let Some((_, bl, bts)) = c.begin {
+                self.keep_overlap(OverlapKind::OddBail, bl, bts, c.mm, e.tid, vec![bl, e.line]);
+            }
         }
-        if let (Some((s, bl, _)), Some((r, rl))) = (c.begin, c.retry)
+        if let (Some((s, bl, _)), Some((r, rl, rts))) = (c.begin, c.retry)
             && s != r
             && !c.odd
         {
@@ -1701,6 +1788,7 @@ impl Validator {
                 );
             } else {
                 self.stats.protected_overlaps += 1;
+                self.keep_overlap(OverlapKind::BackedOut, rl, rts, c.mm, e.tid, vec![bl, rl]);
             }
         }
     }
@@ -1772,7 +1860,7 @@ impl Validator {
             return;
         };
         if let Some(cm) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) {
-            cm.retry = Some((x, e.line));
+            cm.retry = Some((x, e.line, e.ts));
         }
         if c.odd {
             // The retry may belong to a later call whose read_begin was lost.
