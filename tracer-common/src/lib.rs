@@ -128,6 +128,20 @@ pub mod anon {
     pub const UNREADABLE: u8 = 2;
 }
 
+/// Kinds of eBPF-side diagnostics (indexes of the `DIAGS` counters). Each is logged through
+/// aya-log when its per-CPU count reaches a power of two.
+pub mod diag {
+    /// `copy_page_range`'s (or the hugetlb copy's) pairing map was full: the exit loses its mm.
+    pub const PAIRING_FULL: u32 = 0;
+    /// A probe could not read the seqcount: its event's seq is null.
+    pub const UNREADABLE_SEQ: u32 = 1;
+    /// The ring buffer refused a record on every retry: the event is lost (and counted).
+    pub const RESERVE_FAILED: u32 = 2;
+}
+
+/// Number of diagnostic kinds.
+pub const DIAG_COUNT: usize = 3;
+
 /// Kernel structure offsets, resolved from BTF in userspace and handed to the programs as a
 /// global (Rust eBPF has no CO-RE relocations).
 #[repr(C)]

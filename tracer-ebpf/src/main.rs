@@ -3,10 +3,16 @@
 //!
 //! Layouts come from userspace (BTF) through the `OFFSETS` global; nothing here knows a kernel
 //! version. Every failed ring-buffer reservation is counted per probe in `LOST`.
+//!
+//! Diagnostics (a full pairing map, a seqcount that could not be read, a reservation that kept
+//! failing) go to userspace through aya-log, rarely: each kind is counted per CPU and logged
+//! only when its count reaches a power of two, so a condition that lasts costs a few records,
+//! never one per event.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -15,8 +21,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
+use aya_log_ebpf::warn;
 use tracer_common::{
-    Filter, Offsets, PROBE_COUNT, Probe, RawEvent, SITE_SLOTS, SiteConfig, anon, site_mode,
+    DIAG_COUNT, Filter, Offsets, PROBE_COUNT, Probe, RawEvent, SITE_SLOTS, SiteConfig, anon, diag,
+    site_mode,
 };
 
 /// Set by userspace before load (aya `override_global`).
@@ -62,6 +70,23 @@ static CPR_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 /// Same for `copy_hugetlb_page_range`, which runs inside `copy_page_range`.
 #[map]
 static HUGETLB_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Diagnostics seen, per kind (`tracer_common::diag`) and CPU.
+#[map]
+static DIAGS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_COUNT as u32, 0);
+
+/// Counts one diagnostic of `kind`; returns its count on this CPU when that is a power of
+/// two (the occurrences worth a log record).
+#[inline(always)]
+fn diag_due(kind: u32) -> Option<u64> {
+    let p = DIAGS.get_ptr_mut(kind)?;
+    // SAFETY: a per-CPU slot, so no concurrent writer.
+    let n = unsafe {
+        *p += 1;
+        *p
+    };
+    n.is_power_of_two().then_some(n)
+}
 
 /// Instruction-level site configuration, one entry per `siteN` program.
 #[map]
@@ -158,7 +183,8 @@ fn read_now(addr: u64) -> (Option<u32>, u64) {
 /// Reserves and submits one record; counts a loss when the ring buffer is full.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn emit(
+fn emit<C: EbpfContext>(
+    ctx: &C,
     task: &Task,
     probe: Probe,
     mm: u64,
@@ -181,9 +207,30 @@ fn emit(
         tries += 1;
         if tries == 8 {
             lost(probe);
+            if let Some(n) = diag_due(diag::RESERVE_FAILED) {
+                warn!(
+                    ctx,
+                    "{}: ring buffer reservation failed 8 times in a row: event lost (occurrence {} on this CPU; the log's lost lines count them all)",
+                    probe.name(),
+                    n
+                );
+            }
             return;
         }
     };
+    if seq.is_none()
+        && probe != Probe::MmFree
+        && let Some(n) = diag_due(diag::UNREADABLE_SEQ)
+    {
+        warn!(
+            ctx,
+            "{}: unreadable seq: could not read the seqcount of mm {:x} (tid {}); its seq is null in the log (occurrence {} on this CPU)",
+            probe.name(),
+            mm,
+            task.tid,
+            n
+        );
+    }
     entry.write(RawEvent {
         ts,
         mm,
@@ -239,8 +286,19 @@ fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u3
         None => anon::UNREADABLE,
     };
     // A full map only loses the exit's mm; the exit then reports mm 0 and no seq.
-    let _ = stash.insert(&task.tid, &mm, 0);
+    if stash.insert(&task.tid, &mm, 0).is_err()
+        && let Some(n) = diag_due(diag::PAIRING_FULL)
+    {
+        warn!(
+            ctx,
+            "{}: pairing map full: the exit of tid {} will carry no mm and a null seq (occurrence {} on this CPU)",
+            probe.name(),
+            task.tid,
+            n
+        );
+    }
     emit(
+        ctx,
         &task,
         probe,
         mm,
@@ -261,7 +319,7 @@ fn copy_exit(ctx: &RetProbeContext, probe: Probe, stash: &HashMap<u32, u64>) {
     let mm = unsafe { stash.get(&task.tid) }.copied().unwrap_or(0);
     let _ = stash.remove(&task.tid);
     let ret: i64 = ctx.ret();
-    emit(&task, probe, mm, seq_now(mm), ret as u64, 0, 0, 0);
+    emit(ctx, &task, probe, mm, seq_now(mm), ret as u64, 0, 0, 0);
 }
 
 #[kprobe]
@@ -308,6 +366,7 @@ pub fn gup_enter(ctx: ProbeContext) -> u32 {
     };
     let mm = current_mm();
     emit(
+        &ctx,
         &task,
         Probe::GupEnter,
         mm,
@@ -327,7 +386,17 @@ pub fn gup_exit(ctx: RetProbeContext) -> u32 {
     };
     let ret: i64 = ctx.ret();
     let mm = current_mm();
-    emit(&task, Probe::GupExit, mm, seq_now(mm), ret as u64, 0, 0, 0);
+    emit(
+        &ctx,
+        &task,
+        Probe::GupExit,
+        mm,
+        seq_now(mm),
+        ret as u64,
+        0,
+        0,
+        0,
+    );
     0
 }
 
@@ -345,7 +414,7 @@ pub fn mm_free(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: helper with no preconditions.
     let ts = unsafe { bpf_ktime_get_ns() };
-    emit(&task, Probe::MmFree, mm, (None, ts), 0, 0, 0, 0);
+    emit(&ctx, &task, Probe::MmFree, mm, (None, ts), 0, 0, 0, 0);
     0
 }
 
@@ -410,7 +479,7 @@ fn site(ctx: &ProbeContext, slot: u32) {
             (mm, seq_now(mm))
         }
     };
-    emit(&task, probe, mm, read, 0, 0, 0, 0);
+    emit(ctx, &task, probe, mm, read, 0, 0, 0, 0);
 }
 
 macro_rules! site_slots {

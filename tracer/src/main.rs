@@ -13,8 +13,40 @@ use clap::{Parser, Subcommand};
     about = "Trace and validate the write_protect_seq protocol between fork and GUP-fast"
 )]
 struct Cli {
+    /// More diagnostics on stderr: -v adds what the tool is doing, -vv debugging detail.
+    /// Warnings (e.g. the eBPF programs' own diagnostics) show without it; RUST_LOG, when set,
+    /// overrides (e.g. RUST_LOG=tracer=debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Routes `log` records (ours, and the eBPF programs' through aya-log) to stderr, one line
+/// each. While the TUI runs, stderr is its messages pane.
+fn init_logging(verbose: u8) {
+    use std::io::Write as _;
+    let level = match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .format(|buf, r| {
+            // aya-log gives the eBPF programs' records the eBPF crate's name as their target;
+            // userspace records come from `tracer::<module>`.
+            let from = if r.target() == "tracer" { " bpf:" } else { "" };
+            writeln!(
+                buf,
+                "tracer: {}:{from} {}",
+                r.level().as_str().to_ascii_lowercase(),
+                r.args()
+            )
+        })
+        .init();
 }
 
 #[derive(Subcommand, Debug)]
@@ -39,6 +71,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.verbose);
     let result = match cli.command {
         Command::Record(a) => tracer::record::main(a),
         Command::Sites(a) => tracer::sites::main(a),

@@ -60,6 +60,7 @@ fn status(model: &Model, checker: String) -> Status {
         note: None,
         paused: false,
         new_while_paused: 0,
+        warning: false,
     }
 }
 
@@ -300,7 +301,28 @@ fn tail_scrolls_back() {
 fn keys_quit_export_and_ctrl_c() {
     let (m, _) = load("violations.jsonl", Some(10));
     let mut v = View::default();
-    assert_eq!(key(&mut v, &m, KeyCode::Char('e')), Action::Export);
+    // `e` asks for the format (the footer shows the prompt); its key exports, others cancel.
+    assert_eq!(key(&mut v, &m, KeyCode::Char('e')), Action::None);
+    assert!(v.exporting);
+    let t = draw(&m, &v, &status(&m, String::new()), 80, 24);
+    let footer: String = (0..80)
+        .map(|x| t.backend().buffer()[(x, 23)].symbol().to_owned())
+        .collect();
+    assert!(
+        footer.contains("export everything as: p perfetto c csv j jsonl"),
+        "{footer}"
+    );
+    assert_eq!(
+        key(&mut v, &m, KeyCode::Char('c')),
+        Action::Export(tracer::export::Format::Csv)
+    );
+    assert!(!v.exporting);
+    assert_eq!(key(&mut v, &m, KeyCode::Char('e')), Action::None);
+    assert_eq!(
+        key(&mut v, &m, KeyCode::Char('q')),
+        Action::None,
+        "q cancels the prompt"
+    );
     assert_eq!(key(&mut v, &m, KeyCode::Char('q')), Action::Quit);
     assert_eq!(
         v.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), &m),

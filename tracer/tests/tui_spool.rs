@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use tracer::{
     events::Record,
+    export::Format,
     tui::{
         self, check,
         model::Model,
@@ -52,9 +53,14 @@ fn export_mid_stream_adds_a_partial_summary_and_not_after_the_real_one() {
     }
     let first = dir.join("first.jsonl");
     let job = spool
-        .export(first.clone(), partial_summary(&model, "test"))
+        .export(
+            first.clone(),
+            partial_summary(&model, "test"),
+            Format::Jsonl,
+            None,
+        )
         .unwrap();
-    assert_eq!(job.join().unwrap().unwrap(), first);
+    assert_eq!(job.join().unwrap().unwrap().0, first);
     let got = parse_file(&first);
     assert_eq!(got.len(), half + 1);
     assert_eq!(got[..half], recs[..half]);
@@ -78,7 +84,12 @@ fn export_mid_stream_adds_a_partial_summary_and_not_after_the_real_one() {
     }
     let second = dir.join("second.jsonl");
     spool
-        .export(second.clone(), partial_summary(&model, "test"))
+        .export(
+            second.clone(),
+            partial_summary(&model, "test"),
+            Format::Jsonl,
+            None,
+        )
         .unwrap()
         .join()
         .unwrap()
@@ -88,7 +99,7 @@ fn export_mid_stream_adds_a_partial_summary_and_not_after_the_real_one() {
     // An existing file is never overwritten.
     assert!(
         spool
-            .export(second, partial_summary(&model, "test"))
+            .export(second, partial_summary(&model, "test"), Format::Jsonl, None)
             .unwrap()
             .join()
             .unwrap()

@@ -157,6 +157,13 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap()
 }
 
+fn records(p: &Path) -> Vec<tracer::events::Record> {
+    read(p)
+        .lines()
+        .map(|l| tracer::events::Record::parse(l).unwrap())
+        .collect()
+}
+
 /// Both files hold the same records, line for line (the writer may order a header's keys
 /// differently from the file it read).
 fn assert_same_records(got: &Path, want: &Path) {
@@ -207,15 +214,56 @@ fn replay_keys_export_and_quit() {
     assert!(s.contains("mms 1"), "{s}");
     assert!(!s.contains("stress   4100"), "{s}");
 
+    // `e` asks for a format and exports what is shown: the fio mm only.
     t.keys(&["e"]);
+    t.wait_for("export the shown mms as:");
+    t.keys(&["j"]);
     let s = t.wait_for("wrote tracer-tui-");
     let name = s
         .split("wrote ")
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .unwrap();
-    // The log ended with its own summary, so the export holds the same records.
-    assert_same_records(&t.dir.join(name), &log);
+    let fio_mms: std::collections::HashSet<String> = records(&log)
+        .iter()
+        .filter_map(|r| match r {
+            tracer::events::Record::Event(e) if e.comm.contains("fio") => Some(e.mm.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!fio_mms.is_empty());
+    let want: Vec<tracer::events::Record> = records(&log)
+        .into_iter()
+        .filter(|r| match r {
+            tracer::events::Record::Event(e) => fio_mms.contains(&e.mm),
+            _ => true,
+        })
+        .collect();
+    // The log ended with its own summary: the export is its header, fio's events and the rest.
+    assert_eq!(records(&t.dir.join(name)), want);
+    // The other formats, from the same prompt.
+    t.keys(&["e", "c"]);
+    let s = t.wait_for(".csv (csv,");
+    let csv = s
+        .split("wrote ")
+        .find_map(|r| r.split_whitespace().next().filter(|n| n.ends_with(".csv")))
+        .unwrap();
+    let rows = read(&t.dir.join(csv)).lines().count();
+    let events = want
+        .iter()
+        .filter(|r| matches!(r, tracer::events::Record::Event(_)))
+        .count();
+    assert_eq!(rows, events + 1, "a header row and one row per shown event");
+    t.keys(&["e", "p"]);
+    let s = t.wait_for(".json (perfetto,");
+    let json = s
+        .split("wrote ")
+        .find_map(|r| r.split_whitespace().next().filter(|n| n.ends_with(".json")))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&read(&t.dir.join(json))).unwrap();
+    assert!(v["traceEvents"].as_array().is_some_and(|a| !a.is_empty()));
+    // Any other key cancels the prompt.
+    t.keys(&["e", "x"]);
 
     t.keys(&["q"]);
     t.assert_restored(0);

@@ -68,6 +68,13 @@ cat /out/record.err
 tracer record -o /out/raw.jsonl --raw-pointers --duration 60 -- tracer stress --duration 1 2> /out/raw.err; echo $? > /out/raw.rc
 tracer validate --slack-ns 50000000 /out/record.jsonl --json > /out/validate.json 2> /out/validate.err; echo $? > /out/validate.rc
 tracer validate --slack-ns 50000000 /out/record.jsonl
+# aya-log (issue 9): a BPF diagnostic provoked on purpose (copy_page_range's pairing map full
+# from the start) must reach tracer record's stderr, and the live TUI's messages pane, drawn on
+# tty1 (80x25) and read back from /dev/vcs1. Judged by tracer/tests/vm_diagnostics.rs.
+tracer record --test-full-pairing-map -o /out/diag.jsonl --duration 30 -- tracer stress --duration 1 2> /out/diag.err; echo $? > /out/diag.rc
+setsid -c tracer tui --test-full-pairing-map --duration 3 -- tracer stress --duration 2 </dev/tty1 >/dev/tty1 2>/out/diag-tui.err & t=$!
+i=0; while [ $i -lt 120 ] && ! grep -q 'pairing map full' /dev/vcs1; do sleep 0.5; i=$((i+1)); done
+cat /dev/vcs1 > /out/diag-tui.screen; kill -TERM $t; wait $t; echo $? > /out/diag-tui.rc
 exit 0
 "#;
 

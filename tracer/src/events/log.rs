@@ -229,8 +229,10 @@ impl<R: Read> Lines<R> {
     }
 }
 
+/// Whether a line holds nothing but whitespace. Cheap for the lines that matter: a record
+/// starts with `{`, so only the first byte is looked at.
 fn blank(b: &[u8]) -> bool {
-    b.iter().all(u8::is_ascii_whitespace)
+    b.first().is_none_or(u8::is_ascii_whitespace) && b.iter().all(u8::is_ascii_whitespace)
 }
 
 /// Reads a schema-1 log: its header first (in [`LogReader::new`]), then one [`Item`] per line.

@@ -184,6 +184,9 @@ pub struct Options {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub ring_size: u32,
+    /// Test hook: make `copy_page_range`'s pairing map full from the start, so that the eBPF
+    /// side's "pairing map full" diagnostic (and null seqs on the exits) can be provoked.
+    pub fill_pairing_map: bool,
 }
 
 /// Loaded and attached programs; dropping it detaches everything.
@@ -191,6 +194,8 @@ pub struct Session {
     _ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
+    /// The eBPF programs' diagnostics (aya-log), handed to the `log` crate.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 fn filter(opts: &Options) -> Result<Filter, ProbeError> {
@@ -241,13 +246,43 @@ impl Session {
         }
         let f = filter(opts)?;
         let offsets = plan.function.offsets;
-        let mut ebpf = EbpfLoader::new()
+        let wakeup = u64::from(size) / 8;
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &f, true)
-            .override_global("WAKEUP_BYTES", &(u64::from(size) / 8), true)
-            .map_max_entries("EVENTS", size)
+            .override_global("WAKEUP_BYTES", &wakeup, true)
+            .map_max_entries("EVENTS", size);
+        if opts.fill_pairing_map {
+            loader.map_max_entries("CPR_MM", 1);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        if opts.fill_pairing_map {
+            let map = ebpf
+                .map_mut("CPR_MM")
+                .ok_or(ProbeError::Missing("CPR_MM"))?;
+            let mut m: aya::maps::HashMap<&mut MapData, u32, u64> =
+                aya::maps::HashMap::try_from(map).map_err(|source| ProbeError::Map {
+                    name: "CPR_MM",
+                    source: Box::new(source),
+                })?;
+            // No task has tid u32::MAX (PID_MAX_LIMIT is 2^22): the one slot stays taken.
+            m.insert(u32::MAX, 0, 0).map_err(|source| ProbeError::Map {
+                name: "CPR_MM",
+                source: Box::new(source),
+            })?;
+        }
+        // Before any program runs, so no diagnostic is missed. Without the map (an object
+        // built without aya-log) tracing goes on; say so.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("the eBPF programs' diagnostics are unavailable: {e}");
+                None
+            }
+        };
 
         // Site configuration goes in before any site program is attached.
         {
@@ -324,11 +359,25 @@ impl Session {
             name: "LOST",
             source: Box::new(source),
         })?;
+        log::info!(
+            "attached {} function probes and {} instruction sites; ring buffer {size} bytes",
+            plan.function.probes.len(),
+            plan.sites.len()
+        );
         Ok(Session {
             _ebpf: ebpf,
             ring,
             lost,
+            logger,
         })
+    }
+
+    /// Hands the eBPF programs' pending diagnostics to the `log` crate (stderr, or the TUI's
+    /// messages pane).
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
     }
 
     /// Waits until the ring buffer has data, then appends every record to `out`. Returns how

@@ -41,6 +41,10 @@ pub struct TraceArgs {
     /// Attach function-level probes only, even where instruction sites were found.
     #[arg(long)]
     pub no_sites: bool,
+    /// Test hook (hidden): start with `copy_page_range`'s pairing map full, to provoke the
+    /// eBPF side's "pairing map full" diagnostic; the copies' exits then carry null seqs.
+    #[arg(long, hide = true)]
+    pub test_full_pairing_map: bool,
     /// Workload to run while tracing; tracing stops when it exits.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -134,6 +138,7 @@ pub async fn pump<S: Sink>(
         pid: args.pid,
         comm: args.comm.clone(),
         ring_size: args.ring_size,
+        fill_pairing_map: args.test_full_pairing_map,
     };
     let mut session = Session::attach(plan, &opts)?;
     sink.put(Record::Header(header(plan, args))).await?;
@@ -190,6 +195,7 @@ pub async fn pump<S: Sink>(
             r = session.next_batch(&mut batch) => { r?; }
             _ = drain_tick.tick() => {
                 session.drain_now(&mut batch);
+                session.flush_logs();
             }
             _ = tick.tick() => {
                 report_lost(&session, &mut lost_seen, sink).await?;
@@ -222,6 +228,7 @@ pub async fn pump<S: Sink>(
         take(&mut decoder, &mut counts, &raw, sink).await?;
     }
     report_lost(&session, &mut lost_seen, sink).await?;
+    session.flush_logs();
 
     let mut lost = BTreeMap::new();
     for (i, n) in lost_seen.iter().enumerate() {

@@ -31,9 +31,12 @@ use ratatui::crossterm::event::{self, Event as TermEvent};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::events::{
-    Header, Record,
-    log::{Mode, ReadArgs},
+use crate::{
+    events::{
+        Header, Record,
+        log::{Mode, ReadArgs},
+    },
+    export::Format,
 };
 
 use self::{
@@ -116,6 +119,8 @@ pub struct Shared {
     note: Option<String>,
     /// Why the source stopped early (a strict read met a bad line): the exit status is 2.
     failed: Option<String>,
+    /// A warning arrived since the last key: the messages pane is shown.
+    warning: bool,
 }
 
 fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -241,7 +246,8 @@ impl Input {
 }
 
 enum Cmd {
-    Export(PathBuf),
+    /// Export to this file in this format, keeping these mms (all when `None`).
+    Export(PathBuf, Format, Option<std::collections::HashSet<String>>),
     Stop,
 }
 
@@ -260,6 +266,7 @@ impl App {
             checker_status: String::new(),
             note: None,
             failed: None,
+            warning: false,
         }));
         Ok(App { shared, spool })
     }
@@ -360,7 +367,9 @@ fn consume(
             tokio::select! {
                 biased;
                 cmd = cmds.recv() => match cmd {
-                    Some(Cmd::Export(path)) => export(&shared, &mut spool, path),
+                    Some(Cmd::Export(path, format, mms)) => {
+                        export(&shared, &mut spool, path, format, mms);
+                    }
                     Some(Cmd::Stop) | None => break,
                 },
                 n = input.next_many(&mut batch, BATCH), if open => {
@@ -419,14 +428,25 @@ fn consume(
     }
 }
 
-fn export(shared: &Arc<Mutex<Shared>>, spool: &mut Spool, path: PathBuf) {
+fn export(
+    shared: &Arc<Mutex<Shared>>,
+    spool: &mut Spool,
+    path: PathBuf,
+    format: Format,
+    mms: Option<std::collections::HashSet<String>>,
+) {
     let sum = source::partial_summary(&lock(shared).model, "exported while running");
-    match spool.export(path.clone(), sum) {
+    match spool.export(path.clone(), sum, format, mms) {
         Ok(job) => {
             let shared = Arc::clone(shared);
             std::thread::spawn(move || {
                 let note = match job.join() {
-                    Ok(Ok(p)) => format!("wrote {}", p.display()),
+                    Ok(Ok((p, w))) => format!(
+                        "wrote {} ({}, {} events)",
+                        p.display(),
+                        format.name(),
+                        w.events
+                    ),
                     Ok(Err(e)) => format!("export to {} failed: {e}", path.display()),
                     Err(_) => format!("export to {} failed", path.display()),
                 };
@@ -444,15 +464,16 @@ fn export(shared: &Arc<Mutex<Shared>>, spool: &mut Spool, path: PathBuf) {
     }
 }
 
-fn export_path() -> PathBuf {
+fn export_path(format: Format) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut p = PathBuf::from(format!("tracer-tui-{secs}.jsonl"));
+    let ext = format.ext();
+    let mut p = PathBuf::from(format!("tracer-tui-{secs}.{ext}"));
     let mut n = 1;
     while p.exists() {
         n += 1;
-        p = PathBuf::from(format!("tracer-tui-{secs}-{n}.jsonl"));
+        p = PathBuf::from(format!("tracer-tui-{secs}-{n}.{ext}"));
     }
     p
 }
@@ -590,6 +611,7 @@ fn draw_loop(
                 checker: s.checker_status.clone(),
                 note: s.note.clone(),
                 paused: view.paused,
+                warning: s.warning,
                 new_while_paused: frozen
                     .as_ref()
                     .map_or(0, |(m, _)| s.model.events - m.events),
@@ -620,6 +642,8 @@ fn draw_loop(
                 continue;
             };
             let mut s = lock(shared);
+            // The person is at the keyboard: the warning has had its chance to be seen.
+            s.warning = false;
             let action = {
                 let model = frozen.as_ref().map_or(&s.model, |(m, _)| m);
                 view.on_key(key, model)
@@ -641,10 +665,14 @@ fn draw_loop(
                         None
                     };
                 }
-                Action::Export => {
-                    let p = export_path();
+                Action::Export(format) => {
+                    let p = export_path(format);
+                    let mms = {
+                        let model = frozen.as_ref().map_or(&s.model, |(m, _)| m);
+                        view.shown_mms(model)
+                    };
                     s.note = Some(format!("writing {}…", p.display()));
-                    let _ = cmds.send(Cmd::Export(p));
+                    let _ = cmds.send(Cmd::Export(p, format, mms));
                 }
             }
             drop(s);

@@ -41,6 +41,8 @@ pub struct Status {
     pub paused: bool,
     /// Events that arrived since the pause (the paused screen is a frozen copy).
     pub new_while_paused: u64,
+    /// A warning arrived since the last key: a narrow screen shows the messages pane.
+    pub warning: bool,
 }
 
 /// The footer: every key and what it does.
@@ -118,12 +120,13 @@ pub fn draw_into(buf: &mut Buffer, area: Rect, model: &Model, view: &View, st: &
         draw_violations(f, viol, model, view, st, None);
         draw_messages(f, msgs, model, view, " messages ".into());
     } else {
-        // One pane at a time below the charts: the focused one, or the tail while the table has
-        // the focus. The title names all three, the shown one in brackets.
-        let shown = if view.pane == Pane::Table {
-            Pane::Tail
-        } else {
-            view.pane
+        // One pane at a time below the charts: the focused one, or (while the table has the
+        // focus) the tail, or the messages when a warning came in since the last key. The
+        // title names all three, the shown one in brackets.
+        let shown = match view.pane {
+            Pane::Table if st.warning => Pane::Messages,
+            Pane::Table => Pane::Tail,
+            p => p,
         };
         let tab = |p: Pane, name: String| {
             if p == shown {
@@ -585,6 +588,26 @@ fn draw_messages(f: &mut Canvas, area: Rect, model: &Model, view: &View, title: 
 }
 
 fn draw_footer(f: &mut Canvas, area: Rect, view: &View) {
+    if view.exporting {
+        let what = if view.focus.is_some() || view.filter.is_some() {
+            "the shown mms"
+        } else {
+            "everything"
+        };
+        let key = |k: &'static str| Span::styled(k, Style::new().fg(Color::Black).bg(Color::Gray));
+        let line = Line::from(vec![
+            Span::styled(format!(" export {what} as: "), Style::new().bold()),
+            key("p"),
+            Span::raw(" perfetto "),
+            key("c"),
+            Span::raw(" csv "),
+            key("j"),
+            Span::raw(" jsonl "),
+            Span::styled(" any other key cancels", DIM),
+        ]);
+        f.render_widget(Paragraph::new(line), area);
+        return;
+    }
     let line = match &view.typing {
         Some(t) => Line::from(vec![
             Span::styled(" filter (comm or pid): ", Style::new().bold()),
@@ -621,7 +644,7 @@ fn draw_help(f: &mut Canvas, area: Rect, model: &Model) {
         Line::styled("keys", Style::new().bold()),
         Line::raw("q / Ctrl-C quit · p pause (replay stops; live keeps recording)"),
         Line::raw("/ filter by comm or pid · s sort · tab next pane · esc clear"),
-        Line::raw("↑↓ j k move · enter focus on an mm (again: all) · e export log"),
+        Line::raw("↑↓ j k move · enter focus on an mm (again: all) · e export what is shown"),
         Line::styled("columns", Style::new().bold()),
         Line::raw("state odd: fork write-protect window open · cow: COW VMAs copied"),
         Line::raw("pins: PIN GUP-fast calls · bails: gave up on an odd seq"),

@@ -1,8 +1,9 @@
 //! Where records come from (a replayed log, paced by `ts`) and where they go besides the
 //! screen (the `--record` file, or a private spool that `e` exports).
 use std::{
+    collections::HashSet,
     fs::File,
-    io::{self, BufWriter, Read, Write},
+    io::{self, BufWriter, Read},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
@@ -14,9 +15,12 @@ use std::{
 
 use thiserror::Error;
 
-use crate::events::{
-    Record, Summary,
-    log::{self, Item, LogError, LogReader, LogWriter, Mode},
+use crate::{
+    events::{
+        Event, Record, Summary,
+        log::{self, Item, LogError, LogReader, LogWriter, Mode},
+    },
+    export::{self, ExportError, Format, Written},
 };
 
 use super::model::Model;
@@ -295,37 +299,70 @@ impl Spool {
         Ok((self.read.try_clone()?, self.w.bytes()))
     }
 
-    /// Copies what has been written so far, plus `summary` unless the stream had its own, to
-    /// `dest`. Runs on its own thread so the consumer never waits for the copy.
+    /// Exports what has been written so far, plus `summary` unless the stream had its own,
+    /// to `dest` (which must not exist) as `format`, keeping the events of `mms` only when
+    /// given (what the screen shows). Runs on its own thread so the consumer never waits for
+    /// it; the spool is read back through the shared log reader, as any log.
     pub fn export(
         &mut self,
         dest: PathBuf,
         summary: Summary,
-    ) -> io::Result<std::thread::JoinHandle<io::Result<PathBuf>>> {
+        format: Format,
+        mms: Option<HashSet<String>>,
+    ) -> io::Result<std::thread::JoinHandle<Result<(PathBuf, Written), ExportError>>> {
         let (src, len) = self.snapshot()?;
-        let add_summary = !self.summary_seen();
+        let mut tail = String::new();
+        if !self.summary_seen() {
+            Record::Summary(summary)
+                .write_line(&mut tail)
+                .map_err(io::Error::other)?;
+        }
         Ok(std::thread::spawn(move || {
-            let mut out = BufWriter::new(File::options().write(true).create_new(true).open(&dest)?);
-            let mut buf = vec![0u8; 1 << 16];
-            let mut off = 0u64;
-            while off < len {
-                let want = usize::try_from(len - off).map_or(buf.len(), |n| n.min(buf.len()));
-                let n = src.read_at(&mut buf[..want], off)?;
-                if n == 0 {
-                    break;
-                }
-                out.write_all(&buf[..n])?;
-                off += n as u64;
+            let out = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&dest)
+                .map_err(|err| ExportError::Create {
+                    path: dest.clone(),
+                    err,
+                })?;
+            let input = ReadAt {
+                f: src,
+                off: 0,
+                end: len,
             }
-            if add_summary {
-                let mut s = String::new();
-                Record::Summary(summary)
-                    .write_line(&mut s)
-                    .map_err(io::Error::other)?;
-                out.write_all(s.as_bytes())?;
-            }
-            out.flush()?;
-            Ok(dest)
+            .chain(io::Cursor::new(tail.into_bytes()));
+            let mut log = LogReader::new(input, Some("the TUI's records".into()), Mode::Strict)?;
+            let keep = |e: &Event| mms.as_ref().is_none_or(|m| m.contains(&e.mm));
+            let w = export::export(
+                &mut log,
+                format,
+                &keep,
+                BufWriter::new(out),
+                crate::validate::Options::default(),
+            )?;
+            Ok((dest, w))
         }))
+    }
+}
+
+/// Reads `f` from `off` to `end` with positioned reads: the spool's reading handle shares its
+/// file offset with the writing one, which must not move.
+struct ReadAt {
+    f: File,
+    off: u64,
+    end: u64,
+}
+
+impl Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = usize::try_from(self.end.saturating_sub(self.off)).unwrap_or(usize::MAX);
+        let want = left.min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.f.read_at(&mut buf[..want], self.off)?;
+        self.off += n as u64;
+        Ok(n)
     }
 }

@@ -88,22 +88,6 @@ pub fn capture_stderr(messages: impl Fn(String) + Send + 'static) -> io::Result<
     Ok(())
 }
 
-/// Writes `log` records to stderr: while the TUI runs stderr goes to the messages pane, so
-/// aya-log output lands there instead of over the screen.
-struct StderrLogger;
-
-static STDERR_LOGGER: StderrLogger = StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record) {
-        eprintln!("{} {}: {}", r.level(), r.target(), r.args());
-    }
-    fn flush(&self) {}
-}
-
 /// Everything that must be undone when the TUI ends.
 pub struct Session {
     pub terminal: DefaultTerminal,
@@ -115,10 +99,9 @@ impl Session {
     /// Redirects stderr into `messages` (one line at a time), installs the signal flags and
     /// the panic hook, then enters raw mode and the alternate screen.
     pub fn enter(messages: impl Fn(String) + Send + 'static) -> io::Result<Session> {
+        // `log` records (the eBPF programs' diagnostics among them) are written to stderr by
+        // the logger `main` installs, so they land in the messages pane too.
         capture_stderr(messages)?;
-        if log::set_logger(&STDERR_LOGGER).is_ok() {
-            log::set_max_level(log::LevelFilter::Info);
-        }
 
         let signalled = Arc::new(AtomicBool::new(false));
         let mut sig_ids = Vec::new();
@@ -217,10 +200,15 @@ impl Default for CpuMeter {
     }
 }
 
-/// Shared sink for the stderr reader thread.
+/// Shared sink for the stderr reader thread. A warning or an error (the logger's lines, e.g.
+/// the eBPF programs' diagnostics) also raises the flag that brings the messages pane into
+/// view until the next key, so it is seen even where the layout hides that pane.
 pub fn message_sink(shared: Arc<Mutex<super::Shared>>) -> impl Fn(String) + Send + 'static {
     move |line| {
         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        if line.starts_with("tracer: warn") || line.starts_with("tracer: error") {
+            s.warning = true;
+        }
         s.model.message(line);
     }
 }

@@ -3,6 +3,7 @@
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::model::{Finding, MmStats, Model};
+use crate::export::Format;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pane {
@@ -71,8 +72,8 @@ pub enum Action {
     Quit,
     /// Pause or resume (the view's `paused` has already flipped).
     Pause,
-    /// Write the events so far to a log file.
-    Export,
+    /// Write what is shown (filter and focus applied) to a file in this format.
+    Export(Format),
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +93,8 @@ pub struct View {
     pub focus: Option<String>,
     pub help: bool,
     pub paused: bool,
+    /// `e` was pressed: the footer asks for the export format.
+    pub exporting: bool,
 }
 
 impl Default for View {
@@ -108,6 +111,7 @@ impl Default for View {
             focus: None,
             help: false,
             paused: false,
+            exporting: false,
         }
     }
 }
@@ -141,6 +145,20 @@ impl View {
             k.then(a.first_line.cmp(&b.first_line))
         });
         v
+    }
+
+    /// The mms an export of what is shown keeps: `None` when nothing narrows the view.
+    pub fn shown_mms(&self, model: &Model) -> Option<std::collections::HashSet<String>> {
+        if self.focus.is_none() && self.filter.is_none() {
+            return None;
+        }
+        Some(
+            model
+                .mms()
+                .filter(|m| self.shows_mm(model, &m.mm))
+                .map(|m| m.mm.clone())
+                .collect(),
+        )
     }
 
     /// Whether an event or finding of `mm` passes the focus and the filter.
@@ -187,6 +205,15 @@ impl View {
             }
             return Action::None;
         }
+        if self.exporting {
+            self.exporting = false;
+            return match key.code {
+                KeyCode::Char('p') => Action::Export(Format::Perfetto),
+                KeyCode::Char('c') => Action::Export(Format::Csv),
+                KeyCode::Char('j') => Action::Export(Format::Jsonl),
+                _ => Action::None,
+            };
+        }
         if self.help {
             match key.code {
                 KeyCode::Char('q') => return Action::Quit,
@@ -200,7 +227,7 @@ impl View {
                 self.paused = !self.paused;
                 return Action::Pause;
             }
-            KeyCode::Char('e') => return Action::Export,
+            KeyCode::Char('e') => self.exporting = true,
             KeyCode::Char('/') => self.typing = Some(self.filter.clone().unwrap_or_default()),
             KeyCode::Char('s') => self.sort = self.sort.next(),
             KeyCode::Char('?') => self.help = true,
