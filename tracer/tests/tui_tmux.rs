@@ -5,6 +5,7 @@
 //! Needs `tmux` on PATH (the project's setup installs it); each test uses its own tmux server.
 // Tests may unwrap: a failure is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+mod corpus;
 
 use std::{
     path::{Path, PathBuf},
@@ -497,4 +498,51 @@ fn a_hung_up_terminal_ends_the_tui() {
         gone(&proc_dir),
         "tracer tui (pid {pid}) still runs after its terminal hung up"
     );
+}
+
+/// The malformed logs of `log_layer.rs`, through replay and follow: strict, the screen says
+/// which line stopped the read and the exit status is 2 with that sentence; lenient, the line
+/// is skipped, listed and counted in the header, and the rest is shown.
+#[test]
+fn replay_and_follow_treat_bad_lines_as_every_reader_does() {
+    // A short directory, so the file and line fit the 80-column messages pane.
+    let dir = PathBuf::from(format!("/tmp/trc{}", std::process::id()));
+    for (case, log) in corpus::write_all(&dir) {
+        if !["not-json", "second-header", "after-summary"].contains(&case.name) {
+            continue;
+        }
+        for source in ["--replay", "--follow"] {
+            let speed = if source == "--replay" {
+                "--speed 50"
+            } else {
+                ""
+            };
+            let where_ = format!("{} line {}:", log.display(), case.line);
+            let t = Tmux::start(&format!("tui {source} {} {speed}", log.display()));
+            let s = t.wait_for(&where_);
+            assert!(s.contains(case.says), "{} {source}:\n{s}", case.name);
+            t.keys(&["q"]);
+            let s = t.assert_restored(2);
+            assert!(
+                s.contains(&format!("tracer: {where_} {}", case.says)),
+                "{} {source}:\n{s}",
+                case.name
+            );
+
+            let t = Tmux::start(&format!("tui {source} {} {speed} --lenient", log.display()));
+            let s = t.wait_for(" done");
+            assert!(s.contains("skipped 1"), "{} {source}:\n{s}", case.name);
+            assert!(
+                s.contains("events 642"),
+                "{} {source}: the rest is shown:\n{s}",
+                case.name
+            );
+            t.keys(&["Tab", "Tab", "Tab"]);
+            let s = t.wait_for("[messages");
+            assert!(s.contains(&where_), "{} {source}:\n{s}", case.name);
+            t.keys(&["q"]);
+            t.assert_restored(0);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

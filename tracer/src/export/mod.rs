@@ -75,6 +75,17 @@ pub enum ExportError {
     Csv(#[from] ::csv::Error),
     #[error(transparent)]
     Report(#[from] report::ReportError),
+    #[error("{} is the log being read; choose another output file", .0.display())]
+    SameFile(PathBuf),
+}
+
+/// Whether two paths name the same existing file (creating the output would empty the input).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -199,6 +210,11 @@ pub fn create(path: &Path) -> Result<BufWriter<File>, ExportError> {
 }
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(out) = &args.output
+        && same_file(out, &args.log)
+    {
+        return Err(ExportError::SameFile(out.clone()).into());
+    }
     let mut log = log::open(&args.log, args.read.mode())?;
     let keep: Keep<'_> = &|_| true;
     let written = match &args.output {

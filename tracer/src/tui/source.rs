@@ -114,6 +114,8 @@ fn pump_items(
                     .message(format!("{m}; reading stopped (--lenient skips bad lines)"));
                 s.note = Some(format!("stopped: {m}"));
                 s.failed = Some(m);
+                // Brought into view like a warning: the reason must be seen.
+                s.warning = true;
                 return;
             }
         };
@@ -189,18 +191,16 @@ pub fn open_follow(path: &Path, mode: Mode, quit: Arc<AtomicBool>) -> Result<Ope
     )?)
 }
 
-/// Sends the records of a followed log as they are written, unpaced, until its summary, the
-/// end of a pipe, or `quit`.
+/// Sends the records of a followed log as they are written, unpaced, until its summary (and
+/// then what the file already holds after it, judged as every reader does), the end of a
+/// pipe, or `quit`.
 pub fn spawn_follow(
     log: Opened,
     tx: tokio::sync::mpsc::Sender<(u64, Record)>,
     model: Arc<Mutex<super::Shared>>,
 ) {
     std::thread::spawn(move || {
-        pump_items(log, &model, |no, rec| {
-            let last = matches!(rec, Record::Summary(_));
-            tx.blocking_send((no, rec)).is_ok() && !last
-        });
+        pump_items(log, &model, |no, rec| tx.blocking_send((no, rec)).is_ok());
     });
 }
 
