@@ -1,0 +1,69 @@
+//! aya-log in a real kernel: the VM test boots (`cargo xtask test`, TEST_SCRIPT) record and
+//! show a live trace whose `copy_page_range` pairing map is full from the start (the hidden
+//! `--test-full-pairing-map`). The eBPF programs' diagnostic must reach `tracer record`'s
+//! stderr, and the live TUI's messages pane (the guest draws it on tty1 and dumps the screen
+//! from /dev/vcs1).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod kernels;
+
+use tracer::events::{Body, CopyFn, Record};
+
+#[test]
+fn a_bpf_diagnostic_reaches_stderr_and_the_messages_pane() {
+    for k in kernels::all() {
+        assert_eq!(k.rc("diag"), 0, "{}: {}", k.release, k.read("diag.err"));
+        let err = k.read("diag.err");
+        // One line per diagnostic, from the eBPF side, rare: logged at powers of two.
+        let diags: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with("tracer: warn: bpf: cpr_enter: pairing map full"))
+            .collect();
+        assert!(
+            !diags.is_empty(),
+            "{}: no BPF diagnostic in:\n{err}",
+            k.release
+        );
+        assert!(
+            diags.len() < 64,
+            "{}: {} diagnostics: not rare",
+            k.release,
+            diags.len()
+        );
+        // The consequence the diagnostic announces: the copies' exits carry no seq.
+        let log = k.read("diag.jsonl");
+        let null_exits = log
+            .lines()
+            .filter_map(|l| Record::parse(l).ok())
+            .filter(|r| {
+                matches!(
+                    r,
+                    Record::Event(e) if matches!(e.body, Body::CopyExit { func: CopyFn::Cpr, seq: None, .. })
+                )
+            })
+            .count();
+        assert!(null_exits > 0, "{}: no cpr_exit with a null seq", k.release);
+        // The TUI's screen (80x25, no newlines in a /dev/vcs dump): the messages pane was
+        // brought into view by the warning and shows it.
+        let screen = String::from_utf8_lossy(&std::fs::read(k.path("diag-tui.screen")).unwrap())
+            .into_owned();
+        let rows: Vec<String> = screen
+            .chars()
+            .collect::<Vec<_>>()
+            .chunks(80)
+            .map(|c| c.iter().collect())
+            .collect();
+        assert!(
+            rows.iter().any(|r| r.contains("[messages")),
+            "{}: the messages pane is not shown:\n{}",
+            k.release,
+            rows.join("\n")
+        );
+        assert!(
+            rows.iter()
+                .any(|r| r.contains("tracer: warn: bpf: cpr_enter: pairing map full")),
+            "{}: no diagnostic in the messages pane:\n{}",
+            k.release,
+            rows.join("\n")
+        );
+    }
+}
