@@ -129,7 +129,7 @@ pub mod anon {
 }
 
 /// Kinds of eBPF-side diagnostics (indexes of the `DIAGS` counters). Each is logged through
-/// aya-log when its per-CPU count reaches a power of two.
+/// aya-log when its per-CPU count reaches a power of 16.
 pub mod diag {
     /// `copy_page_range`'s (or the hugetlb copy's) pairing map was full: the exit loses its mm.
     pub const PAIRING_FULL: u32 = 0;
