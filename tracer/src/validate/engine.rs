@@ -928,6 +928,7 @@ impl Validator {
         self.overlaps.get_or_insert_with(Vec::new);
     }
 
+    /// Keeps one overlap when asked to; costs nothing otherwise (the validator's hot path).
     fn keep_overlap(
         &mut self,
         how: OverlapKind,
@@ -935,19 +936,24 @@ impl Validator {
         ts: u64,
         mm: u32,
         tid: u32,
-        lines: Vec<u64>,
+        lines: [u64; 2],
     ) {
-        let mm = self.mm_name(mm);
-        if let Some(v) = self.overlaps.as_mut()
-            && v.len() < MAX_STORED_OVERLAPS
+        if self
+            .overlaps
+            .as_ref()
+            .is_none_or(|v| v.len() >= MAX_STORED_OVERLAPS)
         {
+            return;
+        }
+        let mm = self.mm_name(mm);
+        if let Some(v) = self.overlaps.as_mut() {
             v.push(Overlap {
                 how,
                 line,
                 ts,
                 mm,
                 tid,
-                lines,
+                lines: lines.to_vec(),
             });
         }
     }
@@ -1018,7 +1024,7 @@ impl Validator {
             } else if changed && !c.odd {
                 self.stats.protected_overlaps += 1;
                 if let (Some((_, bl, _)), Some((_, rl, rts))) = (c.begin, c.retry) {
-                    self.keep_overlap(OverlapKind::BackedOut, rl, rts, c.mm, tid, vec![bl, rl]);
+                    self.keep_overlap(OverlapKind::BackedOut, rl, rts, c.mm, tid, [bl, rl]);
                 }
             }
         }
@@ -1768,7 +1774,7 @@ impl Validator {
             self.stats.odd_bails += 1;
             self.stats.protected_overlaps += 1;
             if let Some((_, bl, bts)) = c.begin {
-                self.keep_overlap(OverlapKind::OddBail, bl, bts, c.mm, e.tid, vec![bl, e.line]);
+                self.keep_overlap(OverlapKind::OddBail, bl, bts, c.mm, e.tid, [bl, e.line]);
             }
         }
         if let (Some((s, bl, _)), Some((r, rl, rts))) = (c.begin, c.retry)
@@ -1788,7 +1794,7 @@ impl Validator {
                 );
             } else {
                 self.stats.protected_overlaps += 1;
-                self.keep_overlap(OverlapKind::BackedOut, rl, rts, c.mm, e.tid, vec![bl, rl]);
+                self.keep_overlap(OverlapKind::BackedOut, rl, rts, c.mm, e.tid, [bl, rl]);
             }
         }
     }
