@@ -90,19 +90,11 @@ fn pairs(recs: &[(u64, Record)]) -> (u64, u64, u64) {
             Kind::WriteBegin => {
                 open_write.insert(e.tid, true);
             }
-            Kind::WriteEnd => {
-                if open_write.remove(&e.tid).is_some() {
-                    writes += 1;
-                }
-            }
+            Kind::WriteEnd if open_write.remove(&e.tid).is_some() => writes += 1,
             Kind::GupEnter => {
                 open_call.insert(e.tid, true);
             }
-            Kind::GupExit => {
-                if open_call.remove(&e.tid).is_some() {
-                    calls += 1;
-                }
-            }
+            Kind::GupExit if open_call.remove(&e.tid).is_some() => calls += 1,
             _ => {}
         }
     }

@@ -361,7 +361,7 @@ impl<R: Read> LogReader<R> {
     }
 
     /// The next line after the header: `Ok(None)` at the end of the log.
-    pub fn next(&mut self) -> Result<Option<(u64, Item<'_>)>, LogError> {
+    pub fn next_item(&mut self) -> Result<Option<(u64, Item<'_>)>, LogError> {
         let Some(range) = self.next_nonblank()? else {
             return Ok(None);
         };
@@ -377,10 +377,10 @@ impl<R: Read> LogReader<R> {
         classify(bytes, line, &mut self.st, self.mode, &self.name).map(|it| Some((line, it)))
     }
 
-    /// Calls `f` with every remaining line's item, in order. The same items as [`next`], with
+    /// Calls `f` with every remaining line's item, in order. The same items as [`next_item`], with
     /// less per line (the validator's hot loop: nothing is returned through the call chain).
     ///
-    /// [`next`]: LogReader::next
+    /// [`next_item`]: LogReader::next_item
     pub fn for_each(&mut self, mut f: impl FnMut(u64, Item<'_>)) -> Result<(), LogError> {
         while let Some(range) = self.next_nonblank()? {
             let line = self.line;
@@ -593,7 +593,7 @@ mod tests {
     fn items(text: &str, mode: Mode) -> Result<Vec<(u64, String)>, LogError> {
         let mut r = LogReader::new(text.as_bytes(), Some("x.jsonl".into()), mode)?;
         let mut v = Vec::new();
-        while let Some((n, it)) = r.next()? {
+        while let Some((n, it)) = r.next_item()? {
             v.push((
                 n,
                 match it {
@@ -628,7 +628,7 @@ mod tests {
         assert!(e.to_string().starts_with("x.jsonl line 3: not JSON"), "{e}");
         let mut r = LogReader::new(text.as_bytes(), None, Mode::Lenient).unwrap();
         let mut kinds = Vec::new();
-        while let Some((n, it)) = r.next().unwrap() {
+        while let Some((n, it)) = r.next_item().unwrap() {
             kinds.push((n, matches!(it, Item::Skipped(_))));
         }
         assert_eq!(
@@ -691,7 +691,7 @@ mod tests {
         )
         .unwrap();
         let mut n = 0;
-        while let Some((_, it)) = r.next().unwrap() {
+        while let Some((_, it)) = r.next_item().unwrap() {
             assert!(!matches!(it, Item::Skipped(_)));
             n += 1;
         }

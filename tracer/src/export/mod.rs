@@ -160,7 +160,7 @@ pub fn export<R: Read, W: Write>(
     let mut v = Validator::with_options(&header, opts);
     v.keep_overlaps();
     let mut n = 0;
-    while let Some((line, item)) = log.next()? {
+    while let Some((line, item)) = log.next_item()? {
         let rec = match item {
             Item::Skipped(_) => continue,
             other => match other.into_record() {

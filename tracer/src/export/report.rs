@@ -169,7 +169,7 @@ fn open(path: &Path) -> Result<LogReader<Box<dyn Read + Send>>, LogError> {
 
 /// Calls `f` with every event of the rest of `log`.
 fn for_events<R: Read>(log: &mut LogReader<R>, mut f: impl FnMut(&Event)) -> Result<(), LogError> {
-    while let Some((_, item)) = log.next()? {
+    while let Some((_, item)) = log.next_item()? {
         match item {
             Item::Event(e) => f(&e.to_event()),
             Item::Record(Record::Event(e)) => f(&e),

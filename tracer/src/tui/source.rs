@@ -104,7 +104,7 @@ fn pump_items(
 ) {
     let name = log.name().unwrap_or("log").to_owned();
     loop {
-        let (no, item) = match log.next() {
+        let (no, item) = match log.next_item() {
             Ok(Some((no, item))) => (no, item),
             Ok(None) => return,
             Err(e) => {
