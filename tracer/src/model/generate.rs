@@ -7,7 +7,9 @@ use std::{
 };
 
 use super::machine::{Config, State, Step, Variant, What, Who};
-use crate::events::{Body, CopyFn, Event, Header, Kind, ProbeInfo, Record, Summary};
+use crate::events::{
+    Body, CopyFn, Event, Header, Kind, ProbeInfo, Record, Summary, log::LogWriter,
+};
 
 /// A small deterministic PRNG (splitmix64): reproducible logs from a seed, no dependency.
 #[derive(Clone, Debug)]
@@ -226,32 +228,28 @@ pub fn step_event(
 /// Writes the log of one path (e.g. a counterexample): header, one event per observable step
 /// (ts 10 ns apart), summary.
 pub fn write_path_log(w: &mut impl Write, cfg: &Config, steps: &[Step]) -> io::Result<()> {
-    let mut out = String::new();
+    let mut out = LogWriter::new(w);
     // Events only: what the path alone shows, without discovery's account of the code.
     let h = Record::Header(header(
         true,
         &format!("model path, variant {}", cfg.variant),
         None,
     ));
-    h.write_line(&mut out).map_err(io::Error::other)?;
-    let mut n = 0u64;
+    out.write(&h).map_err(io::Error::other)?;
     for (i, s) in steps.iter().enumerate() {
         let ts = 10 * (i as u64 + 1);
         if let Some(e) = step_event(s, cfg, ts, 100, s.who.tid(), "m1") {
-            Record::Event(e)
-                .write_line(&mut out)
-                .map_err(io::Error::other)?;
-            n += 1;
+            out.write_event(&e).map_err(io::Error::other)?;
         }
     }
     let sum = Record::Summary(Summary {
-        events: n,
+        events: out.events(),
         lost: BTreeMap::new(),
         duration_ns: 10 * steps.len() as u64,
         extra: BTreeMap::new(),
     });
-    sum.write_line(&mut out).map_err(io::Error::other)?;
-    w.write_all(out.as_bytes())
+    out.write(&sum).map_err(io::Error::other)?;
+    out.flush().map_err(io::Error::other)
 }
 
 /// Counts of what a generated log holds (its ground truth).
@@ -285,20 +283,25 @@ pub fn generate(w: &mut impl Write, opts: &GenOptions) -> io::Result<GenStats> {
             mm: format!("mm{}", p + 1),
         })
         .collect();
-    let mut out = String::with_capacity(1 << 20);
+    // Through the shared writer, which hands the lines over in 64 KiB pieces.
+    let mut out = LogWriter::new(w);
     let note = format!("seed {}, variant {}", opts.seed, opts.variant);
-    Record::Header(header(
+    out.write(&Record::Header(header(
         opts.instruction_sites,
         &note,
         opts.instruction_sites.then_some(opts.variant),
-    ))
-    .write_line(&mut out)
+    )))
     .map_err(io::Error::other)?;
     let mut ts: u64 = 1_000;
     let mut stats = GenStats::default();
     let mut block: Vec<Event> = Vec::with_capacity(opts.jitter.max(1));
     let jitter = opts.jitter.max(1);
-    let emit = |e: Event, out: &mut String, block: &mut Vec<Event>, rng: &mut Rng, flush: bool| {
+    let emit = |e: Event,
+                out: &mut LogWriter<&mut _>,
+                block: &mut Vec<Event>,
+                rng: &mut Rng,
+                flush: bool|
+     -> io::Result<()> {
         block.push(e);
         if block.len() >= jitter || flush {
             // Fisher-Yates within the block: bounded displacement, like per-CPU delivery.
@@ -307,10 +310,10 @@ pub fn generate(w: &mut impl Write, opts: &GenOptions) -> io::Result<GenStats> {
                 block.swap(i, j);
             }
             for e in block.drain(..) {
-                e.write_json(out);
-                out.push('\n');
+                out.write_event(&e).map_err(io::Error::other)?;
             }
         }
+        Ok(())
     };
     let mut movers: Vec<Who> = Vec::new();
     while stats.events < opts.events {
@@ -367,7 +370,7 @@ pub fn generate(w: &mut impl Write, opts: &GenOptions) -> io::Result<GenStats> {
                     mm_addr: None,
                     body,
                 };
-                emit(e, &mut out, &mut block, &mut rng, false);
+                emit(e, &mut out, &mut block, &mut rng, false)?;
                 stats.events += 1;
             }
             ts += 2;
@@ -383,7 +386,7 @@ pub fn generate(w: &mut impl Write, opts: &GenOptions) -> io::Result<GenStats> {
             if let Some(e) = step_event(&step, &cfg, ts, p.pid, p.pid + who.tid(), &p.mm)
                 && (opts.instruction_sites || !is_instruction_site(e.body.kind()))
             {
-                emit(e, &mut out, &mut block, &mut rng, false);
+                emit(e, &mut out, &mut block, &mut rng, false)?;
                 stats.events += 1;
             }
             if p.state.done() {
@@ -395,10 +398,6 @@ pub fn generate(w: &mut impl Write, opts: &GenOptions) -> io::Result<GenStats> {
                 p.state = State::initial(&cfg);
                 p.state.seq = seq;
             }
-        }
-        if out.len() > (1 << 20) - 4096 {
-            w.write_all(out.as_bytes())?;
-            out.clear();
         }
     }
     // The workload ends: calls and copies in flight finish (nothing new starts), as they do
@@ -422,13 +421,13 @@ pub fn generate(w: &mut impl Write, opts: &GenOptions) -> io::Result<GenStats> {
             if let Some(e) = step_event(&step, &cfg, ts, p.pid, p.pid + who.tid(), &p.mm)
                 && (opts.instruction_sites || !is_instruction_site(e.body.kind()))
             {
-                emit(e, &mut out, &mut block, &mut rng, false);
+                emit(e, &mut out, &mut block, &mut rng, false)?;
                 stats.events += 1;
             }
         }
     }
     if let Some(e) = block.pop() {
-        emit(e, &mut out, &mut block, &mut rng, true);
+        emit(e, &mut out, &mut block, &mut rng, true)?;
     }
     let sum = Record::Summary(Summary {
         events: stats.events,
@@ -436,7 +435,7 @@ pub fn generate(w: &mut impl Write, opts: &GenOptions) -> io::Result<GenStats> {
         duration_ns: ts,
         extra: BTreeMap::new(),
     });
-    sum.write_line(&mut out).map_err(io::Error::other)?;
-    w.write_all(out.as_bytes())?;
+    out.write(&sum).map_err(io::Error::other)?;
+    out.flush().map_err(io::Error::other)?;
     Ok(stats)
 }
