@@ -779,6 +779,30 @@ mod tests {
     }
 
     #[test]
+    fn the_vocabulary_converts_by_type_and_names_round_trip() {
+        for k in Kind::ALL {
+            let p = Probe::from(k);
+            assert_eq!(Kind::try_from(p), Ok(k));
+            assert_eq!(Kind::from_name(k.as_str()), Some(k));
+            assert_eq!(Probe::from_name(p.name().as_bytes()), Some(p));
+            if let Some(s) = k.site() {
+                assert_eq!(Kind::from(s), k);
+                assert_eq!(s.probe(), p);
+            }
+            assert_eq!(
+                k.copy_fn().map(|f| f.enter() == k || f.exit() == k),
+                k.copy_fn().map(|_| true)
+            );
+        }
+        // Every probe but mm_free reports a kind.
+        for p in Probe::ALL {
+            assert_eq!(Kind::try_from(p).is_err(), p == Probe::MmFree, "{p:?}");
+        }
+        assert_eq!(Kind::from_name("mm_free"), None);
+        assert_eq!(Kind::from_name(""), None);
+    }
+
+    #[test]
     fn header_and_summary_round_trip_with_kind_first() {
         let h = Record::Header(Header {
             schema: SCHEMA,

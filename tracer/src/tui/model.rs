@@ -202,18 +202,7 @@ impl Model {
             .unwrap_or_else(|| {
                 // Without a mode field, instruction-level probes show up by name (the site
                 // events) or as nonzero offsets.
-                let site = |n: &str| {
-                    Kind::from_name(n).is_some_and(|k| {
-                        matches!(
-                            k,
-                            Kind::WriteBegin
-                                | Kind::WriteEnd
-                                | Kind::ReadBegin
-                                | Kind::ReadRetry
-                                | Kind::RetryFail
-                        )
-                    })
-                };
+                let site = |n: &str| Kind::from_name(n).and_then(Kind::site).is_some();
                 if h.probes.iter().any(|p| p.offset != 0 || site(&p.name)) {
                     "instruction".into()
                 } else {

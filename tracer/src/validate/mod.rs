@@ -47,6 +47,13 @@ impl Args {
     }
 }
 
+/// A defect discovery proved in the kernel's code is a rule of its own (`Rule::Defect`).
+impl From<crate::sites::Defect> for Rule {
+    fn from(d: crate::sites::Defect) -> Rule {
+        Rule::Defect(d)
+    }
+}
+
 /// Validator options from the command-line values (`slack_ns` unset: the header's).
 pub fn options(window: usize, slack_ns: Option<u64>) -> Options {
     Options {
