@@ -76,17 +76,48 @@ static HUGETLB_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 #[map]
 static DIAGS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_COUNT as u32, 0);
 
-/// Counts one diagnostic of `kind`; returns its count on this CPU when that is a power of
-/// 16 (the occurrences worth a log record).
-#[inline(always)]
-fn diag_due(kind: u32) -> Option<u64> {
-    let p = DIAGS.get_ptr_mut(kind)?;
+/// Counts one diagnostic of `kind` reported by `probe`, and logs it when its count on this
+/// CPU is a power of 16. Not inlined: a subprogram with scalar arguments, so the verifier
+/// checks the logging code on its own rather than along every path of every probe (inlined,
+/// the 6.1 verifier gave up on `cpr_enter` after a million instructions). The probe is logged
+/// as `probe#N` (its discriminant); userspace puts its name in (`probes::BpfLog`), which keeps
+/// string copies out of the programs.
+#[inline(never)]
+fn diag<C: EbpfContext>(ctx: &C, kind: u32, probe: u8, tid: u32, mm: u64) {
+    let Some(p) = DIAGS.get_ptr_mut(kind) else {
+        return;
+    };
     // SAFETY: a per-CPU slot, so no concurrent writer.
     let n = unsafe {
         *p += 1;
         *p
     };
-    (n.is_power_of_two() && n.trailing_zeros() % 4 == 0).then_some(n)
+    if !(n.is_power_of_two() && n.trailing_zeros() % 4 == 0) {
+        return;
+    }
+    match kind {
+        diag::PAIRING_FULL => warn!(
+            ctx,
+            "probe#{}: pairing map full: the exit of tid {} will carry no mm and a null seq (occurrence {} on this CPU)",
+            probe,
+            tid,
+            n
+        ),
+        diag::UNREADABLE_SEQ => warn!(
+            ctx,
+            "probe#{}: unreadable seq: could not read the seqcount of mm {:x} (tid {}); its seq is null in the log (occurrence {} on this CPU)",
+            probe,
+            mm,
+            tid,
+            n
+        ),
+        _ => warn!(
+            ctx,
+            "probe#{}: ring buffer reservation failed 8 times in a row: event lost (occurrence {} on this CPU; the log's lost lines count them all)",
+            probe,
+            n
+        ),
+    }
 }
 
 /// Instruction-level site configuration, one entry per `siteN` program.
@@ -208,29 +239,12 @@ fn emit<C: EbpfContext>(
         tries += 1;
         if tries == 8 {
             lost(probe);
-            if let Some(n) = diag_due(diag::RESERVE_FAILED) {
-                warn!(
-                    ctx,
-                    "{}: ring buffer reservation failed 8 times in a row: event lost (occurrence {} on this CPU; the log's lost lines count them all)",
-                    probe.name(),
-                    n
-                );
-            }
+            diag(ctx, diag::RESERVE_FAILED, probe as u8, task.tid, mm);
             return;
         }
     };
-    if seq.is_none()
-        && probe != Probe::MmFree
-        && let Some(n) = diag_due(diag::UNREADABLE_SEQ)
-    {
-        warn!(
-            ctx,
-            "{}: unreadable seq: could not read the seqcount of mm {:x} (tid {}); its seq is null in the log (occurrence {} on this CPU)",
-            probe.name(),
-            mm,
-            task.tid,
-            n
-        );
+    if seq.is_none() && probe != Probe::MmFree {
+        diag(ctx, diag::UNREADABLE_SEQ, probe as u8, task.tid, mm);
     }
     entry.write(RawEvent {
         ts,
@@ -287,16 +301,8 @@ fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u3
         None => anon::UNREADABLE,
     };
     // A full map only loses the exit's mm; the exit then reports mm 0 and no seq.
-    if stash.insert(&task.tid, &mm, 0).is_err()
-        && let Some(n) = diag_due(diag::PAIRING_FULL)
-    {
-        warn!(
-            ctx,
-            "{}: pairing map full: the exit of tid {} will carry no mm and a null seq (occurrence {} on this CPU)",
-            probe.name(),
-            task.tid,
-            n
-        );
+    if stash.insert(&task.tid, &mm, 0).is_err() {
+        diag(ctx, diag::PAIRING_FULL, probe as u8, task.tid, mm);
     }
     emit(
         ctx,

@@ -195,7 +195,46 @@ pub struct Session {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     /// The eBPF programs' diagnostics (aya-log), handed to the `log` crate.
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    logger: Option<aya_log::EbpfLogger<BpfLog>>,
+}
+
+/// Hands the eBPF programs' aya-log records to the process's logger, with the `probe#N` they
+/// start with replaced by the probe's name: the programs log the discriminant, which keeps
+/// string copies (and the verifier's work on them) out of the kernel side.
+pub struct BpfLog;
+
+impl log::Log for BpfLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        log::logger().enabled(m)
+    }
+
+    fn log(&self, r: &log::Record) {
+        let text = name_probe(&r.args().to_string());
+        log::logger().log(
+            &log::Record::builder()
+                .args(format_args!("{text}"))
+                .level(r.level())
+                .target(r.target())
+                .module_path(r.module_path())
+                .file(r.file())
+                .line(r.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        log::logger().flush();
+    }
+}
+
+/// `probe#0: …` → `cpr_enter: …`; anything else unchanged.
+pub fn name_probe(text: &str) -> String {
+    let named = text.strip_prefix("probe#").and_then(|rest| {
+        let (num, tail) = rest.split_once(':')?;
+        let probe = Probe::from_u8(num.parse().ok()?)?;
+        Some(format!("{}:{tail}", probe.name()))
+    });
+    named.unwrap_or_else(|| text.to_owned())
 }
 
 fn filter(opts: &Options) -> Result<Filter, ProbeError> {
@@ -276,7 +315,7 @@ impl Session {
         }
         // Before any program runs, so no diagnostic is missed. Without the map (an object
         // built without aya-log) tracing goes on; say so.
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, BpfLog) {
             Ok(l) => Some(l),
             Err(e) => {
                 log::warn!("the eBPF programs' diagnostics are unavailable: {e}");
@@ -427,4 +466,19 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<RawEvent>) -> usize {
         }
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpf_diagnostics_get_probe_names() {
+        assert_eq!(
+            name_probe("probe#0: pairing map full: the exit of tid 5"),
+            "cpr_enter: pairing map full: the exit of tid 5"
+        );
+        assert_eq!(name_probe("probe#99: x"), "probe#99: x");
+        assert_eq!(name_probe("other"), "other");
+    }
 }
