@@ -13,7 +13,6 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -77,15 +76,17 @@ static HUGETLB_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 static DIAGS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_COUNT as u32, 0);
 
 /// Counts one diagnostic of `kind` reported by `probe`, and logs it when its count on this
-/// CPU is a power of 16. Not inlined: a subprogram with scalar arguments, so the verifier
-/// checks the logging code on its own rather than along every path of every probe (inlined,
-/// the 6.1 verifier gave up on `cpr_enter` after a million instructions). The probe is logged
-/// as `probe#N` (its discriminant); userspace puts its name in (`probes::BpfLog`), which keeps
-/// string copies out of the programs.
+/// CPU is a power of 16. A global BPF function (external linkage, scalar arguments, a scalar
+/// result): the verifier checks it once, on its own, instead of along every path of every
+/// probe that calls it (inlined, or as a static subprogram, the 6.1 verifier gave up on
+/// `cpr_enter` after a million instructions). The probe is logged as `probe#N` (its
+/// discriminant) and userspace puts its name in (`probes::BpfLog`), which keeps string copies
+/// out of the programs.
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn diag<C: EbpfContext>(ctx: &C, kind: u32, probe: u8, tid: u32, mm: u64) {
+pub extern "C" fn tracer_diag(kind: u32, probe: u32, tid: u32, mm: u64) -> u32 {
     let Some(p) = DIAGS.get_ptr_mut(kind) else {
-        return;
+        return 0;
     };
     // SAFETY: a per-CPU slot, so no concurrent writer.
     let n = unsafe {
@@ -93,8 +94,11 @@ fn diag<C: EbpfContext>(ctx: &C, kind: u32, probe: u8, tid: u32, mm: u64) {
         *p
     };
     if !(n.is_power_of_two() && n.trailing_zeros() % 4 == 0) {
-        return;
+        return 0;
     }
+    // aya-log's macros take the program's context but do not use it (aya-log-ebpf 0.2: `let _
+    // = ctx`), and a global function may only receive scalars: a unit stands in for it.
+    let ctx = &();
     match kind {
         diag::PAIRING_FULL => warn!(
             ctx,
@@ -118,6 +122,12 @@ fn diag<C: EbpfContext>(ctx: &C, kind: u32, probe: u8, tid: u32, mm: u64) {
             n
         ),
     }
+    0
+}
+
+#[inline(always)]
+fn diag(kind: u32, probe: Probe, tid: u32, mm: u64) {
+    tracer_diag(kind, u32::from(probe as u8), tid, mm);
 }
 
 /// Instruction-level site configuration, one entry per `siteN` program.
@@ -215,8 +225,7 @@ fn read_now(addr: u64) -> (Option<u32>, u64) {
 /// Reserves and submits one record; counts a loss when the ring buffer is full.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn emit<C: EbpfContext>(
-    ctx: &C,
+fn emit(
     task: &Task,
     probe: Probe,
     mm: u64,
@@ -239,12 +248,12 @@ fn emit<C: EbpfContext>(
         tries += 1;
         if tries == 8 {
             lost(probe);
-            diag(ctx, diag::RESERVE_FAILED, probe as u8, task.tid, mm);
+            diag(diag::RESERVE_FAILED, probe, task.tid, mm);
             return;
         }
     };
     if seq.is_none() && probe != Probe::MmFree {
-        diag(ctx, diag::UNREADABLE_SEQ, probe as u8, task.tid, mm);
+        diag(diag::UNREADABLE_SEQ, probe, task.tid, mm);
     }
     entry.write(RawEvent {
         ts,
@@ -302,10 +311,9 @@ fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u3
     };
     // A full map only loses the exit's mm; the exit then reports mm 0 and no seq.
     if stash.insert(&task.tid, &mm, 0).is_err() {
-        diag(ctx, diag::PAIRING_FULL, probe as u8, task.tid, mm);
+        diag(diag::PAIRING_FULL, probe, task.tid, mm);
     }
     emit(
-        ctx,
         &task,
         probe,
         mm,
@@ -326,7 +334,7 @@ fn copy_exit(ctx: &RetProbeContext, probe: Probe, stash: &HashMap<u32, u64>) {
     let mm = unsafe { stash.get(&task.tid) }.copied().unwrap_or(0);
     let _ = stash.remove(&task.tid);
     let ret: i64 = ctx.ret();
-    emit(ctx, &task, probe, mm, seq_now(mm), ret as u64, 0, 0, 0);
+    emit(&task, probe, mm, seq_now(mm), ret as u64, 0, 0, 0);
 }
 
 #[kprobe]
@@ -373,7 +381,6 @@ pub fn gup_enter(ctx: ProbeContext) -> u32 {
     };
     let mm = current_mm();
     emit(
-        &ctx,
         &task,
         Probe::GupEnter,
         mm,
@@ -394,7 +401,6 @@ pub fn gup_exit(ctx: RetProbeContext) -> u32 {
     let ret: i64 = ctx.ret();
     let mm = current_mm();
     emit(
-        &ctx,
         &task,
         Probe::GupExit,
         mm,
@@ -421,7 +427,7 @@ pub fn mm_free(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: helper with no preconditions.
     let ts = unsafe { bpf_ktime_get_ns() };
-    emit(&ctx, &task, Probe::MmFree, mm, (None, ts), 0, 0, 0, 0);
+    emit(&task, Probe::MmFree, mm, (None, ts), 0, 0, 0, 0);
     0
 }
 
@@ -486,7 +492,7 @@ fn site(ctx: &ProbeContext, slot: u32) {
             (mm, seq_now(mm))
         }
     };
-    emit(ctx, &task, probe, mm, read, 0, 0, 0, 0);
+    emit(&task, probe, mm, read, 0, 0, 0, 0);
 }
 
 macro_rules! site_slots {
