@@ -46,12 +46,25 @@ impl Probe {
         Probe::RetryFail,
     ];
 
+    /// The probe with this discriminant. A `match`, not an index into [`Probe::ALL`]: the eBPF
+    /// side calls it on a value read from a map, and the 6.1 verifier lost the bound of an
+    /// indexed load once the program around it grew.
     pub const fn from_u8(v: u8) -> Option<Probe> {
-        if (v as usize) < PROBE_COUNT {
-            Some(Self::ALL[v as usize])
-        } else {
-            None
-        }
+        Some(match v {
+            0 => Probe::CprEnter,
+            1 => Probe::CprExit,
+            2 => Probe::HugetlbEnter,
+            3 => Probe::HugetlbExit,
+            4 => Probe::GupEnter,
+            5 => Probe::GupExit,
+            6 => Probe::MmFree,
+            7 => Probe::WriteBegin,
+            8 => Probe::WriteEnd,
+            9 => Probe::ReadBegin,
+            10 => Probe::ReadRetry,
+            11 => Probe::RetryFail,
+            _ => return None,
+        })
     }
 
     /// The probe with this [`name`](Probe::name): the inverse of `name`, for reading logs.
@@ -239,4 +252,20 @@ mod user {
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::Filter {}
     unsafe impl aya::Pod for super::SiteConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discriminants_and_names_round_trip() {
+        for (i, p) in Probe::ALL.into_iter().enumerate() {
+            assert_eq!(p as usize, i);
+            assert_eq!(Probe::from_u8(p as u8), Some(p));
+            assert_eq!(Probe::from_name(p.name().as_bytes()), Some(p));
+        }
+        assert_eq!(Probe::from_u8(PROBE_COUNT as u8), None);
+        assert_eq!(Probe::from_name(b"nope"), None);
+    }
 }
