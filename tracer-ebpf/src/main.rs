@@ -400,16 +400,7 @@ pub fn gup_exit(ctx: RetProbeContext) -> u32 {
     };
     let ret: i64 = ctx.ret();
     let mm = current_mm();
-    emit(
-        &task,
-        Probe::GupExit,
-        mm,
-        seq_now(mm),
-        ret as u64,
-        0,
-        0,
-        0,
-    );
+    emit(&task, Probe::GupExit, mm, seq_now(mm), ret as u64, 0, 0, 0);
     0
 }
 

@@ -44,13 +44,12 @@ fn a_bpf_diagnostic_reaches_stderr_and_the_messages_pane() {
         assert!(null_exits > 0, "{}: no cpr_exit with a null seq", k.release);
         // The TUI's screen (80x25, no newlines in a /dev/vcs dump): the messages pane was
         // brought into view by the warning and shows it.
-        let screen = String::from_utf8_lossy(&std::fs::read(k.path("diag-tui.screen")).unwrap())
-            .into_owned();
+        // One byte per cell (the console's code page: box drawing is not UTF-8), so rows are
+        // cut from the bytes before decoding.
+        let screen = std::fs::read(k.path("diag-tui.screen")).unwrap();
         let rows: Vec<String> = screen
-            .chars()
-            .collect::<Vec<_>>()
             .chunks(80)
-            .map(|c| c.iter().collect())
+            .map(|r| String::from_utf8_lossy(r).into_owned())
             .collect();
         assert!(
             rows.iter().any(|r| r.contains("[messages")),
