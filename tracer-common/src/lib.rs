@@ -68,14 +68,28 @@ impl Probe {
     }
 
     /// The probe with this [`name`](Probe::name): the inverse of `name`, for reading logs.
+    #[inline]
     pub fn from_name(name: &[u8]) -> Option<Probe> {
-        // Every event line of a log goes through here: the length and first byte rule out
-        // most names before a full comparison.
-        let first = *name.first()?;
-        Self::ALL.into_iter().find(|p| {
-            let n = p.name().as_bytes();
-            n.len() == name.len() && n.first() == Some(&first) && n == name
-        })
+        // Every event line of a log goes through here, so no search: length, first and last
+        // byte tell the names apart (a test checks they still do), and the byte loop then
+        // confirms the candidate against `name()`, the one table of names.
+        let p = match (name.len(), *name.first()?, *name.last()?) {
+            (9, b'c', b'r') => Probe::CprEnter,
+            (8, b'c', b't') => Probe::CprExit,
+            (13, b'h', b'r') => Probe::HugetlbEnter,
+            (12, b'h', b't') => Probe::HugetlbExit,
+            (9, b'g', b'r') => Probe::GupEnter,
+            (8, b'g', b't') => Probe::GupExit,
+            (7, b'm', b'e') => Probe::MmFree,
+            (11, b'w', b'n') => Probe::WriteBegin,
+            (9, b'w', b'd') => Probe::WriteEnd,
+            (10, b'r', b'n') => Probe::ReadBegin,
+            (10, b'r', b'y') => Probe::ReadRetry,
+            (10, b'r', b'l') => Probe::RetryFail,
+            _ => return None,
+        };
+        let n = p.name().as_bytes();
+        (n.len() == name.len() && n.iter().zip(name).all(|(a, b)| a == b)).then_some(p)
     }
 
     /// The name used for this probe in logs and in the attach plan: the one name table of the

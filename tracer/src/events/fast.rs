@@ -129,8 +129,9 @@ impl<'a> Cur<'a> {
         }
     }
 
-    /// A string without escapes or control characters.
-    fn string(&mut self) -> Option<&'a str> {
+    /// A string's bytes, without escapes or control characters, not checked as UTF-8: for the
+    /// `kind`, which is then looked up among ASCII names (and so is valid if found).
+    fn raw_string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let start = self.i;
         loop {
@@ -143,11 +144,16 @@ impl<'a> Cur<'a> {
             }
             self.i += 1;
         }
-        // The line may not have been checked as UTF-8 yet (the canonical path works on bytes):
-        // checking the string alone is cheap and, with ASCII everywhere else, covers the line.
-        let out = std::str::from_utf8(self.b.get(start..self.i)?).ok()?;
+        let out = self.b.get(start..self.i)?;
         self.i += 1;
         Some(out)
+    }
+
+    /// A string without escapes or control characters.
+    fn string(&mut self) -> Option<&'a str> {
+        // The line may not have been checked as UTF-8 yet (the canonical path works on bytes):
+        // checking the string alone is cheap and, with ASCII everywhere else, covers the line.
+        std::str::from_utf8(self.raw_string()?).ok()
     }
 
     fn int(&mut self) -> Option<(bool, u64)> {
@@ -307,7 +313,7 @@ fn i(v: Val<'_>) -> Option<i64> {
 pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
     let mut c = Cur { b: line, i: 0 };
     c.lit(b"{\"kind\":")?;
-    let kind = Kind::from_bytes(c.string()?.as_bytes())?;
+    let kind = Kind::from_bytes(c.raw_string()?)?;
     c.lit(b",\"ts\":")?;
     let ts = c.uint()?;
     c.lit(b",\"cpu\":")?;

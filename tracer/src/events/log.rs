@@ -398,6 +398,7 @@ impl<R: Read> LogReader<R> {
     }
 
     /// Where the next non-blank line lies, counting every line read.
+    #[inline]
     fn next_nonblank(&mut self) -> Result<Option<Range<usize>>, LogError> {
         if self.st.after_summary {
             // A followed log is complete: its end is the end.
