@@ -38,13 +38,6 @@ pub struct RunArgs {
     duration: u64,
 }
 
-/// virtio_pci is built in on 6.12 but a module on 6.1; rds provides the 6.1 pin trigger.
-fn guest_modules() -> Vec<String> {
-    ["virtio_pci", "virtio_blk", "rds"]
-        .map(String::from)
-        .to_vec()
-}
-
 /// The newest build of each series (the default kernels) and the oldest one apt still carries,
 /// to show site discovery is not tuned to one build.
 pub const DEFAULT_KERNELS: [&str; 4] = ["6.1", "6.12", "6.1-oldest", "6.12-oldest"];
@@ -91,8 +84,9 @@ fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<(String
         let _ = std::fs::remove_dir_all(&out);
         let r = vm::run(&vm::VmOpts {
             kernel: &kernel,
+            id: &kernel.release,
             tracer,
-            modules: guest_modules(),
+            modules: vm::guest_modules(),
             script: TEST_SCRIPT.to_owned(),
             out: out.clone(),
             timeout: Duration::from_secs(600),
@@ -262,8 +256,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
             };
             let r = vm::run(&vm::VmOpts {
                 kernel: &kernel,
+                id: &kernel.release,
                 tracer: &tracer,
-                modules: guest_modules(),
+                modules: vm::guest_modules(),
                 script,
                 out: out.clone(),
                 timeout: Duration::from_secs(if term.is_some() { 24 * 3600 } else { 600 }),
