@@ -5,14 +5,14 @@
 //! under the stress workload, and the validator's verdict on it. The assertions then run on the
 //! host as ordinary `cargo test` integration tests reading `$TRACER_FIXTURES/<release>/`.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, ExitCode},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 
-use crate::{build, cmd, kernels, setup, vm};
+use crate::{build, cmd, kernels, setup, validate_kernel, vm};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -41,6 +41,11 @@ pub struct RunArgs {
 /// The newest build of each series (the default kernels) and the oldest one apt still carries,
 /// to show site discovery is not tuned to one build.
 pub const DEFAULT_KERNELS: [&str; 4] = ["6.1", "6.12", "6.1-oldest", "6.12-oldest"];
+
+/// The kernels whose test boot also runs `tracer check` (validate-kernel's in-guest step):
+/// the newest of each series. 20 s of workload each keeps the whole run well inside CI's time.
+const CHECK_KERNELS: [&str; 2] = ["6.1", "6.12"];
+const CHECK_SECS: u64 = 20;
 
 /// The in-guest steps of a test boot. Each step's exit status lands in /out, so one failing
 /// step does not hide the others; the host-side tests judge them. The validator gets a 50 ms
@@ -74,20 +79,33 @@ fn cargo() -> Command {
     c
 }
 
-/// Boots each kernel once with the test script; returns (release, fixture dir) pairs.
-fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<(String, PathBuf)>> {
+/// A booted kernel of the matrix.
+struct Booted {
+    release: String,
+    /// Whether its boot ran `tracer check` too.
+    checked: bool,
+}
+
+/// Boots each kernel once with the test script (plus the check on [`CHECK_KERNELS`]).
+fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<Booted>> {
     let root = kernels::cache_dir()?.join("fixtures");
     let mut done = Vec::new();
+    let mut checks = Vec::new();
     for spec in specs {
         let kernel = kernels::fetch(spec, None)?;
         let out = root.join(&kernel.release);
         let _ = std::fs::remove_dir_all(&out);
+        let checked = CHECK_KERNELS.contains(&spec.as_str());
+        let mut script = TEST_SCRIPT.to_owned();
+        if checked {
+            script.push_str(&validate_kernel::guest_step(CHECK_SECS, "/out/check"));
+        }
         let r = vm::run(&vm::VmOpts {
             kernel: &kernel,
             id: &kernel.release,
             tracer,
             modules: vm::guest_modules(),
-            script: TEST_SCRIPT.to_owned(),
+            script,
             out: out.clone(),
             timeout: Duration::from_secs(600),
             nokaslr: true,
@@ -104,8 +122,32 @@ fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<(String
             kernel.release, r.boot_secs, r.exit_code
         );
         phase(&format!("VM {}", kernel.release), t0);
-        done.push((kernel.release, out));
+        if checked {
+            let k = validate_kernel::collect(
+                &kernel.release,
+                &kernel.release,
+                &kernel.image,
+                &out,
+                &out.join("check"),
+            );
+            println!("test: tracer check: {}", k.line());
+            checks.push(k);
+        }
+        done.push(Booted {
+            release: kernel.release,
+            checked,
+        });
     }
+    // validate-kernel's summary of the checks, beside the fixtures; the host-side tests
+    // (vm_check.rs) judge them.
+    std::fs::write(
+        root.join("check-summary.json"),
+        validate_kernel::summary_json(&checks)?,
+    )?;
+    std::fs::write(
+        root.join("check-summary.md"),
+        validate_kernel::summary_md(&checks, &root),
+    )?;
     Ok(done)
 }
 
@@ -138,14 +180,16 @@ pub fn test(a: TestArgs) -> Result<ExitCode> {
         let fixtures = kernels::cache_dir()?.join("fixtures");
         env.push(("TRACER_FIXTURES".into(), fixtures.display().to_string()));
         env.push(("TRACER_REQUIRE_FIXTURES".into(), "1".into()));
-        env.push((
-            "TRACER_VM_KERNELS".into(),
+        let list = |only_checked: bool| {
             booted
                 .iter()
-                .map(|(r, _)| r.as_str())
+                .filter(|b| b.checked || !only_checked)
+                .map(|b| b.release.as_str())
                 .collect::<Vec<_>>()
-                .join(","),
-        ));
+                .join(",")
+        };
+        env.push(("TRACER_VM_KERNELS".into(), list(false)));
+        env.push(("TRACER_CHECK_KERNELS".into(), list(true)));
     }
     let mut c = cargo();
     c.arg("test");
