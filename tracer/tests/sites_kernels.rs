@@ -260,9 +260,11 @@ fn check_kernel(fx: &Fixture) -> R<()> {
     let (plan, _layout) = discover_files(&vmlinuz, &kallsyms, Some(&btf_path), Some(rel))?;
     for f in &plan.functions {
         eprintln!(
-            "{rel}: {}: {:?}",
+            "{rel}: {}: {} {:?} {:?}",
             f.symbol,
-            f.result.as_ref().map_err(|e| e.to_string())
+            f.status.name(),
+            f.unknown().map(ToString::to_string),
+            f.defects()
         );
     }
     for s in &plan.sites {
@@ -401,9 +403,20 @@ fn check_kernel(fx: &Fixture) -> R<()> {
             "read_retry",
             "retry_fail",
         ];
+        assert_eq!(
+            v.pointer("/sides/write").and_then(|s| s.as_str()),
+            Some("intact"),
+            "{rel}: live write side"
+        );
+        assert_eq!(
+            v.pointer("/sides/read").and_then(|s| s.as_str()),
+            Some("intact"),
+            "{rel}: live read side"
+        );
         let mut got: Vec<(String, String, u64)> = v
-            .as_array()
-            .ok_or("sites.json is not an array")?
+            .get("sites")
+            .and_then(|s| s.as_array())
+            .ok_or("sites.json has no \"sites\" array")?
             .iter()
             .filter_map(|e| {
                 let kind = e.get("kind")?.as_str()?;
@@ -427,6 +440,8 @@ fn check_kernel(fx: &Fixture) -> R<()> {
             got, want,
             "{rel}: live (/proc/kcore) sites differ from offline discovery"
         );
+    } else if env::var("TRACER_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
+        return Err(format!("{rel}: the fixture boot left no sites.json (live discovery)").into());
     } else {
         eprintln!("{rel}: no sites.json from a live run; live mode not compared");
     }

@@ -105,6 +105,23 @@ impl Kallsyms {
         self.get_all(name).find(|s| s.module.is_none())
     }
 
+    /// A core-kernel function by its source name: the symbol itself, or else the one copy the
+    /// compiler emitted under a clone suffix (`name.constprop.0`, `name.isra.0`,
+    /// `name.llvm.123`, ...; never a `.cold` fragment). Two clones are ambiguous: `None`.
+    pub fn get_function(&self, name: &str) -> Option<&Symbol> {
+        if let Some(s) = self.get(name) {
+            return Some(s);
+        }
+        let prefix = format!("{name}.");
+        let mut clones = self
+            .symbols
+            .iter()
+            .filter(|s| s.module.is_none() && s.name.starts_with(&prefix))
+            .filter(|s| !s.name.split('.').any(|p| p == "cold"));
+        let first = clones.next()?;
+        clones.all(|s| s.addr == first.addr).then_some(first)
+    }
+
     /// Every symbol with this name.
     pub fn get_all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Symbol> + 'a {
         self.by_name
@@ -168,6 +185,21 @@ ffffffffc0000000 t rds_init\t[rds]
             ks.containing(0xffffffff81001050).unwrap().name,
             "copy_page_range"
         );
+    }
+
+    #[test]
+    fn functions_are_found_under_clone_suffixes() {
+        let ks = Kallsyms::parse(
+            "ffffffff81000000 T a\nffffffff81000100 t gup_fast.constprop.0\nffffffff81000200 t gup_fast.cold\nffffffff81000300 t two.isra.0\nffffffff81000400 t two.isra.1\nffffffff81000500 T a.part.0\nffffffff81000600 T z\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ks.get_function("gup_fast").unwrap().addr,
+            0xffffffff81000100
+        );
+        assert_eq!(ks.get_function("a").unwrap().name, "a");
+        assert!(ks.get_function("two").is_none(), "two clones are ambiguous");
+        assert!(ks.get_function("missing").is_none());
     }
 
     #[test]

@@ -73,20 +73,22 @@ pub fn resolve(btf: &Btf, ks: &Kallsyms, release: &str) -> Result<FunctionPlan, 
         + btf.member_offset("seqcount", "sequence")?;
     let mut missing = Vec::new();
 
-    if ks.get("copy_page_range").is_none() {
-        return Err(TargetError::NoSymbol("copy_page_range"));
-    }
+    let cpr = ks
+        .get_function("copy_page_range")
+        .ok_or(TargetError::NoSymbol("copy_page_range"))?
+        .name
+        .clone();
     let cpr_vma_arg = param_index(btf, "copy_page_range", "src_vma", 1);
     let mut probes = vec![
         FunctionProbe {
             probe: Probe::CprEnter,
-            symbol: "copy_page_range".into(),
+            symbol: cpr.clone(),
             ret: false,
             reason: "fork copies each VMA's page tables here; the write section is inside".into(),
         },
         FunctionProbe {
             probe: Probe::CprExit,
-            symbol: "copy_page_range".into(),
+            symbol: cpr.clone(),
             ret: true,
             reason: "seq after the copy: +2 for a COW VMA with page tables".into(),
         },
@@ -94,11 +96,12 @@ pub fn resolve(btf: &Btf, ks: &Kallsyms, release: &str) -> Result<FunctionPlan, 
 
     let version = parse_release(release)?;
     let hugetlb_vma_arg = param_index(btf, "copy_hugetlb_page_range", "src_vma", 3);
-    if ks.get("copy_hugetlb_page_range").is_some() && version >= (5, 19) {
+    let hugetlb = ks.get_function("copy_hugetlb_page_range");
+    if let Some(h) = hugetlb.filter(|_| version >= (5, 19)) {
         for (probe, ret) in [(Probe::HugetlbEnter, false), (Probe::HugetlbExit, true)] {
             probes.push(FunctionProbe {
                 probe,
-                symbol: "copy_hugetlb_page_range".into(),
+                symbol: h.name.clone(),
                 ret,
                 reason: "hugetlb VMAs take their own write section since 5.19".into(),
             });
@@ -112,8 +115,7 @@ pub fn resolve(btf: &Btf, ks: &Kallsyms, release: &str) -> Result<FunctionPlan, 
 
     let (gup_symbol, gup_is_body) = GUP_CANDIDATES
         .iter()
-        .find(|(name, _)| ks.get(name).is_some())
-        .map(|(n, body)| ((*n).to_owned(), *body))
+        .find_map(|(name, body)| ks.get_function(name).map(|s| (s.name.clone(), *body)))
         .ok_or_else(|| {
             TargetError::NoGup(
                 GUP_CANDIDATES

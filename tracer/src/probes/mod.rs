@@ -95,6 +95,13 @@ pub struct AttachPlan {
     pub sites: Vec<SiteProbe>,
     /// Why instruction sites are absent or partial, each a sentence.
     pub site_notes: Vec<String>,
+    /// Discovery's account of every function (`sites::Plan::discovery_json`), for the log
+    /// header; `None` when sites were not searched.
+    pub discovery: Option<serde_json::Value>,
+    /// Defects discovery proved in this kernel's code, one sentence each.
+    pub defects: Vec<String>,
+    /// Every function that must hold sites was proven intact.
+    pub sites_complete: bool,
 }
 
 impl AttachPlan {
@@ -118,11 +125,15 @@ impl AttachPlan {
         v
     }
 
+    /// `instruction` when every required function gave all its sites, `partial` when some
+    /// sites are attached, `function` when none are.
     pub fn mode(&self) -> &'static str {
         if self.sites.is_empty() {
             "function"
-        } else {
+        } else if self.sites_complete {
             "instruction"
+        } else {
+            "partial"
         }
     }
 }

@@ -44,54 +44,67 @@ pub fn plan(btf: Option<PathBuf>, with_sites: bool) -> Result<AttachPlan> {
     }
     probes::env::preflight(&src.btf)?;
     let (function, btf, ks) = probes::function_plan(&src)?;
-    let (sites, site_notes) = if with_sites {
+    let found = if with_sites {
         site_probes(&function, &btf, &ks)
     } else {
-        (
-            Vec::new(),
-            vec!["instruction sites not requested (--no-sites)".to_owned()],
-        )
+        SiteProbes {
+            notes: vec!["instruction sites not requested (--no-sites)".to_owned()],
+            ..SiteProbes::default()
+        }
     };
     Ok(AttachPlan {
         function,
-        sites,
-        site_notes,
+        sites: found.sites,
+        site_notes: found.notes,
+        discovery: found.discovery,
+        defects: found.defects,
+        sites_complete: found.complete,
     })
 }
 
+#[derive(Default)]
+struct SiteProbes {
+    sites: Vec<probes::SiteProbe>,
+    notes: Vec<String>,
+    discovery: Option<serde_json::Value>,
+    defects: Vec<String>,
+    complete: bool,
+}
+
 /// Instruction-level sites for this kernel, found in its live machine code (`crate::sites`).
-/// Discovery refuses rather than guesses; whatever it refuses runs with function-level probes
-/// only, and the reason goes into the plan and the log header.
+/// A function of a shape discovery does not know runs with function-level probes only; one
+/// with a proven defect is probed where its parts remain, so the run shows the consequence.
+/// Both go into the plan, the log header and stderr.
 fn site_probes(
     function: &crate::kernel::target::FunctionPlan,
     btf: &crate::kernel::btf::Btf,
     ks: &crate::kernel::kallsyms::Kallsyms,
-) -> (Vec<probes::SiteProbe>, Vec<String>) {
+) -> SiteProbes {
     let code = match crate::kernel::image::ElfImage::kcore() {
         Ok(c) => c,
         Err(e) => {
-            return (
-                Vec::new(),
-                vec![format!(
+            return SiteProbes {
+                notes: vec![format!(
                     "instruction sites: cannot read the kernel's code from /proc/kcore ({e}); function-level probes only"
                 )],
-            );
+                ..SiteProbes::default()
+            };
         }
     };
     let layout = match crate::sites::SiteLayout::resolve(btf, ks, Some(&function.release)) {
         Ok(l) => l,
         Err(e) => {
-            return (
-                Vec::new(),
-                vec![format!(
+            return SiteProbes {
+                notes: vec![format!(
                     "instruction sites: {e}; function-level probes only"
                 )],
-            );
+                ..SiteProbes::default()
+            };
         }
     };
     let plan = crate::sites::discover(&code, ks, &layout);
     let mut notes: Vec<String> = plan
-        .refusals()
+        .unknowns()
         .map(|(f, e)| {
             format!(
                 "instruction sites in {}: {e}; function-level probes only there",
@@ -99,13 +112,23 @@ fn site_probes(
             )
         })
         .collect();
+    let defects = plan
+        .defects()
+        .map(|(f, d)| format!("{}: {}: {}", f.symbol, d.defect.name(), d.why))
+        .collect();
     let mut sites = Vec::new();
     for s in &plan.sites {
         let (probe, note) = probes::placement::place(s, &code, ks);
         sites.push(probe);
         notes.extend(note);
     }
-    (sites, notes)
+    SiteProbes {
+        sites,
+        notes,
+        discovery: Some(plan.discovery_json()),
+        defects,
+        complete: plan.complete(),
+    }
 }
 
 /// Human-readable attach plan.
@@ -154,6 +177,26 @@ pub fn print_plan(plan: &AttachPlan) {
     for m in plan.function.missing.iter().chain(&plan.site_notes) {
         println!("  missing: {m}");
     }
+    for d in &plan.defects {
+        println!("  DEFECT: {d}");
+    }
+}
+
+/// Says on stderr, before tracing starts, what discovery could not prove and what it found
+/// broken: a trace must never look complete when it is not.
+pub fn warn_plan(plan: &AttachPlan) {
+    for d in &plan.defects {
+        eprintln!("tracer: DEFECT in this kernel's code: {d}");
+    }
+    for n in &plan.site_notes {
+        eprintln!("tracer: {n}");
+    }
+    if plan.mode() != "instruction" {
+        eprintln!(
+            "tracer: attach mode {}: the verdict on this trace cannot be clean",
+            plan.mode()
+        );
+    }
 }
 
 /// How far apart a seqcount access and its probe's timestamp may be, as a hint for the
@@ -198,6 +241,9 @@ pub fn header(plan: &AttachPlan, args: &TraceArgs) -> Header {
         .chain(&plan.site_notes)
         .collect();
     extra.insert("missing".to_owned(), serde_json::json!(notes));
+    if let Some(d) = &plan.discovery {
+        extra.insert("discovery".to_owned(), d.clone());
+    }
     Header {
         schema: SCHEMA,
         tool: format!("tracer {}", env!("CARGO_PKG_VERSION")),
@@ -213,6 +259,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         print_plan(&plan);
         return Ok(ExitCode::SUCCESS);
     }
+    warn_plan(&plan);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -112,21 +112,33 @@ pub fn describe_set(vs: &Vs, names: &[(Val, String)]) -> String {
     }
 }
 
-/// The write section: exactly two increments through the source mm, the first reaching the
-/// second and not the other way round.
-pub struct WritePair {
-    pub begin: Access,
-    pub end: Access,
+/// A defect proven from the machine code, with the instructions (indices) that prove it.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    pub defect: super::Defect,
+    pub why: String,
+    pub evidence: Vec<(usize, String)>,
+}
+
+/// The write section of one copy function: its increments, and what is wrong with them.
+pub struct WriteSide {
+    /// The increment that opens the section (the only one, when unpaired).
+    pub begin: Option<Access>,
+    pub end: Option<Access>,
+    pub defects: Vec<Finding>,
     pub notes: Vec<String>,
 }
 
-pub fn find_write_pair(
+/// Classifies the write side: two increments through the source mm, the first reaching the
+/// second and not the other way round, enclosing the copy (a call or a loop between them).
+/// Anything it cannot prove either way is an error (the function's shape is unknown).
+pub fn find_write_side(
     func: &Func,
     flow: &Flow,
     ctx: &Ctx,
     mm: &[Val],
     names: &[(Val, String)],
-) -> Result<WritePair, SiteError> {
+) -> Result<WriteSide, SiteError> {
     let sym = &func.symbol;
     let mut notes = Vec::new();
     let mut incs = Vec::new();
@@ -169,11 +181,46 @@ pub fn find_write_pair(
             ),
         });
     }
+    let unpaired = |why: String, evidence: Vec<(usize, String)>| Finding {
+        defect: super::Defect::WriteUnpaired,
+        why,
+        evidence,
+    };
     match incs.len() {
-        0 => {
+        // Accesses at the displacement through other known pointers: perhaps a refactored
+        // function holding the mm elsewhere; not proof that the section is missing.
+        0 if !notes.is_empty() => {
             return Err(SiteError::NotFound {
                 symbol: sym.clone(),
                 what: "no increment of write_protect_seq through the source mm".into(),
+                notes,
+            });
+        }
+        0 => {
+            let f = unpaired(
+                "no instruction increments write_protect_seq through the source mm: the copy runs without a write section".into(),
+                Vec::new(),
+            );
+            return Ok(WriteSide {
+                begin: None,
+                end: None,
+                defects: vec![f],
+                notes,
+            });
+        }
+        1 => {
+            let a = incs.remove(0);
+            let f = unpaired(
+                format!(
+                    "write_protect_seq is incremented once (+{:#x}), not twice: the section never closes (or never opens), and the counter is left odd after every copy",
+                    func.offset(a.idx)
+                ),
+                vec![(a.idx, "the only increment".into())],
+            );
+            return Ok(WriteSide {
+                begin: Some(a),
+                end: None,
+                defects: vec![f],
                 notes,
             });
         }
@@ -208,7 +255,60 @@ pub fn find_write_pair(
             });
         }
     };
-    Ok(WritePair { begin, end, notes })
+    // The page-table copy is a loop over entries with calls (allocation, rmap): a section
+    // whose inside has neither encloses none of it.
+    let inside = func.between(begin.idx, end.idx);
+    let call = inside.iter().copied().find(|&i| {
+        let ins = &func.insns[i];
+        ins.is_call_near() || ins.is_call_near_indirect()
+    });
+    let back_edge = inside
+        .iter()
+        .copied()
+        .find(|&i| func.succ[i].iter().any(|&s| s <= i && inside.contains(&s)));
+    let mut defects = Vec::new();
+    if call.is_none() && back_edge.is_none() {
+        let mut span: Vec<usize> = inside.iter().copied().collect();
+        span.sort_unstable();
+        defects.push(unpaired(
+            format!(
+                "the increments at +{:#x} and +{:#x} enclose {} instruction(s) with no call and no loop: the page-table copy runs outside the write section",
+                func.offset(begin.idx),
+                func.offset(end.idx),
+                span.len()
+            ),
+            vec![
+                (begin.idx, "write_begin".into()),
+                (end.idx, "write_end, with nothing of the copy before it".into()),
+            ],
+        ));
+    } else {
+        let what = match (call, back_edge) {
+            (Some(c), _) => format!("a call at +{:#x}", func.offset(c)),
+            (None, Some(l)) => format!("a loop at +{:#x}", func.offset(l)),
+            (None, None) => String::new(),
+        };
+        notes.push(format!(
+            "the section +{:#x}..+{:#x} encloses the copy ({what} between them)",
+            func.offset(begin.idx),
+            func.offset(end.idx)
+        ));
+    }
+    if !defects.is_empty() && !unproven.is_empty() {
+        return Err(SiteError::Ambiguous {
+            symbol: sym.clone(),
+            why: format!(
+                "the section looks empty, but the increment(s) at {} cannot be proven to be of another mm",
+                offsets(func, unproven.iter().copied())
+            ),
+        });
+    }
+    Ok(WriteSide {
+        begin: Some(begin),
+        end: Some(end),
+        defects,
+        notes,
+    })
 }
 
 fn offsets(func: &Func, idx: impl IntoIterator<Item = usize>) -> String {
@@ -218,22 +318,25 @@ fn offsets(func: &Func, idx: impl IntoIterator<Item = usize>) -> String {
         .join(", ")
 }
 
-/// The read side of one GUP-fast call.
+/// The read side of one GUP-fast call, as far as it exists, and what is wrong with it.
+#[derive(Default)]
 pub struct ReadSide {
-    pub begin: Access,
-    pub retry: Access,
-    /// The instruction comparing the two values.
-    pub compare: usize,
+    pub begin: Option<Access>,
+    pub retry: Option<Access>,
+    /// The instruction comparing the retry value with another seqcount value.
+    pub compare: Option<usize>,
     /// The conditional branch that consumes the comparison.
-    pub branch: usize,
-    /// First instruction of the back-out block (taken when the value changed).
-    pub fail: usize,
+    pub branch: Option<usize>,
+    /// First instruction of the back-out block (taken when the value changed), when the block
+    /// really backs out.
+    pub fail: Option<usize>,
     /// First instruction of the path taken when the value did not change.
-    pub ok: usize,
-    /// Where the "begin value is odd" check exits to (the fast part's `return 0`).
-    pub odd_exit: usize,
-    /// Direct call targets (or "indirect") in the back-out block.
-    pub backout_calls: Vec<u64>,
+    pub ok: Option<usize>,
+    /// The odd-value check of the begin value: (test, branch, odd exit).
+    pub odd: Option<(usize, usize, usize)>,
+    /// Names of the unpin functions the back-out block calls.
+    pub backout_calls: Vec<String>,
+    pub defects: Vec<Finding>,
     pub notes: Vec<String>,
 }
 
@@ -270,37 +373,56 @@ fn wide_value(ins: &Instruction, k: u32, st: &State, ctx: &Ctx) -> Vs {
     }
 }
 
-/// The branch consuming the flags set at `at`: the next instructions on the fall-through path,
-/// none of them a join point, none writing ZF, the first that reads flags.
-fn flag_consumer(func: &Func, at: usize) -> Result<usize, String> {
+/// What becomes of the flags an instruction sets.
+enum FlagUse {
+    /// The next instruction on the fall-through path that reads them.
+    Read(usize),
+    /// Overwritten, or the function returns, before anything reads them: nothing depends on
+    /// the comparison.
+    Dead(String),
+    /// A shape this analysis does not follow (a join point, a jump).
+    Unclear(String),
+}
+
+/// The instruction consuming the flags set at `at`: the next instructions on the fall-through
+/// path, none of them a join point, none writing ZF, the first that reads flags.
+fn flag_use(func: &Func, at: usize) -> FlagUse {
     let mut j = at;
     for _ in 0..16 {
         let next = j + 1;
         if !func.succ[j].contains(&next) {
-            return Err(format!(
-                "the flow leaves +{:#x} before anything reads the flags",
-                func.offset(j)
-            ));
+            return if func.succ[j].is_empty() {
+                FlagUse::Dead(format!(
+                    "the function returns at +{:#x} before anything reads the comparison's flags",
+                    func.offset(j)
+                ))
+            } else {
+                FlagUse::Unclear(format!(
+                    "the flow leaves +{:#x} before anything reads the flags",
+                    func.offset(j)
+                ))
+            };
         }
         j = next;
         let ins = &func.insns[j];
         if func.branch_targets.contains(&j) {
-            return Err(format!(
+            return FlagUse::Unclear(format!(
                 "+{:#x} is a join point, so its flags may come from elsewhere",
                 func.offset(j)
             ));
         }
         if ins.rflags_read() != 0 {
-            return Ok(j);
+            return FlagUse::Read(j);
         }
         if ins.rflags_written() & RflagsBits::ZF != 0 {
-            return Err(format!(
-                "+{:#x} overwrites the comparison's flags before any branch reads them",
+            return FlagUse::Dead(format!(
+                "`{}` at +{:#x} overwrites the comparison's flags before any branch reads them",
+                super::att(ins),
                 func.offset(j)
             ));
         }
     }
-    Err("no instruction reads the comparison's flags".into())
+    FlagUse::Unclear("no instruction reads the comparison's flags".into())
 }
 
 /// (taken-when-condition, fall-through) for a Jcc that tests ZF only.
@@ -317,15 +439,50 @@ fn zf_branch(func: &Func, j: usize) -> Option<(ConditionCode, usize, usize)> {
     Some((cc, target, j + 1))
 }
 
+/// Instructions (other than moves) that read a value holding `load`'s result.
+fn users_of(func: &Func, flow: &Flow, ctx: &Ctx, load: &Access) -> Vec<usize> {
+    let ip = func.insns[load.idx].ip();
+    let mut users = Vec::new();
+    for (i, ins) in func.insns.iter().enumerate() {
+        let Some(st) = state(flow, i) else { continue };
+        if i == load.idx
+            || matches!(
+                ins.mnemonic(),
+                Mnemonic::Mov | Mnemonic::Push | Mnemonic::Pop
+            )
+        {
+            continue;
+        }
+        if (0..ins.op_count()).any(|k| {
+            wide_value(ins, k, st, ctx)
+                .iter()
+                .any(|x| *x == Val::Seq(ip))
+        }) {
+            users.push(i);
+        }
+    }
+    users
+}
+
+/// The load among `loads` that reaches all the others and is reached by none.
+fn first_of(func: &Func, loads: &[&Access]) -> Option<usize> {
+    loads.iter().position(|a| {
+        loads
+            .iter()
+            .all(|b| b.idx == a.idx || (func.reaches(a.idx, b.idx) && !func.reaches(b.idx, a.idx)))
+    })
+}
+
 pub fn find_read_side(
     func: &Func,
     flow: &Flow,
     ctx: &Ctx,
     cur_mm: &Val,
     names: &[(Val, String)],
+    unpin_name: &dyn Fn(u64) -> Option<String>,
 ) -> Result<ReadSide, SiteError> {
     let sym = &func.symbol;
-    let mut notes = Vec::new();
+    let mut side = ReadSide::default();
     let mut mine = Vec::new();
     let mut unproven = Vec::new();
     for a in seq_accesses(func, flow, ctx) {
@@ -334,7 +491,7 @@ pub fn find_read_side(
             if a.vals.is_top() || a.vals.iter().any(|v| v == cur_mm) {
                 unproven.push(a.idx);
             }
-            notes.push(format!(
+            side.notes.push(format!(
                 "+{at:#x}: same displacement, but the base %{} holds {}, not current->mm: not the seqcount",
                 reg_lower(a.base),
                 describe_set(&a.vals, names)
@@ -372,11 +529,21 @@ pub fn find_read_side(
                 "no load of current->mm->write_protect_seq is proven",
             ));
         }
-        return Err(SiteError::NotFound {
-            symbol: sym.clone(),
-            what: "no load of current->mm->write_protect_seq".into(),
-            notes,
+        // Loads through other known pointers: perhaps the mm is passed in (a refactor), so
+        // this is no proof that the read side is missing.
+        if !side.notes.is_empty() {
+            return Err(SiteError::NotFound {
+                symbol: sym.clone(),
+                what: "no load of current->mm->write_protect_seq".into(),
+                notes: std::mem::take(&mut side.notes),
+            });
+        }
+        side.defects.push(Finding {
+            defect: super::Defect::ReadMissing,
+            why: "GUP-fast never loads current->mm->write_protect_seq: pins taken during a fork are never checked against it".into(),
+            evidence: Vec::new(),
         });
+        return Ok(side);
     }
     let by_ip = |ip: u64| mine.iter().find(|a| func.insns[a.idx].ip() == ip).cloned();
 
@@ -388,13 +555,13 @@ pub fn find_read_side(
             continue;
         }
         let mem_is_mine = mine.iter().any(|a| a.idx == c);
-        let side = |k: u32| {
+        let side_of = |k: u32| {
             if ins.op_kind(k) == OpKind::Memory && !mem_is_mine {
                 return None;
             }
             seq_parts(&value_at(ins, k, st, ctx))
         };
-        let (Some(x), Some(y)) = (side(0), side(1)) else {
+        let (Some(x), Some(y)) = (side_of(0), side_of(1)) else {
             continue;
         };
         if x.len() != 1 || y.len() != 1 || x[0] == y[0] {
@@ -420,17 +587,9 @@ pub fn find_read_side(
         };
         pairs.push(pair);
     }
-    let (begin, retry, compare) = match pairs.len() {
-        1 => pairs.remove(0),
-        0 if !unproven.is_empty() => {
-            return Err(unproven_err(&format!(
-                "no comparison of two proven seqcount loads (proven: {})",
-                offsets(func, mine.iter().map(|a| a.idx))
-            )));
-        }
-        0 => {
-            return Err(dead_retry(func, flow, ctx, &mine, sym));
-        }
+    let pair = match pairs.len() {
+        0 => None,
+        1 => Some(pairs.remove(0)),
         n => {
             return Err(SiteError::Ambiguous {
                 symbol: sym.clone(),
@@ -441,240 +600,400 @@ pub fn find_read_side(
             });
         }
     };
-    let extra: Vec<usize> = mine
-        .iter()
-        .map(|a| a.idx)
-        .filter(|&i| i != begin.idx && i != retry.idx)
-        .collect();
-    if !extra.is_empty() {
+    match pair {
+        None => no_comparison(func, flow, ctx, &mine, &mut side)?,
+        Some((x, y, c)) => {
+            let others: Vec<&Access> = mine
+                .iter()
+                .filter(|a| a.idx != x.idx && a.idx != y.idx && a.idx != c)
+                .collect();
+            match others.as_slice() {
+                [] => {
+                    side.begin = Some(x);
+                    side.retry = Some(y);
+                }
+                // A load before both compared ones: the comparison takes two loads made after
+                // it, so the value the walk started from is never compared.
+                [b] if b.kind == AccessKind::Load
+                    && func.reaches(b.idx, x.idx)
+                    && !func.reaches(x.idx, b.idx) =>
+                {
+                    side.defects.push(Finding {
+                        defect: super::Defect::RetryStale,
+                        why: format!(
+                            "the retry check at +{:#x} compares two loads made after the walk (+{:#x}, +{:#x}) instead of the value loaded before it (+{:#x}): a write section that opens and closes during the walk goes unnoticed",
+                            func.offset(c),
+                            func.offset(x.idx),
+                            func.offset(y.idx),
+                            func.offset(b.idx)
+                        ),
+                        evidence: vec![
+                            (b.idx, "read_begin: the value the walk starts from".into()),
+                            (x.idx, "a fresh load after the walk".into()),
+                            (y.idx, "another fresh load".into()),
+                            (c, "compares the two fresh loads".into()),
+                        ],
+                    });
+                    side.begin = Some((*b).clone());
+                    side.retry = Some(y);
+                }
+                _ => {
+                    return Err(SiteError::Ambiguous {
+                        symbol: sym.clone(),
+                        why: format!(
+                            "besides the compared loads (+{:#x}, +{:#x}), the seqcount is also read at {}",
+                            func.offset(x.idx),
+                            func.offset(y.idx),
+                            offsets(func, others.iter().map(|a| a.idx))
+                        ),
+                    });
+                }
+            }
+            side.compare = Some(c);
+            retry_branch(func, c, &mut side)?;
+        }
+    }
+    odd_check(func, flow, ctx, &mut side)?;
+    backout(func, unpin_name, &mut side)?;
+    // A defect is claimed only when every access at the seqcount's displacement is accounted
+    // for: an unproven one might be the missing part.
+    if !side.defects.is_empty() && !unproven.is_empty() {
+        let what: Vec<&str> = side.defects.iter().map(|d| d.defect.name()).collect();
+        return Err(unproven_err(&format!(
+            "the code looks like {} (loads at {})",
+            what.join(", "),
+            offsets(func, mine.iter().map(|a| a.idx))
+        )));
+    }
+    Ok(side)
+}
+
+/// No comparison of two seqcount values: the retry check is dead, unless the later load's
+/// value is used in a way this analysis does not model.
+fn no_comparison(
+    func: &Func,
+    flow: &Flow,
+    ctx: &Ctx,
+    mine: &[Access],
+    side: &mut ReadSide,
+) -> Result<(), SiteError> {
+    let sym = &func.symbol;
+    if let Some(c) = mine.iter().find(|a| a.kind == AccessKind::Compare) {
         return Err(SiteError::Ambiguous {
             symbol: sym.clone(),
             why: format!(
-                "besides read_begin (+{:#x}) and read_retry (+{:#x}), the seqcount is also loaded at {}",
-                func.offset(begin.idx),
-                func.offset(retry.idx),
-                offsets(func, extra)
+                "+{:#x} compares the seqcount with something other than another seqcount load",
+                func.offset(c.idx)
             ),
         });
     }
-
-    let branch = flag_consumer(func, compare).map_err(|why| SiteError::RetryUnconsumed {
+    let loads: Vec<&Access> = mine.iter().collect();
+    let first = first_of(func, &loads).ok_or_else(|| SiteError::Ambiguous {
         symbol: sym.clone(),
-        retry: func.offset(retry.idx),
-        why,
+        why: format!(
+            "the seqcount loads at {} cannot be ordered",
+            offsets(func, loads.iter().map(|a| a.idx))
+        ),
     })?;
-    let Some((cc, target, fall)) = zf_branch(func, branch) else {
-        return Err(SiteError::RetryUnconsumed {
+    let begin = loads[first].clone();
+    match loads.len() {
+        1 => {
+            side.defects.push(Finding {
+                defect: super::Defect::RetryUnconsumed,
+                why: format!(
+                    "the seqcount is loaded only once (+{:#x}): there is no retry load and no back-out, so a write section during the walk goes unnoticed",
+                    func.offset(begin.idx)
+                ),
+                evidence: vec![(begin.idx, "the only load".into())],
+            });
+            side.begin = Some(begin);
+        }
+        2 => {
+            let retry = loads[1 - first].clone();
+            let used = users_of(func, flow, ctx, &retry);
+            if !used.is_empty() {
+                return Err(SiteError::Ambiguous {
+                    symbol: sym.clone(),
+                    why: format!(
+                        "the value loaded at +{:#x} is used at {} but not by a cmp against another seqcount load",
+                        func.offset(retry.idx),
+                        offsets(func, used)
+                    ),
+                });
+            }
+            side.defects.push(Finding {
+                defect: super::Defect::RetryUnconsumed,
+                why: format!(
+                    "the value loaded at +{:#x} after the walk is never compared with the one loaded at +{:#x}: nothing depends on the retry check, and there is no back-out",
+                    func.offset(retry.idx),
+                    func.offset(begin.idx)
+                ),
+                evidence: vec![
+                    (begin.idx, "read_begin".into()),
+                    (retry.idx, "read_retry, whose value nothing reads".into()),
+                ],
+            });
+            side.begin = Some(begin);
+            side.retry = Some(retry);
+        }
+        n => {
+            return Err(SiteError::Ambiguous {
+                symbol: sym.clone(),
+                why: format!(
+                    "{n} loads of the seqcount (at {}) and no comparison of two of them",
+                    offsets(func, loads.iter().map(|a| a.idx))
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The je/jne consuming the retry comparison, and its two sides.
+fn retry_branch(func: &Func, c: usize, side: &mut ReadSide) -> Result<(), SiteError> {
+    let sym = &func.symbol;
+    let retry_at = side.retry.as_ref().map_or(0, |r| func.offset(r.idx));
+    let unconsumed = |why: String, evidence: Vec<(usize, String)>| Finding {
+        defect: super::Defect::RetryUnconsumed,
+        why,
+        evidence,
+    };
+    let j = match flag_use(func, c) {
+        FlagUse::Read(j) => j,
+        FlagUse::Dead(why) => {
+            side.defects.push(unconsumed(
+                format!(
+                    "nothing depends on the retry comparison at +{:#x}: {why}",
+                    func.offset(c)
+                ),
+                vec![(c, "the retry comparison".into())],
+            ));
+            return Ok(());
+        }
+        FlagUse::Unclear(why) => {
+            return Err(SiteError::Ambiguous {
+                symbol: sym.clone(),
+                why: format!(
+                    "the retry comparison at +{:#x} (retry load +{retry_at:#x}): {why}",
+                    func.offset(c)
+                ),
+            });
+        }
+    };
+    let Some((cc, target, fall)) = zf_branch(func, j) else {
+        return Err(SiteError::Ambiguous {
             symbol: sym.clone(),
-            retry: func.offset(retry.idx),
             why: format!(
-                "the comparison is consumed by `{}` at +{:#x}, not by a je/jne branch",
-                func.insns[branch],
-                func.offset(branch)
+                "the retry comparison is consumed by `{}` at +{:#x}, not by a je/jne branch: a shape this tool does not model",
+                super::att(&func.insns[j]),
+                func.offset(j)
             ),
         });
     };
+    side.branch = Some(j);
+    if target == fall {
+        side.defects.push(unconsumed(
+            format!(
+                "both sides of `{}` at +{:#x} lead to +{:#x}: nothing depends on the retry comparison, and there is no back-out",
+                super::att(&func.insns[j]),
+                func.offset(j),
+                func.offset(target)
+            ),
+            vec![(c, "the retry comparison".into()), (j, "a branch whose sides meet".into())],
+        ));
+        return Ok(());
+    }
     // jne: taken when the value changed; je: taken when it did not.
     let (fail, ok) = if cc == ConditionCode::ne {
         (target, fall)
     } else {
         (fall, target)
     };
-    if fail == ok {
-        return Err(SiteError::MissingBackout {
-            symbol: sym.clone(),
-            why: format!(
-                "both sides of the branch at +{:#x} go to +{:#x}",
-                func.offset(branch),
-                func.offset(ok)
-            ),
-        });
-    }
+    side.fail = Some(fail);
+    side.ok = Some(ok);
+    Ok(())
+}
 
-    // The parity check on the begin value: `test $1, <begin value>` and a je/jne. Its odd side
-    // is the fast part's `return 0`, which the back-out block must rejoin.
-    let mut odd_exits = Vec::new();
+/// The parity check on the begin value: `test $1` and a je/jne whose odd side returns without
+/// walking the page tables.
+fn odd_check(func: &Func, flow: &Flow, ctx: &Ctx, side: &mut ReadSide) -> Result<(), SiteError> {
+    let sym = &func.symbol;
+    let Some(begin) = side.begin.clone() else {
+        return Ok(());
+    };
+    let begin_ip = func.insns[begin.idx].ip();
+    let mut checks = Vec::new();
     for (t, ins) in func.insns.iter().enumerate() {
         let Some(st) = state(flow, t) else { continue };
         if ins.mnemonic() != Mnemonic::Test || ins.op_count() != 2 {
             continue;
         }
-        let imm_k = (0..2).find(|&k| imm(ins, k) == Some(1));
-        let Some(imm_k) = imm_k else { continue };
+        let Some(imm_k) = (0..2).find(|&k| imm(ins, k) == Some(1)) else {
+            continue;
+        };
         let v = wide_value(ins, 1 - imm_k, st, ctx);
-        if !v.iter().any(|x| *x == Val::Seq(func.insns[begin.idx].ip())) {
+        if !v.iter().any(|x| *x == Val::Seq(begin_ip)) {
             continue;
         }
-        if let Ok(j) = flag_consumer(func, t)
-            && let Some((cc, target, fall)) = zf_branch(func, j)
-        {
-            odd_exits.push(if cc == ConditionCode::ne {
-                target
-            } else {
-                fall
-            });
+        let FlagUse::Read(j) = flag_use(func, t) else {
+            continue;
+        };
+        if let Some((cc, target, fall)) = zf_branch(func, j) {
+            checks.push((
+                t,
+                j,
+                if cc == ConditionCode::ne {
+                    target
+                } else {
+                    fall
+                },
+            ));
         }
     }
-    odd_exits.sort_unstable();
-    odd_exits.dedup();
-    let odd_exit = match odd_exits.as_slice() {
-        [one] => *one,
+    checks.sort_unstable_by_key(|c| c.2);
+    checks.dedup_by_key(|c| c.2);
+    let later = side.retry.as_ref().map(|r| r.idx).or(side.compare);
+    match checks.as_slice() {
         [] => {
-            return Err(SiteError::NotFound {
-                symbol: sym.clone(),
-                what: format!(
-                    "the odd-value check of the read_begin value (test $1 and a branch); without it the back-out block cannot be told from the success path (read_begin +{:#x}, read_retry +{:#x})",
-                    func.offset(begin.idx),
-                    func.offset(retry.idx)
+            // Proven missing only if nothing else reads the value: another instruction might
+            // test its low bit in a form not modelled here.
+            let used: Vec<usize> = users_of(func, flow, ctx, &begin)
+                .into_iter()
+                .filter(|&u| Some(u) != side.compare)
+                .collect();
+            if !used.is_empty() {
+                return Err(SiteError::Ambiguous {
+                    symbol: sym.clone(),
+                    why: format!(
+                        "the read_begin value (+{:#x}) is used at {}, none of them a `test $1` and a je/jne",
+                        func.offset(begin.idx),
+                        offsets(func, used)
+                    ),
+                });
+            }
+            side.defects.push(Finding {
+                defect: super::Defect::OddCheckMissing,
+                why: format!(
+                    "the value loaded at +{:#x} is never tested for oddness: GUP-fast walks the page tables even while a write section is open",
+                    func.offset(begin.idx)
                 ),
-                notes,
+                evidence: vec![(begin.idx, "read_begin, whose low bit nothing tests".into())],
             });
+        }
+        [(t, j, exit)] => {
+            if let Some(r) = later.filter(|&r| func.reaches(*exit, r) || *exit == r) {
+                side.defects.push(Finding {
+                    defect: super::Defect::OddCheckMissing,
+                    why: format!(
+                        "the odd side of the check at +{:#x} (+{:#x}) goes on to the walk and the retry (+{:#x}) instead of returning without pins",
+                        func.offset(*t),
+                        func.offset(*exit),
+                        func.offset(r)
+                    ),
+                    evidence: vec![
+                        (*t, "tests the read_begin value's low bit".into()),
+                        (*j, "its odd side does not return".into()),
+                    ],
+                });
+            } else {
+                side.odd = Some((*t, *j, *exit));
+            }
         }
         many => {
             return Err(SiteError::Ambiguous {
                 symbol: sym.clone(),
                 why: format!(
                     "the read_begin value is checked for oddness with exits to {}",
-                    offsets(func, many.iter().copied())
+                    offsets(func, many.iter().map(|c| c.2))
                 ),
             });
         }
-    };
-
-    // The back-out block: what runs from `fail` until it rejoins the odd exit, never through the
-    // success side. It must call something (the unpin) and must rejoin.
-    let mut region = func.reach(fail, &[ok, odd_exit]);
-    region.insert(fail);
-    region.remove(&ok);
-    region.remove(&odd_exit);
-    if fail == odd_exit {
-        return Err(SiteError::MissingBackout {
-            symbol: sym.clone(),
-            why: format!(
-                "the changed side of the branch at +{:#x} goes straight to the return-0 path (+{:#x}) without unpinning anything",
-                func.offset(branch),
-                func.offset(fail)
-            ),
-        });
     }
-    let rejoins = region.iter().any(|&i| func.succ[i].contains(&odd_exit));
-    let mut calls: Vec<usize> = region
-        .iter()
-        .copied()
-        .filter(|&i| {
-            let ins = &func.insns[i];
-            ins.is_call_near() || ins.is_call_near_indirect()
-        })
-        .collect();
-    calls.sort_unstable();
-    if !rejoins {
-        return Err(SiteError::MissingBackout {
-            symbol: sym.clone(),
-            why: format!(
-                "the changed side of the branch at +{:#x} (+{:#x}) never rejoins the path the odd-value check returns 0 through (+{:#x})",
-                func.offset(branch),
-                func.offset(fail),
-                func.offset(odd_exit)
-            ),
-        });
-    }
-    if calls.is_empty() {
-        return Err(SiteError::MissingBackout {
-            symbol: sym.clone(),
-            why: format!(
-                "the changed side of the branch at +{:#x} (+{:#x}) calls nothing before returning: nothing is unpinned",
-                func.offset(branch),
-                func.offset(fail)
-            ),
-        });
-    }
-    let backout_calls = calls
-        .iter()
-        .map(|&i| {
-            let ins = &func.insns[i];
-            if ins.is_call_near() {
-                ins.near_branch_target()
-            } else {
-                0
-            }
-        })
-        .collect();
-    Ok(ReadSide {
-        begin,
-        retry,
-        compare,
-        branch,
-        fail,
-        ok,
-        odd_exit,
-        backout_calls,
-        notes,
-    })
+    Ok(())
 }
 
-/// No comparison of two seqcount values: say whether the later load's value is used at all.
-fn dead_retry(func: &Func, flow: &Flow, ctx: &Ctx, mine: &[Access], sym: &str) -> SiteError {
-    let loads: Vec<&Access> = mine.iter().filter(|a| a.kind == AccessKind::Load).collect();
-    if loads.len() < 2 {
-        return SiteError::RetryUnconsumed {
-            symbol: sym.to_owned(),
-            retry: loads.first().map_or(0, |a| func.offset(a.idx)),
-            why: format!(
-                "the seqcount is loaded only {} time(s) (at {}): there is no retry load, so the retry check is dead in this kernel",
-                loads.len(),
-                offsets(func, loads.iter().map(|a| a.idx))
-            ),
-        };
+/// Credits the changed side of the retry branch as the back-out block only if it really backs
+/// out: entered by that branch alone, and calling a function that releases pins.
+fn backout(
+    func: &Func,
+    unpin_name: &dyn Fn(u64) -> Option<String>,
+    side: &mut ReadSide,
+) -> Result<(), SiteError> {
+    let sym = &func.symbol;
+    let (Some(fail), Some(branch)) = (side.fail, side.branch) else {
+        return Ok(());
+    };
+    let br = format!(
+        "`{}` at +{:#x}",
+        super::att(&func.insns[branch]),
+        func.offset(branch)
+    );
+    let missing = |why: String| Finding {
+        defect: super::Defect::BackoutMissing,
+        why,
+        evidence: vec![(branch, "the retry branch".into())],
+    };
+    if let Some((_, _, exit)) = side.odd
+        && (fail == exit || func.reaches(exit, fail))
+    {
+        side.defects.push(missing(format!(
+            "the changed side of {br} jumps straight into the odd-value return path (+{:#x}): the pins the walk took are never released",
+            func.offset(fail)
+        )));
+        side.fail = None;
+        return Ok(());
     }
-    // Is any loaded value read by anything (other than being moved around)?
-    let mut users = Vec::new();
-    for (i, ins) in func.insns.iter().enumerate() {
-        let Some(st) = state(flow, i) else { continue };
-        if matches!(
-            ins.mnemonic(),
-            Mnemonic::Mov | Mnemonic::Push | Mnemonic::Pop
-        ) {
-            continue;
-        }
-        for k in 0..ins.op_count() {
-            let v = wide_value(ins, k, st, ctx);
-            for a in &loads {
-                if v.iter().any(|x| *x == Val::Seq(func.insns[a.idx].ip())) {
-                    users.push((a.idx, i));
-                }
+    let preds = func.pred_table().get(fail).cloned().unwrap_or_default();
+    if preds != [branch] {
+        return Err(SiteError::Ambiguous {
+            symbol: sym.clone(),
+            why: format!(
+                "+{:#x}, the changed side of {br}, is also reached from {}: a probe there would not mark failed retries only",
+                func.offset(fail),
+                offsets(func, preds.into_iter().filter(|&p| p != branch))
+            ),
+        });
+    }
+    let mut block: Vec<usize> = func.dominated(fail).into_iter().collect();
+    block.sort_unstable();
+    let calls: Vec<(usize, u64)> = block
+        .iter()
+        .copied()
+        .filter_map(|i| {
+            let ins = &func.insns[i];
+            if ins.is_call_near() {
+                Some((i, ins.near_branch_target()))
+            } else if ins.is_call_near_indirect() {
+                Some((i, 0))
+            } else {
+                None
             }
-        }
-    }
-    let last = loads
-        .iter()
-        .find(|a| {
-            loads
-                .iter()
-                .all(|b| b.idx == a.idx || !func.reaches(a.idx, b.idx))
         })
-        .map_or(loads[loads.len() - 1].idx, |a| a.idx);
-    let used: Vec<usize> = users
-        .iter()
-        .filter(|(l, _)| *l == last)
-        .map(|u| u.1)
         .collect();
-    if used.is_empty() {
-        SiteError::RetryUnconsumed {
-            symbol: sym.to_owned(),
-            retry: func.offset(last),
-            why: format!(
-                "the value loaded at +{:#x} is never compared with the read_begin value and no branch consumes it: the retry check is dead in this kernel",
-                func.offset(last)
-            ),
-        }
-    } else {
-        SiteError::Ambiguous {
-            symbol: sym.to_owned(),
-            why: format!(
-                "the value loaded at +{:#x} is used at {} but not by a cmp against another seqcount load",
-                func.offset(last),
-                offsets(func, used)
-            ),
-        }
+    if calls.is_empty() {
+        side.defects.push(missing(format!(
+            "the changed side of {br} (+{:#x}) calls nothing: the pins the walk took are never released",
+            func.offset(fail)
+        )));
+        side.fail = None;
+        return Ok(());
     }
+    let unpins: Vec<String> = calls
+        .iter()
+        .filter_map(|&(_, t)| (t != 0).then(|| unpin_name(t)).flatten())
+        .collect();
+    if unpins.is_empty() {
+        return Err(SiteError::Unexpected {
+            symbol: sym.clone(),
+            why: format!(
+                "the changed side of {br} (+{:#x}) calls {}, none of them a function known to release pins",
+                func.offset(fail),
+                offsets(func, calls.iter().map(|c| c.0))
+            ),
+        });
+    }
+    let mut names = unpins;
+    names.dedup();
+    side.backout_calls = names;
+    Ok(())
 }

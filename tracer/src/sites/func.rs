@@ -175,6 +175,61 @@ impl Func {
     pub fn offset(&self, i: usize) -> u64 {
         self.insns[i].ip() - self.start
     }
+
+    /// Indices reachable from the entry (included) without entering `avoid`.
+    pub fn reachable_from_entry(&self, avoid: &[usize]) -> HashSet<usize> {
+        let mut seen = HashSet::new();
+        let mut work = VecDeque::from([0usize]);
+        while let Some(i) = work.pop_front() {
+            if i >= self.insns.len() || avoid.contains(&i) || !seen.insert(i) {
+                continue;
+            }
+            work.extend(self.succ[i].iter().copied());
+        }
+        seen
+    }
+
+    /// For every instruction, the reachable instructions that have it as a successor.
+    pub fn pred_table(&self) -> Vec<Vec<usize>> {
+        let mut t = vec![Vec::new(); self.insns.len()];
+        let mut live: Vec<usize> = self.reachable_from_entry(&[]).into_iter().collect();
+        live.sort_unstable();
+        for i in live {
+            for &s in &self.succ[i] {
+                if let Some(p) = t.get_mut(s) {
+                    p.push(i);
+                }
+            }
+        }
+        t
+    }
+
+    /// The instructions `head` dominates: reachable from it, and from the entry only through it.
+    /// For the first instruction of a block entered by one edge, that is the block and
+    /// everything only it leads to.
+    pub fn dominated(&self, head: usize) -> HashSet<usize> {
+        let elsewhere = self.reachable_from_entry(&[head]);
+        let mut region = self.reach(head, &[]);
+        region.insert(head);
+        region.retain(|i| !elsewhere.contains(i));
+        region
+    }
+
+    /// Instructions strictly between `from` and `to`: reachable from `from` without passing
+    /// `to`, and reaching `to` without passing `from`.
+    pub fn between(&self, from: usize, to: usize) -> HashSet<usize> {
+        let fwd = self.reach(from, &[to]);
+        let preds = self.pred_table();
+        let mut back: HashSet<usize> = HashSet::new();
+        let mut work: VecDeque<usize> = preds.get(to).into_iter().flatten().copied().collect();
+        while let Some(i) = work.pop_front() {
+            if i == from || !back.insert(i) {
+                continue;
+            }
+            work.extend(preds.get(i).into_iter().flatten().copied());
+        }
+        fwd.intersection(&back).copied().collect()
+    }
 }
 
 /// If the code at `target` (outside the function) only tests flags and jumps back into

@@ -189,6 +189,112 @@ pub enum Role {
     Read,
 }
 
+impl Role {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Write => "write",
+            Role::Read => "read",
+        }
+    }
+}
+
+/// A way the protocol is broken in a kernel build, proven from its machine code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Defect {
+    /// The begin value is loaded, but no branch on its low bit leads to a return without pins.
+    OddCheckMissing,
+    /// Nothing depends on the retry comparison (or there is no retry load): no back-out.
+    RetryUnconsumed,
+    /// The retry compares loads taken after the walk instead of the begin value.
+    RetryStale,
+    /// The retry's changed side returns without releasing the pins the walk took.
+    BackoutMissing,
+    /// GUP-fast never loads the seqcount.
+    ReadMissing,
+    /// The writer's increments are missing, unpaired, or do not enclose the copy.
+    WriteUnpaired,
+}
+
+impl Defect {
+    pub const ALL: [Defect; 6] = [
+        Defect::OddCheckMissing,
+        Defect::RetryUnconsumed,
+        Defect::RetryStale,
+        Defect::BackoutMissing,
+        Defect::ReadMissing,
+        Defect::WriteUnpaired,
+    ];
+
+    /// The name in reports, logs and exit messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Defect::OddCheckMissing => "odd_check_missing",
+            Defect::RetryUnconsumed => "retry_unconsumed",
+            Defect::RetryStale => "retry_stale",
+            Defect::BackoutMissing => "backout_missing",
+            Defect::ReadMissing => "read_missing",
+            Defect::WriteUnpaired => "write_unpaired",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Defect> {
+        Defect::ALL.into_iter().find(|d| d.name() == s)
+    }
+
+    pub const fn role(self) -> Role {
+        match self {
+            Defect::WriteUnpaired => Role::Write,
+            _ => Role::Read,
+        }
+    }
+}
+
+impl Serialize for Defect {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// One instruction offered as evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    /// Byte offset in the function.
+    pub offset: u64,
+    /// The instruction, AT&T syntax.
+    pub insn: String,
+    /// What it shows.
+    pub note: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DefectFinding {
+    pub defect: Defect,
+    pub why: String,
+    pub evidence: Vec<Evidence>,
+}
+
+/// What discovery concluded about one function.
+#[derive(Debug)]
+pub enum Status {
+    /// Every part of the protocol proven.
+    Intact,
+    /// The protocol is broken here, in these ways (never empty). Whatever parts remain are
+    /// still probed, so that a run shows the consequence.
+    Defects(Vec<DefectFinding>),
+    /// The code matches no shape this tool knows (or could not be read): no sites.
+    Unknown(SiteError),
+}
+
+impl Status {
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Status::Intact => "intact",
+            Status::Defects(_) => "defect",
+            Status::Unknown(_) => "unknown",
+        }
+    }
+}
+
 /// What discovery made of one function.
 #[derive(Debug)]
 pub struct FunctionReport {
@@ -196,11 +302,47 @@ pub struct FunctionReport {
     pub role: Role,
     /// Whether the kernel must have these sites (false: e.g. hugetlb before 5.19).
     pub required: bool,
-    /// The sites found, or why there are none. Never half a protocol: a function either gives
-    /// all its sites or none.
-    pub result: Result<Vec<SiteKind>, SiteError>,
+    pub status: Status,
+    /// The sites this function contributes to the plan: all of them when intact, what remains
+    /// when defective, none when unknown.
+    pub sites: Vec<SiteKind>,
     /// Look-alikes rejected and other observations.
     pub notes: Vec<String>,
+}
+
+impl FunctionReport {
+    /// The error of an unknown function.
+    pub fn unknown(&self) -> Option<&SiteError> {
+        match &self.status {
+            Status::Unknown(e) => Some(e),
+            _ => None,
+        }
+    }
+    pub fn defects(&self) -> &[DefectFinding] {
+        match &self.status {
+            Status::Defects(d) => d,
+            _ => &[],
+        }
+    }
+}
+
+/// The verdict of discovery on one side of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SideStatus {
+    Intact,
+    /// The first defect proven on this side.
+    Defect(Defect),
+    Unknown,
+}
+
+impl SideStatus {
+    pub const fn name(self) -> &'static str {
+        match self {
+            SideStatus::Intact => "intact",
+            SideStatus::Defect(d) => d.name(),
+            SideStatus::Unknown => "unknown",
+        }
+    }
 }
 
 /// The discovery result.
@@ -211,21 +353,71 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Refusals in functions whose sites the kernel must have.
-    pub fn refusals(&self) -> impl Iterator<Item = (&FunctionReport, &SiteError)> {
+    /// Functions whose sites the kernel must have but whose code this tool could not prove
+    /// either way.
+    pub fn unknowns(&self) -> impl Iterator<Item = (&FunctionReport, &SiteError)> {
         self.functions
             .iter()
             .filter(|f| f.required)
-            .filter_map(|f| f.result.as_ref().err().map(|e| (f, e)))
+            .filter_map(|f| f.unknown().map(|e| (f, e)))
     }
-    /// Every required function gave its sites.
+    /// Every defect proven, with its function.
+    pub fn defects(&self) -> impl Iterator<Item = (&FunctionReport, &DefectFinding)> {
+        self.functions
+            .iter()
+            .flat_map(|f| f.defects().iter().map(move |d| (f, d)))
+    }
+    /// Every required function is intact.
     pub fn complete(&self) -> bool {
-        self.refusals().next().is_none()
+        self.functions
+            .iter()
+            .all(|f| !f.required || matches!(f.status, Status::Intact))
     }
     pub fn site(&self, kind: SiteKind, symbol: &str) -> Option<&Site> {
         self.sites
             .iter()
             .find(|s| s.kind == kind && s.symbol == symbol)
+    }
+    /// One word for a side: a proven defect wins, then unknown, else intact.
+    pub fn side(&self, role: Role) -> SideStatus {
+        let fs = || self.functions.iter().filter(|f| f.role == role);
+        if let Some(d) = fs().flat_map(|f| f.defects()).next() {
+            return SideStatus::Defect(d.defect);
+        }
+        if fs().any(|f| f.required && f.unknown().is_some()) {
+            return SideStatus::Unknown;
+        }
+        SideStatus::Intact
+    }
+
+    /// The machine-readable account used by `tracer sites --json` and the log header.
+    pub fn discovery_json(&self) -> serde_json::Value {
+        let functions: Vec<serde_json::Value> = self
+            .functions
+            .iter()
+            .map(|f| {
+                let status = match (&f.status, f.required) {
+                    (Status::Unknown(_), false) => "absent",
+                    (s, _) => s.name(),
+                };
+                serde_json::json!({
+                    "symbol": f.symbol,
+                    "role": f.role.name(),
+                    "required": f.required,
+                    "status": status,
+                    "defects": f.defects(),
+                    "reason": f.unknown().map(ToString::to_string),
+                    "sites": f.sites.iter().map(|k| k.name()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "sides": {
+                "write": self.side(Role::Write).name(),
+                "read": self.side(Role::Read).name(),
+            },
+            "functions": functions,
+        })
     }
 }
 
@@ -329,7 +521,7 @@ impl SiteLayout {
             }],
             required: true,
         }];
-        if ks.get("copy_hugetlb_page_range").is_some() {
+        if ks.get_function("copy_hugetlb_page_range").is_some() {
             // copy_hugetlb_page_range(dst, src, dst_vma, src_vma) since 5.19.
             let f = "copy_hugetlb_page_range";
             let mut mm = vec![MmOrigin::Arg {
@@ -404,7 +596,7 @@ pub fn reg_name(r: Reg) -> &'static str {
     }
 }
 
-fn att(ins: &Instruction) -> String {
+pub(crate) fn att(ins: &Instruction) -> String {
     let mut out = String::new();
     let mut f = GasFormatter::new();
     f.options_mut().set_uppercase_hex(false);
@@ -423,7 +615,7 @@ fn analyse(
     symbol: &str,
     ctx: &Ctx,
 ) -> Result<Analysed, SiteError> {
-    let sym = ks.get(symbol).ok_or_else(|| SiteError::NoSymbol {
+    let sym = ks.get_function(symbol).ok_or_else(|| SiteError::NoSymbol {
         symbol: symbol.to_owned(),
     })?;
     let size = match sym.size {
@@ -474,31 +666,93 @@ fn memory_site(
     })
 }
 
-fn callee_names(ks: &Kallsyms, calls: &[u64]) -> String {
-    let mut names: Vec<String> = calls
-        .iter()
-        .map(|&t| {
-            if t == 0 {
-                "an indirect target".to_owned()
-            } else {
-                ks.containing(t)
-                    .map_or_else(|| format!("{t:#x}"), |s| s.name.clone())
-            }
-        })
-        .collect();
-    names.dedup();
-    names.join(", ")
+/// Functions that release pins: a back-out block must call one of them. Names are compared
+/// without the compiler's clone suffixes (`.constprop.0`, `.isra.0`, `.llvm.123`).
+const UNPIN_FUNCTIONS: [&str; 10] = [
+    "gup_put_folio",
+    "gup_put_page",
+    "gup_fast_unpin_user_pages",
+    "unpin_user_pages_lockless",
+    "unpin_user_pages",
+    "unpin_user_page",
+    "unpin_user_pages_dirty_lock",
+    "unpin_folio",
+    "unpin_folios",
+    "put_compound_head",
+];
+
+/// The name a call target has if it is a known unpin function.
+fn unpin_name(ks: &Kallsyms, target: u64) -> Option<String> {
+    let s = ks.containing(target).filter(|s| s.addr == target)?;
+    let base = s.name.split('.').next().unwrap_or(&s.name);
+    UNPIN_FUNCTIONS.contains(&base).then(|| s.name.clone())
 }
 
-fn discover_writer(
-    code: &dyn CodeSource,
-    ks: &Kallsyms,
-    ctx: &Ctx,
-    spec: &WriterSpec,
-) -> (Result<Vec<Site>, SiteError>, Vec<String>) {
+/// What one function gave: its status, its sites, its notes.
+struct Found {
+    status: Status,
+    sites: Vec<Site>,
+    notes: Vec<String>,
+}
+
+impl Found {
+    fn unknown(e: SiteError, notes: Vec<String>) -> Found {
+        Found {
+            status: Status::Unknown(e),
+            sites: Vec::new(),
+            notes,
+        }
+    }
+}
+
+fn defect_findings(f: &Func, findings: Vec<find::Finding>) -> Vec<DefectFinding> {
+    findings
+        .into_iter()
+        .map(|d| DefectFinding {
+            defect: d.defect,
+            why: d.why,
+            evidence: d
+                .evidence
+                .into_iter()
+                .map(|(i, note)| Evidence {
+                    offset: f.offset(i),
+                    insn: att(&f.insns[i]),
+                    note,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Sites and status from the parts found; a part that cannot be probed (its base register is
+/// not in pt_regs) makes the function unknown.
+fn found(
+    f: &Func,
+    parts: Result<Vec<Site>, SiteError>,
+    findings: Vec<find::Finding>,
+    notes: Vec<String>,
+) -> Found {
+    match parts {
+        Err(e) => Found::unknown(e, notes),
+        Ok(sites) => {
+            let defects = defect_findings(f, findings);
+            Found {
+                status: if defects.is_empty() {
+                    Status::Intact
+                } else {
+                    Status::Defects(defects)
+                },
+                sites,
+                notes,
+            }
+        }
+    }
+}
+
+fn discover_writer(code: &dyn CodeSource, ks: &Kallsyms, ctx: &Ctx, spec: &WriterSpec) -> Found {
     let a = match analyse(code, ks, &spec.symbol, ctx) {
         Ok(a) => a,
-        Err(e) => return (Err(e), Vec::new()),
+        Err(e) => return Found::unknown(e, Vec::new()),
     };
     let accepted: Vec<Val> = spec.mm.iter().map(MmOrigin::val).collect();
     let names: Vec<(Val, String)> = spec
@@ -506,43 +760,64 @@ fn discover_writer(
         .iter()
         .map(|m| (m.val(), m.name().to_owned()))
         .collect();
-    let pair = match find::find_write_pair(&a.func, &a.flow, ctx, &accepted, &names) {
-        Ok(p) => p,
-        Err(e) => return (Err(e), Vec::new()),
+    let w = match find::find_write_side(&a.func, &a.flow, ctx, &accepted, &names) {
+        Ok(w) => w,
+        Err(e) => return Found::unknown(e, Vec::new()),
     };
     let f = &a.func;
+    // A function that need not have a write section and has none is simply without one.
+    if !spec.required && w.begin.is_none() {
+        return Found::unknown(
+            SiteError::NotFound {
+                symbol: spec.symbol.clone(),
+                what: "no increment of write_protect_seq through the source mm".into(),
+                notes: Vec::new(),
+            },
+            w.notes,
+        );
+    }
     let origin = |acc: &find::Access| find::describe_set(&acc.vals, &names);
-    let sites = (|| {
-        Ok(vec![
-            memory_site(
-                &a,
-                SiteKind::WriteBegin,
-                &pair.begin,
-                format!(
+    let mut parts = Vec::new();
+    if let Some(b) = &w.begin {
+        parts.push(memory_site(
+            &a,
+            SiteKind::WriteBegin,
+            b,
+            match &w.end {
+                Some(e) => format!(
                     "increments [%{}{}] where %{} = {} on every path; write_end (+{:#x}) follows it and never precedes it",
-                    reg_lower(pair.begin.base),
-                    flow::signed_hex(pair.begin.disp),
-                    reg_lower(pair.begin.base),
-                    origin(&pair.begin),
-                    f.offset(pair.end.idx)
+                    reg_lower(b.base),
+                    flow::signed_hex(b.disp),
+                    reg_lower(b.base),
+                    origin(b),
+                    f.offset(e.idx)
                 ),
-            )?,
-            memory_site(
-                &a,
-                SiteKind::WriteEnd,
-                &pair.end,
-                format!(
-                    "increments [%{}{}] where %{} = {} on every path; follows write_begin (+{:#x})",
-                    reg_lower(pair.end.base),
-                    flow::signed_hex(pair.end.disp),
-                    reg_lower(pair.end.base),
-                    origin(&pair.end),
-                    f.offset(pair.begin.idx)
+                None => format!(
+                    "increments [%{}{}] where %{} = {} on every path; the only increment, probed as write_begin",
+                    reg_lower(b.base),
+                    flow::signed_hex(b.disp),
+                    reg_lower(b.base),
+                    origin(b)
                 ),
-            )?,
-        ])
-    })();
-    (sites, pair.notes)
+            },
+        ));
+    }
+    if let (Some(b), Some(e)) = (&w.begin, &w.end) {
+        parts.push(memory_site(
+            &a,
+            SiteKind::WriteEnd,
+            e,
+            format!(
+                "increments [%{}{}] where %{} = {} on every path; follows write_begin (+{:#x})",
+                reg_lower(e.base),
+                flow::signed_hex(e.disp),
+                reg_lower(e.base),
+                origin(e),
+                f.offset(b.idx)
+            ),
+        ));
+    }
+    found(f, parts.into_iter().collect(), w.defects, w.notes)
 }
 
 fn discover_reader(
@@ -551,136 +826,143 @@ fn discover_reader(
     ctx: &Ctx,
     layout: &SiteLayout,
     symbol: &str,
-) -> (Result<Vec<Site>, SiteError>, Vec<String>) {
+) -> Found {
     let a = match analyse(code, ks, symbol, ctx) {
         Ok(a) => a,
-        Err(e) => return (Err(e), Vec::new()),
+        Err(e) => return Found::unknown(e, Vec::new()),
     };
     let cur_mm = Val::Load(Box::new(Val::Current), i64::from(layout.task_mm));
     let names = vec![
         (cur_mm.clone(), "current->mm".to_owned()),
         (Val::Current, "current".to_owned()),
     ];
-    let r = match find::find_read_side(&a.func, &a.flow, ctx, &cur_mm, &names) {
+    let unpin = |t: u64| unpin_name(ks, t);
+    let r = match find::find_read_side(&a.func, &a.flow, ctx, &cur_mm, &names, &unpin) {
         Ok(r) => r,
-        Err(e) => return (Err(e), Vec::new()),
+        Err(e) => return Found::unknown(e, Vec::new()),
     };
     let f = &a.func;
-    let cmp = format!(
-        "`{}` at +{:#x}",
-        att(&f.insns[r.compare]),
-        f.offset(r.compare)
-    );
-    let br = format!(
-        "`{}` at +{:#x}",
-        att(&f.insns[r.branch]),
-        f.offset(r.branch)
-    );
-    let sites = (|| {
-        let fail_ins = &f.insns[r.fail];
-        Ok(vec![
-            memory_site(
-                &a,
-                SiteKind::ReadBegin,
-                &r.begin,
-                format!(
-                    "loads [%{}{}] where %{} = current->mm (task_struct.mm of %gs:{:#x}) on every path; its value is tested for oddness (odd exits to +{:#x}) and compared by {cmp}",
-                    reg_lower(r.begin.base),
-                    flow::signed_hex(r.begin.disp),
-                    reg_lower(r.begin.base),
-                    layout.current_task,
-                    f.offset(r.odd_exit)
-                ),
-            )?,
-            memory_site(
-                &a,
-                SiteKind::ReadRetry,
-                &r.retry,
-                format!(
-                    "loads [%{}{}] where %{} = current->mm, after read_begin; compared with the read_begin value by {cmp}, consumed by {br}",
-                    reg_lower(r.retry.base),
-                    flow::signed_hex(r.retry.disp),
-                    reg_lower(r.retry.base)
-                ),
-            )?,
-            Site {
-                kind: SiteKind::RetryFail,
-                symbol: f.symbol.clone(),
-                offset: f.offset(r.fail),
-                addr: fail_ins.ip(),
-                insn: att(fail_ins),
-                base: None,
-                disp: 0,
-                evidence: format!(
-                    "the {} side of {br} (value changed); the block calls {} and rejoins the odd-value return path at +{:#x}; the unchanged side is +{:#x}",
-                    if r.fail == r.branch + 1 {
-                        "fall-through"
-                    } else {
-                        "taken"
-                    },
-                    if r.backout_calls.is_empty() {
-                        "nothing".to_owned()
-                    } else {
-                        callee_names(ks, &r.backout_calls)
-                    },
-                    f.offset(r.odd_exit),
-                    f.offset(r.ok)
-                ),
-            },
-        ])
-    })();
-    (sites, r.notes)
+    let ins_at = |i: usize| format!("`{}` at +{:#x}", att(&f.insns[i]), f.offset(i));
+    let cmp = r.compare.map(ins_at);
+    let br = r.branch.map(ins_at);
+    let mut parts = Vec::new();
+    if let Some(b) = &r.begin {
+        let odd = match r.odd {
+            Some((_, _, exit)) => format!(
+                "its value is tested for oddness (odd exits to +{:#x})",
+                f.offset(exit)
+            ),
+            None => "its value is never tested for oddness".to_owned(),
+        };
+        parts.push(memory_site(
+            &a,
+            SiteKind::ReadBegin,
+            b,
+            format!(
+                "loads [%{}{}] where %{} = current->mm (task_struct.mm of %gs:{:#x}) on every path; {odd}{}",
+                reg_lower(b.base),
+                flow::signed_hex(b.disp),
+                reg_lower(b.base),
+                layout.current_task,
+                cmp.as_ref()
+                    .map_or(String::new(), |c| format!(" and compared by {c}"))
+            ),
+        ));
+    }
+    if let Some(rt) = &r.retry {
+        parts.push(memory_site(
+            &a,
+            SiteKind::ReadRetry,
+            rt,
+            format!(
+                "loads [%{}{}] where %{} = current->mm, after read_begin; {}",
+                reg_lower(rt.base),
+                flow::signed_hex(rt.disp),
+                reg_lower(rt.base),
+                match (&cmp, &br) {
+                    (Some(c), Some(b)) => format!("compared by {c}, consumed by {b}"),
+                    (Some(c), None) => format!("compared by {c}, which nothing consumes"),
+                    _ => "never compared".to_owned(),
+                }
+            ),
+        ));
+    }
+    if let (Some(fail), Some(branch), Some(ok)) = (r.fail, r.branch, r.ok) {
+        let fail_ins = &f.insns[fail];
+        parts.push(Ok(Site {
+            kind: SiteKind::RetryFail,
+            symbol: f.symbol.clone(),
+            offset: f.offset(fail),
+            addr: fail_ins.ip(),
+            insn: att(fail_ins),
+            base: None,
+            disp: 0,
+            evidence: format!(
+                "the {} side of {} (value changed), entered by nothing else; the block calls {} to release the pins; the unchanged side is +{:#x}",
+                if fail == branch + 1 {
+                    "fall-through"
+                } else {
+                    "taken"
+                },
+                ins_at(branch),
+                r.backout_calls.join(", "),
+                f.offset(ok)
+            ),
+        }));
+    }
+    found(f, parts.into_iter().collect(), r.defects, r.notes)
 }
 
-/// Finds every site the layout asks for. Functions that cannot be proven are reported in
-/// [`Plan::functions`] with the reason, and give no sites at all.
+/// Finds every site the layout asks for, and says of each function whether its part of the
+/// protocol is intact, defective (and how), or of a shape this tool does not know.
 pub fn discover(code: &dyn CodeSource, ks: &Kallsyms, layout: &SiteLayout) -> Plan {
     let ctx = Ctx {
         current: layout.current_task,
         seq_disp: i64::from(layout.mm_seq),
     };
     let mut plan = Plan::default();
-    let mut record =
-        |symbol: &str,
-         role: Role,
-         required: bool,
-         (res, notes): (Result<Vec<Site>, SiteError>, Vec<String>)| {
-            let result = res.map(|sites| {
-                let kinds = sites.iter().map(|s| s.kind).collect();
-                plan.sites.extend(sites);
-                kinds
-            });
-            plan.functions.push(FunctionReport {
-                symbol: symbol.to_owned(),
-                role,
-                required,
-                result,
-                notes,
-            });
-        };
+    let mut record = |symbol: &str, role: Role, required: bool, f: Found| {
+        plan.functions.push(FunctionReport {
+            symbol: symbol.to_owned(),
+            role,
+            required,
+            status: f.status,
+            sites: f.sites.iter().map(|s| s.kind).collect(),
+            notes: f.notes,
+        });
+        plan.sites.extend(f.sites);
+    };
     for w in &layout.writers {
+        let spec = WriterSpec {
+            symbol: ks
+                .get_function(&w.symbol)
+                .map_or_else(|| w.symbol.clone(), |s| s.name.clone()),
+            ..w.clone()
+        };
         record(
-            &w.symbol,
+            &spec.symbol,
             Role::Write,
             w.required,
-            discover_writer(code, ks, &ctx, w),
+            discover_writer(code, ks, &ctx, &spec),
         );
     }
-    match layout.readers.iter().find(|r| ks.get(r).is_some()) {
-        Some(r) => record(
-            r,
-            Role::Read,
-            true,
-            discover_reader(code, ks, &ctx, layout, r),
-        ),
+    match layout
+        .readers
+        .iter()
+        .find_map(|r| ks.get_function(r).map(|s| s.name.clone()))
+    {
+        Some(r) => {
+            let f = discover_reader(code, ks, &ctx, layout, &r);
+            record(&r, Role::Read, true, f);
+        }
         None => record(
             &layout.readers.join("|"),
             Role::Read,
             true,
-            (
-                Err(SiteError::NoSymbol {
+            Found::unknown(
+                SiteError::NoSymbol {
                     symbol: layout.readers.join(", "),
-                }),
+                },
                 Vec::new(),
             ),
         ),
@@ -693,8 +975,9 @@ pub fn discover(code: &dyn CodeSource, ks: &Kallsyms, layout: &SiteLayout) -> Pl
 
 /// `tracer sites`: list the instruction-level sites of this kernel (or of a given build).
 ///
-/// Exit status: 0 every required site was found; 3 discovery refused at least one function
-/// (those run with function-level probes only); 2 bad input.
+/// Exit status: 0 every required function intact; 1 a defect proven in the machine code; 3 a
+/// required function of a shape this tool does not know (it runs with function-level probes
+/// only); 2 bad input.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Offline: read machine code from this vmlinux ELF (or bzImage; the format is detected).
@@ -713,8 +996,8 @@ pub struct Args {
     /// image's "Linux version" string].
     #[arg(long, value_name = "RELEASE")]
     pub release: Option<String>,
-    /// Print JSON: `[{"kind","symbol","offset","addr","insn","base","disp","evidence"}, ...]`,
-    /// plus `{"kind":"refused","symbol","reason"}` for functions without sites.
+    /// Print JSON: `{"kernel","source","sides":{"write","read"},"functions":[...],"sites":[...],
+    /// "function_probes":[...]}` (docs/sites.md).
     #[arg(long)]
     pub json: bool,
     /// Print SYMBOL's decoded code with the value origins known before each instruction.
@@ -793,7 +1076,7 @@ pub fn image_release(code: &ElfImage) -> Option<String> {
         .then(|| r.to_owned())
 }
 
-/// Human-readable listing.
+/// Human-readable listing: the sites, then what discovery said of each function.
 pub fn render_text(plan: &Plan, source: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "machine code: {source}");
@@ -812,28 +1095,68 @@ pub fn render_text(plan: &Plan, source: &str) -> String {
         let _ = writeln!(out, "            evidence: {}", s.evidence);
     }
     for f in &plan.functions {
-        match &f.result {
-            Ok(_) => {}
-            Err(e) if f.required => {
-                let _ = writeln!(out, "REFUSED     {e}");
+        match &f.status {
+            Status::Intact => {}
+            Status::Defects(ds) => {
+                for d in ds {
+                    let _ = writeln!(
+                        out,
+                        "DEFECT      {}: {}: {}",
+                        f.symbol,
+                        d.defect.name(),
+                        d.why
+                    );
+                    for e in &d.evidence {
+                        let _ = writeln!(
+                            out,
+                            "            +{:#x}  {:<32}  {}",
+                            e.offset, e.insn, e.note
+                        );
+                    }
+                }
+                let _ = writeln!(
+                    out,
+                    "            {} is probed where its parts remain ({}), so a run shows the consequence",
+                    f.symbol,
+                    if f.sites.is_empty() {
+                        "none do".to_owned()
+                    } else {
+                        f.sites
+                            .iter()
+                            .map(|k| k.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                );
+            }
+            Status::Unknown(e) if f.required => {
+                let _ = writeln!(out, "UNKNOWN     {e}");
                 let _ = writeln!(
                     out,
                     "            {} runs with function-level probes only",
                     f.symbol
                 );
             }
-            Err(e) => {
+            Status::Unknown(e) => {
                 let _ = writeln!(out, "none        {e} (not required on this kernel)");
             }
         }
-        let notes = match &f.result {
-            Err(SiteError::NotFound { notes, .. }) => notes.iter().chain(&f.notes).collect(),
+        let notes = match &f.status {
+            Status::Unknown(SiteError::NotFound { notes, .. }) => {
+                notes.iter().chain(&f.notes).collect()
+            }
             _ => f.notes.iter().collect::<Vec<_>>(),
         };
         for n in notes {
             let _ = writeln!(out, "            note ({}): {n}", f.symbol);
         }
     }
+    let _ = writeln!(
+        out,
+        "write side: {}; read side: {}",
+        plan.side(Role::Write).name(),
+        plan.side(Role::Read).name()
+    );
     out
 }
 
@@ -849,9 +1172,9 @@ struct JsonSite<'a> {
     evidence: &'a str,
 }
 
-/// The JSON listing: sites, then refusals.
+/// The JSON listing: `{"sides", "functions", "sites"}` (see docs/sites.md).
 pub fn render_json(plan: &Plan) -> serde_json::Value {
-    let mut items: Vec<serde_json::Value> = plan
+    let sites: Vec<serde_json::Value> = plan
         .sites
         .iter()
         .filter_map(|s| {
@@ -868,16 +1191,22 @@ pub fn render_json(plan: &Plan) -> serde_json::Value {
             .ok()
         })
         .collect();
-    for f in &plan.functions {
-        if let Err(e) = &f.result {
-            items.push(serde_json::json!({
-                "kind": if f.required { "refused" } else { "absent" },
-                "symbol": f.symbol,
-                "reason": e.to_string(),
-            }));
-        }
+    let mut v = plan.discovery_json();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("sites".into(), serde_json::Value::Array(sites));
     }
-    serde_json::Value::Array(items)
+    v
+}
+
+/// `tracer sites`'s exit status: 0 intact, 1 a proven defect, 3 a function of unknown shape.
+pub fn exit_status(plan: &Plan) -> u8 {
+    if plan.defects().next().is_some() {
+        1
+    } else if plan.unknowns().next().is_some() {
+        3
+    } else {
+        0
+    }
 }
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
@@ -899,17 +1228,24 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .map(|r| crate::kernel::target::resolve(&inputs.btf, &inputs.kallsyms, r));
     if args.json {
         let mut v = render_json(&plan);
-        if let (serde_json::Value::Array(items), Some(Ok(f))) = (&mut v, &functions) {
-            items.extend(f.probes.iter().map(|p| {
-                serde_json::json!({
-                    "kind": "function",
-                    "probe": p.probe.name(),
-                    "symbol": p.symbol,
-                    "offset": 0,
-                    "ret": p.ret,
-                    "evidence": p.reason,
-                })
-            }));
+        if let Some(o) = v.as_object_mut() {
+            o.insert("kernel".into(), serde_json::json!(inputs.release));
+            o.insert("source".into(), serde_json::json!(inputs.code.describe()));
+            if let Some(Ok(f)) = &functions {
+                let probes: Vec<serde_json::Value> = f
+                    .probes
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "probe": p.probe.name(),
+                            "symbol": p.symbol,
+                            "ret": p.ret,
+                            "evidence": p.reason,
+                        })
+                    })
+                    .collect();
+                o.insert("function_probes".into(), serde_json::Value::Array(probes));
+            }
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -934,11 +1270,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             None => println!("function-level probes: unknown kernel release (pass --release)"),
         }
     }
-    Ok(if plan.complete() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+    Ok(ExitCode::from(exit_status(&plan)))
 }
 
 /// Offline discovery from files: a vmlinux or bzImage, kallsyms, and BTF (or the image's own).
