@@ -93,55 +93,21 @@ pub struct Sides {
     pub read: String,
 }
 
-const WRITE_FUNCTIONS: [&str; 2] = ["copy_page_range", "copy_hugetlb_page_range"];
-
-/// The write and read sides from sites.json: "intact", a defect name, or "unknown".
-///
-/// `tracer sites --json` is becoming an object with `"sides": {"write", "read"}`; until then it
-/// is an array, from which only "intact" (the side's begin site was found) or "refused" (a
-/// required function of that side was refused) can be told. Only this function reads it.
+/// The write and read sides from sites.json (`tracer sites --json`'s `"sides"`): "intact",
+/// a defect name, or "unknown" (also when sites.json has no such field). The only place
+/// that reads sites.json.
 pub fn sides(sites: &Value) -> Sides {
-    if let Some(s) = sites.get("sides") {
-        let side = |k: &str| {
-            s.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-                .to_owned()
-        };
-        return Sides {
-            write: side("write"),
-            read: side("read"),
-        };
-    }
-    let items = sites.as_array().map_or(&[][..], Vec::as_slice);
-    let kind = |i: &Value| {
-        i.get("kind")
+    let side = |k: &str| {
+        sites
+            .get("sides")
+            .and_then(|s| s.get(k))
             .and_then(Value::as_str)
-            .unwrap_or("")
+            .unwrap_or("unknown")
             .to_owned()
-    };
-    let symbol = |i: &Value| {
-        i.get("symbol")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    let side = |write: bool, begin: &str| {
-        let refused = items.iter().any(|i| {
-            kind(i) == "refused" && WRITE_FUNCTIONS.contains(&symbol(i).as_str()) == write
-        });
-        if refused {
-            "refused"
-        } else if items.iter().any(|i| kind(i) == begin) {
-            "intact"
-        } else {
-            "unknown"
-        }
-        .to_owned()
     };
     Sides {
-        write: side(true, "write_begin"),
-        read: side(false, "read_begin"),
+        write: side("write"),
+        read: side("read"),
     }
 }
 
@@ -511,21 +477,15 @@ mod tests {
     }
 
     #[test]
-    fn sides_from_todays_array_and_the_coming_object() {
-        let arr = json!([
-            {"kind":"write_begin","symbol":"copy_page_range"},
-            {"kind":"refused","symbol":"gup_fast_fallback","reason":"x"},
-            {"kind":"absent","symbol":"copy_hugetlb_page_range","reason":"y"}
-        ]);
+    fn sides_come_from_sites_json() {
+        let obj = json!({"sides":{"write":"intact","read":"retry_unconsumed"},"sites":[]});
         assert_eq!(
-            sides(&arr),
+            sides(&obj),
             Sides {
                 write: "intact".into(),
-                read: "refused".into()
+                read: "retry_unconsumed".into()
             }
         );
-        let obj = json!({"sides":{"write":"intact","read":"retry_unconsumed"},"sites":[]});
-        assert_eq!(sides(&obj).read, "retry_unconsumed");
         assert_eq!(sides(&json!({})).write, "unknown");
         assert_eq!(sides(&json!([])).read, "unknown");
     }
@@ -540,7 +500,8 @@ mod tests {
         .unwrap();
         std::fs::write(
             dir.join("sites.json"),
-            json!([{"kind":"write_begin"},{"kind":"read_begin"}]).to_string(),
+            json!({"sides":{"write":"intact","read":"intact"},"functions":[],"sites":[]})
+                .to_string(),
         )
         .unwrap();
         std::fs::write(dir.join("verdict.json"), verdict.to_string()).unwrap();

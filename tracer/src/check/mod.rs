@@ -92,9 +92,10 @@ fn sites_json(exe: &std::path::Path) -> Result<Vec<u8>, String> {
         .args(["sites", "--json"])
         .output()
         .map_err(|e| format!("cannot run `tracer sites --json`: {e}"))?;
-    // 0: every site found; 3: discovery refused something (its JSON says what).
+    // 0: both sides intact; 1: a proven defect; 3: a function of unknown shape. Its JSON
+    // says which.
     match o.status.code() {
-        Some(0 | 3) => Ok(o.stdout),
+        Some(0 | 1 | 3) => Ok(o.stdout),
         _ => Err(format!(
             "`tracer sites --json` failed ({}): {}",
             o.status,
@@ -120,11 +121,16 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let plan = crate::record::plan(None, true)?;
     let release = plan.function.release.clone();
     let notes: Vec<String> = plan
-        .function
-        .missing
+        .defects
         .iter()
-        .chain(&plan.site_notes)
-        .cloned()
+        .map(|d| format!("DEFECT: {d}"))
+        .chain(
+            plan.function
+                .missing
+                .iter()
+                .chain(&plan.site_notes)
+                .cloned(),
+        )
         .collect();
     eprintln!(
         "check: kernel {release}: {} mode, {} function probes, {} instruction sites",
@@ -132,9 +138,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
         plan.function.probes.len(),
         plan.sites.len()
     );
-    for n in &notes {
-        eprintln!("check: plan: {n}");
+    for m in &plan.function.missing {
+        eprintln!("tracer: missing: {m}");
     }
+    // Defects and whatever discovery could not prove, as `tracer record` says them.
+    crate::record::warn_plan(&plan);
     let (dir_path, fresh) = match &args.report {
         Some(d) => (d.clone(), false),
         None => (

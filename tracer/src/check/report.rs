@@ -87,8 +87,8 @@ pub fn render(f: &Facts) -> String {
     o
 }
 
-/// Discovery per function, from sites.json: the array `tracer sites --json` prints today, or
-/// an object with `sides` and a `sites` array.
+/// Discovery per side and per function, from sites.json (`tracer sites --json`:
+/// `{"sides", "functions", "sites", "function_probes"}`, docs/sites.md).
 fn sites(o: &mut String, f: &Facts) {
     let _ = writeln!(o, "## Sites\n");
     let v = match f.sites {
@@ -99,60 +99,76 @@ fn sites(o: &mut String, f: &Facts) {
             return;
         }
     };
+    let list = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+    };
+    let text = |x: &Value, k: &str| x.get(k).map_or(String::new(), scalar);
     if let Some(sides) = v.get("sides").and_then(Value::as_object) {
         let _ = writeln!(o, "| side | discovery |\n|---|---|");
         for (side, state) in sides {
-            let _ = writeln!(o, "| {} | {} |", cell(side), cell(&scalar(state)));
+            let _ = writeln!(o, "| {} | **{}** |", cell(side), cell(&scalar(state)));
         }
         let _ = writeln!(o);
     }
-    let items: &[Value] = match v {
-        Value::Array(a) => a,
-        Value::Object(m) => m
-            .get("sites")
-            .and_then(Value::as_array)
-            .map_or(&[], Vec::as_slice),
-        _ => &[],
-    };
-    // symbol -> what discovery said about it, in first-seen order.
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
-    for it in items {
-        let symbol = it.get("symbol").map_or("?".into(), scalar);
-        let kind = it.get("kind").map_or("?".into(), scalar);
-        let what = match kind.as_str() {
-            "refused" | "absent" => {
-                format!("{kind}: {}", it.get("reason").map_or(String::new(), scalar))
-            }
-            "function" => format!(
-                "{} probe{}",
-                it.get("probe").map_or("?".into(), scalar),
-                if it.get("ret").and_then(Value::as_bool) == Some(true) {
-                    " (return)"
-                } else {
-                    ""
-                }
-            ),
-            k => format!(
-                "{k} at +{:#x}",
-                it.get("offset").and_then(Value::as_u64).unwrap_or(0)
-            ),
-        };
-        match rows.iter_mut().find(|(s, _)| *s == symbol) {
-            Some((_, w)) => w.push(what),
-            None => rows.push((symbol, vec![what])),
-        }
-    }
-    if rows.is_empty() {
-        let _ = writeln!(o, "sites.json lists nothing this report can read.\n");
-    } else {
+    if !list("functions").is_empty() {
         let _ = writeln!(
             o,
-            "| function | what discovery and the plan give it |\n|---|---|"
+            "| function | role | required | status | sites | defects or reason |\n|---|---|---|---|---|---|"
         );
-        for (s, w) in rows {
-            let _ = writeln!(o, "| {} | {} |", cell(&s), cell(&w.join("; ")));
+        for fx in list("functions") {
+            // Each site with its offset, from the `sites` list.
+            let symbol = text(fx, "symbol");
+            let placed: Vec<String> = list("sites")
+                .iter()
+                .filter(|s| text(s, "symbol") == symbol)
+                .map(|s| {
+                    format!(
+                        "{} +{:#x}",
+                        text(s, "kind"),
+                        s.get("offset").and_then(Value::as_u64).unwrap_or(0)
+                    )
+                })
+                .collect();
+            let why: Vec<String> = fx
+                .get("defects")
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .map(|d| format!("{}: {}", text(d, "defect"), text(d, "why")))
+                .chain(fx.get("reason").filter(|r| !r.is_null()).map(scalar))
+                .collect();
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} |",
+                cell(&symbol),
+                cell(&text(fx, "role")),
+                cell(&text(fx, "required")),
+                cell(&text(fx, "status")),
+                cell(&placed.join(", ")),
+                cell(&why.join("; "))
+            );
         }
         let _ = writeln!(o);
+    }
+    if !list("function_probes").is_empty() {
+        let probes: Vec<String> = list("function_probes")
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} ({}{})",
+                    text(p, "probe"),
+                    if p.get("ret").and_then(Value::as_bool) == Some(true) {
+                        "return of "
+                    } else {
+                        ""
+                    },
+                    text(p, "symbol")
+                )
+            })
+            .collect();
+        let _ = writeln!(o, "Function-level probes: {}.\n", probes.join(", "));
     }
     notes(o, f.plan_notes);
 }
@@ -376,8 +392,10 @@ fn limits(o: &mut String, f: &Facts) {
             inv as f64 / 1e6
         ));
     }
-    if f.mode != "instruction" {
-        l.push("Function-level probes only: the seqcount's inlined reads and writes were not observed directly.".into());
+    match f.mode {
+        "instruction" => {}
+        "function" => l.push("Function-level probes only: the seqcount's inlined reads and writes were not observed directly.".into()),
+        m => l.push(format!("Attach mode {m}: instruction sites only where discovery proved them; the rest at function level.")),
     }
     if !f.plan_notes.is_empty() {
         l.push(format!(
@@ -420,11 +438,22 @@ mod tests {
             "violations":[],
             "rules":[{"rule":"odd_not_bailed","checked":12,"violations":0}],
             "reasons":["because"]});
-        let sites = json!([
-            {"kind":"write_begin","symbol":"copy_page_range","offset":0x17ef},
-            {"kind":"refused","symbol":"gup_fast_fallback","reason":"ambiguous: x"},
-            {"kind":"function","probe":"cpr_enter","symbol":"copy_page_range","ret":false}
-        ]);
+        let sites = json!({
+            "sides": {"write": "intact", "read": "retry_unconsumed"},
+            "functions": [
+                {"symbol": "copy_page_range", "role": "write", "required": true,
+                 "status": "intact", "defects": [], "reason": null,
+                 "sites": ["write_begin", "write_end"]},
+                {"symbol": "gup_fast_fallback", "role": "read", "required": true,
+                 "status": "defect", "reason": null, "sites": ["read_begin"],
+                 "defects": [{"defect": "retry_unconsumed", "why": "never compared",
+                              "evidence": []}]}
+            ],
+            "sites": [{"kind": "write_begin", "symbol": "copy_page_range", "offset": 0x17ef},
+                      {"kind": "write_end", "symbol": "copy_page_range", "offset": 0x18ad}],
+            "function_probes": [{"probe": "cpr_enter", "symbol": "copy_page_range", "ret": false},
+                                {"probe": "cpr_exit", "symbol": "copy_page_range", "ret": true}]
+        });
         let workload = json!({"forks":10,"forkers":2,"mappings":8,"mapping_kib":256,"hugetlb":true,
             "seed":1,"pin_pages":4,"methods":[
               {"method":"rds","available":true,"what":"an AF_RDS socket","threads":1,"pins":99,"failed":0},
@@ -448,8 +477,10 @@ mod tests {
             "protected overlaps: 27",
             "| protected_overlaps | 27 |",
             "| write_sections | 40 |",
-            "| copy_page_range | write_begin at +0x17ef; cpr_enter probe |",
-            "refused: ambiguous: x",
+            "| read | **retry_unconsumed** |",
+            "| copy_page_range | write | true | intact | write_begin +0x17ef, write_end +0x18ad |  |",
+            "| gup_fast_fallback | read | true | defect |  | retry_unconsumed: never compared |",
+            "Function-level probes: cpr_enter (copy_page_range), cpr_exit (return of copy_page_range).",
             "| rds | yes | an AF_RDS socket | 1 | 99 | 0 |",
             "Pin method io_uring was not exercised: kernel 6.1 pins with slow GUP.",
             "| odd_not_bailed | 12 | 0 |",
