@@ -4,12 +4,14 @@
 //! never copies page tables) while the process holds several dirtied private anonymous
 //! mappings, so every fork runs `copy_page_range` write sections, one per mapping. Pinning
 //! threads, one set per pin method this kernel routes through GUP-fast with FOLL_PIN
-//! ([`pin`]), pin pages of those same mappings, so their seqcount reads race with the forks.
-//! It says which methods it uses and why the others are not, and counts per method.
+//! ([`pin`]), pin pages of those same mappings, so their seqcount reads race with the forks
+//! ([`workers`]). It says which methods it uses and why the others are not, and counts per
+//! method.
 mod direct;
 mod memory;
 mod pin;
 mod rng;
+mod workers;
 
 use std::{
     io::Write as _,
@@ -17,7 +19,7 @@ use std::{
     path::PathBuf,
     process::ExitCode,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -165,29 +167,6 @@ pub fn check_args(a: &Args) -> Result<(), StressError> {
         return Err(StressError::DirectNotSelected);
     }
     Ok(())
-}
-
-#[derive(Default)]
-struct Count {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Count {
-    fn add(&self, r: std::io::Result<()>) {
-        match r {
-            Ok(()) => {
-                self.ok.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut f) = self.first_error.lock() {
-                    f.get_or_insert_with(|| e.to_string());
-                }
-            }
-        }
-    }
 }
 
 /// One method in the summary: used (with its counts) or not (with the reason).
@@ -355,14 +334,16 @@ pub fn main(a: Args) -> Result<ExitCode> {
         a.pin_pages,
     );
 
-    let maps = Arc::new(maps);
-    let counts: Arc<Vec<Count>> = Arc::new(pinners.iter().map(|_| Count::default()).collect());
-    let forks = Arc::new(AtomicU64::new(0));
-    let fork_errors = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(workers::Shared {
+        maps,
+        stop: AtomicBool::new(false),
+        forks: AtomicU64::new(0),
+        fork_errors: AtomicU64::new(0),
+    });
+    let counts: Vec<Arc<workers::Count>> = pinners.iter().map(|_| Arc::default()).collect();
     let mut threads = Vec::new();
     let mut stream = 0u64;
-    for (slot, p) in pinners.into_iter().enumerate() {
+    for (p, count) in pinners.into_iter().zip(&counts) {
         // Each thread its own means (an io_uring instance registers one buffer set at a time).
         let mut own = vec![];
         for _ in 1..a.pinners {
@@ -375,70 +356,30 @@ pub fn main(a: Args) -> Result<ExitCode> {
         own.push(p);
         for p in own {
             stream += 1;
-            let mut rng = Rng::stream(seed, stream);
-            let (maps, counts, stop) = (Arc::clone(&maps), Arc::clone(&counts), Arc::clone(&stop));
-            let gap = Duration::from_micros(a.pin_gap_us);
-            let pin_pages = a.pin_pages;
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let m = &maps[rng.below(maps.len() as u64) as usize];
-                    let n = pin_pages.min(m.pages());
-                    let first = rng.below((m.pages() - n + 1) as u64) as usize;
-                    let r = p.pin(m.page(first), n * PAGE, &mut rng);
-                    if let Some(c) = counts.get(slot) {
-                        c.add(r);
-                    }
-                    if !gap.is_zero() {
-                        std::thread::sleep(gap);
-                    }
-                }
-            }));
+            threads.push(workers::pinner(
+                Arc::clone(&shared),
+                p,
+                Arc::clone(count),
+                Rng::stream(seed, stream),
+                a.pin_pages,
+                Duration::from_micros(a.pin_gap_us),
+            ));
         }
     }
     for _ in 0..a.forkers {
         stream += 1;
-        let mut rng = Rng::stream(seed, stream);
-        let (maps, forks, fork_errors, stop) = (
-            Arc::clone(&maps),
-            Arc::clone(&forks),
-            Arc::clone(&fork_errors),
-            Arc::clone(&stop),
-        );
-        let gap = a.fork_gap_us;
-        threads.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                // SAFETY: the child only calls _exit, which is async-signal-safe.
-                match unsafe { libc::fork() } {
-                    0 => {
-                        // SAFETY: leave the child at once, without running any Rust code.
-                        unsafe { libc::_exit(0) }
-                    }
-                    p if p > 0 => {
-                        let mut status = 0;
-                        // SAFETY: reaping our own child.
-                        unsafe { libc::waitpid(p, &mut status, 0) };
-                        forks.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {
-                        fork_errors.fetch_add(1, Ordering::Relaxed);
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-                // Re-dirty one mapping: its pages become writable again (fork write-protected
-                // them), so pins of them can succeed in GUP-fast itself.
-                maps[rng.below(maps.len() as u64) as usize].dirty();
-                if gap > 0 {
-                    std::thread::sleep(Duration::from_micros(gap / 2 + rng.below(gap + 1)));
-                }
-            }
-        }));
+        threads.push(workers::forker(
+            Arc::clone(&shared),
+            Rng::stream(seed, stream),
+            a.fork_gap_us,
+        ));
     }
 
     let deadline = Instant::now() + Duration::from_secs_f64(a.duration);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         std::thread::sleep(left.min(Duration::from_millis(100)));
     }
-    stop.store(true, Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
     }
@@ -463,8 +404,8 @@ pub fn main(a: Args) -> Result<ExitCode> {
         hugetlb,
         pin_pages: a.pin_pages,
         methods: reports,
-        forks: forks.load(Ordering::Relaxed),
-        fork_errors: fork_errors.load(Ordering::Relaxed),
+        forks: shared.forks.load(Ordering::Relaxed),
+        fork_errors: shared.fork_errors.load(Ordering::Relaxed),
     };
     eprintln!("stress: {}", render_counts(&summary));
     if let Some(p) = &a.summary {
