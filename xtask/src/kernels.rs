@@ -89,7 +89,17 @@ pub fn fetch(spec: &str, modules: Option<&Path>) -> Result<Kernel> {
     if as_path.is_file() {
         let release = image_release(as_path)?;
         let modules = match modules {
-            Some(m) => Some(m.to_path_buf()),
+            Some(m) => {
+                // ROOT/lib/modules/RELEASE: index it if the user's tree has no modules.dep.
+                if let (Some(root), Some(r)) = (
+                    m.parent().and_then(Path::parent).and_then(Path::parent),
+                    m.file_name().and_then(|n| n.to_str()),
+                ) && m.is_dir()
+                {
+                    index_modules(root, r)?;
+                }
+                Some(m.to_path_buf())
+            }
             None => modules_beside(as_path, &release)?,
         };
         return Ok(Kernel {
