@@ -84,7 +84,8 @@ impl Probe {
 /// | site probes      | -          | -         | -                  |
 ///
 /// `seq` is `mm->write_protect_seq.sequence` read by the probe (for sites: at the accessed
-/// address, at that instant); `seq_ok` is 0 when it could not be read.
+/// address, at that instant); `seq_ok` is 0 when it could not be read. `anon` (copy entries
+/// only) is one of [`anon`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RawEvent {
@@ -99,8 +100,18 @@ pub struct RawEvent {
     pub flags: u32,
     pub probe: u8,
     pub seq_ok: u8,
-    pub _pad: [u8; 2],
+    pub anon: u8,
+    pub _pad: u8,
     pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Values of [`RawEvent::anon`]: whether the copied VMA has an `anon_vma` (fork copies its
+/// page tables inside a write section when it also is a COW mapping).
+pub mod anon {
+    pub const NO: u8 = 0;
+    pub const YES: u8 = 1;
+    /// The VMA could not be read.
+    pub const UNREADABLE: u8 = 2;
 }
 
 /// Kernel structure offsets, resolved from BTF in userspace and handed to the programs as a
@@ -120,6 +131,8 @@ pub struct Offsets {
     pub vma_start: u32,
     /// `vm_area_struct.vm_end`
     pub vma_end: u32,
+    /// `vm_area_struct.anon_vma`
+    pub vma_anon_vma: u32,
     /// Index of the `src_vma` argument of `copy_page_range`.
     pub cpr_vma_arg: u32,
     /// Index of the `src_vma` argument of `copy_hugetlb_page_range`.

@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    Filter, Offsets, PROBE_COUNT, Probe, RawEvent, SITE_SLOTS, SiteConfig, site_mode,
+    Filter, Offsets, PROBE_COUNT, Probe, RawEvent, SITE_SLOTS, SiteConfig, anon, site_mode,
 };
 
 /// Set by userspace before load (aya `override_global`).
@@ -28,6 +28,7 @@ static OFFSETS: Offsets = Offsets {
     vma_flags: 0,
     vma_start: 0,
     vma_end: 0,
+    vma_anon_vma: 0,
     cpr_vma_arg: 1,
     hugetlb_vma_arg: 3,
     gup_arg_is_end: 0,
@@ -165,6 +166,7 @@ fn emit(
     a: u64,
     b: u64,
     flags: u32,
+    anon_vma: u8,
 ) {
     // A kprobe hit through int3 (instruction sites, functions not on an ftrace site) runs as
     // an NMI on x86, where the ring buffer only try-locks: another CPU reserving at the same
@@ -195,7 +197,8 @@ fn emit(
         flags,
         probe: probe as u8,
         seq_ok: seq.is_some() as u8,
-        _pad: [0; 2],
+        anon: anon_vma,
+        _pad: 0,
         comm: task.comm,
     });
     // SAFETY: as for `offsets`.
@@ -230,9 +233,23 @@ fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u3
     let start = read_u64(vma + off.vma_start as u64).unwrap_or(0);
     let end = read_u64(vma + off.vma_end as u64).unwrap_or(0);
     let vm_flags = read_u64(vma + off.vma_flags as u64).unwrap_or(0);
+    let anon_vma = match read_u64(vma + off.vma_anon_vma as u64) {
+        Some(0) => anon::NO,
+        Some(_) => anon::YES,
+        None => anon::UNREADABLE,
+    };
     // A full map only loses the exit's mm; the exit then reports mm 0 and no seq.
     let _ = stash.insert(&task.tid, &mm, 0);
-    emit(&task, probe, mm, seq_now(mm), start, end, vm_flags as u32);
+    emit(
+        &task,
+        probe,
+        mm,
+        seq_now(mm),
+        start,
+        end,
+        vm_flags as u32,
+        anon_vma,
+    );
 }
 
 #[inline(always)]
@@ -244,7 +261,7 @@ fn copy_exit(ctx: &RetProbeContext, probe: Probe, stash: &HashMap<u32, u64>) {
     let mm = unsafe { stash.get(&task.tid) }.copied().unwrap_or(0);
     let _ = stash.remove(&task.tid);
     let ret: i64 = ctx.ret();
-    emit(&task, probe, mm, seq_now(mm), ret as u64, 0, 0);
+    emit(&task, probe, mm, seq_now(mm), ret as u64, 0, 0, 0);
 }
 
 #[kprobe]
@@ -298,6 +315,7 @@ pub fn gup_enter(ctx: ProbeContext) -> u32 {
         start,
         nr_pages,
         flags as u32,
+        0,
     );
     0
 }
@@ -309,7 +327,7 @@ pub fn gup_exit(ctx: RetProbeContext) -> u32 {
     };
     let ret: i64 = ctx.ret();
     let mm = current_mm();
-    emit(&task, Probe::GupExit, mm, seq_now(mm), ret as u64, 0, 0);
+    emit(&task, Probe::GupExit, mm, seq_now(mm), ret as u64, 0, 0, 0);
     0
 }
 
@@ -327,7 +345,7 @@ pub fn mm_free(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: helper with no preconditions.
     let ts = unsafe { bpf_ktime_get_ns() };
-    emit(&task, Probe::MmFree, mm, (None, ts), 0, 0, 0);
+    emit(&task, Probe::MmFree, mm, (None, ts), 0, 0, 0, 0);
     0
 }
 
@@ -392,7 +410,7 @@ fn site(ctx: &ProbeContext, slot: u32) {
             (mm, seq_now(mm))
         }
     };
-    emit(&task, probe, mm, read, 0, 0, 0);
+    emit(&task, probe, mm, read, 0, 0, 0, 0);
 }
 
 macro_rules! site_slots {

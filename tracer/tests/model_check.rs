@@ -96,6 +96,7 @@ fn validate_path(v: Variant) -> tracer::validate::Report {
 
 #[test]
 fn observable_counterexamples_are_flagged_by_the_validator() {
+    // Path logs carry events only (no discovery): the events alone prove these.
     let r = validate_path(Variant::NoRetry);
     assert_eq!(r.verdict, Verdict::Violations);
     assert!(
@@ -113,12 +114,20 @@ fn observable_counterexamples_are_flagged_by_the_validator() {
 #[test]
 fn unobservable_counterexamples_are_documented_limits() {
     // Where the copy runs relative to the section, and FOLL_GET references, leave no trace in
-    // the event kinds: the validator cannot flag these (docs/validate.md, "Limits").
-    assert_eq!(
-        validate_path(Variant::UncoveredCopy).verdict,
-        Verdict::Clean
-    );
-    assert_eq!(validate_path(Variant::NonPin).verdict, Verdict::Clean);
+    // the event kinds: the events cannot flag these (docs/validate.md, "Limits"); only
+    // discovery can, from the kernel's code. Without it the verdict is never clean.
+    for v in [Variant::UncoveredCopy, Variant::NonPin] {
+        let r = validate_path(v);
+        assert!(r.violations.is_empty(), "{v}: {r:#?}");
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{v}");
+        assert!(
+            r.missing_evidence
+                .iter()
+                .any(|m| m.contains("carries no discovery")),
+            "{v}: {:?}",
+            r.missing_evidence
+        );
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The kernel image reader on images built here: a small ELF "vmlinux", wrapped in bzImages
-//! with zstd, LZ4-legacy and xz payloads, and broken variants that must give errors, not panics.
+//! with zstd, LZ4-legacy, xz and gzip payloads, and broken variants that must give errors, not panics.
 use std::{error::Error, fs, path::PathBuf};
 
 use tracer::kernel::image::{CodeSource, ElfImage, ImageError};
@@ -63,6 +63,13 @@ fn elf(machine: u16) -> Vec<u8> {
 /// A bzImage around `payload` (already compressed), with the uncompressed size appended the way
 /// the kernel build does.
 fn bzimage(payload: &[u8], uncompressed: usize) -> Vec<u8> {
+    let mut p = payload.to_vec();
+    p.extend_from_slice(&(uncompressed as u32).to_le_bytes());
+    bzimage_raw(&p)
+}
+
+/// A bzImage whose payload is taken as is (a gzip stream ends with its own size).
+fn bzimage_raw(payload: &[u8]) -> Vec<u8> {
     let setup_sects = 4u8;
     let payload_offset = 0x100usize;
     let start = (usize::from(setup_sects) + 1) * 512 + payload_offset;
@@ -70,9 +77,8 @@ fn bzimage(payload: &[u8], uncompressed: usize) -> Vec<u8> {
     b[0x1f1] = setup_sects;
     b[0x202..0x206].copy_from_slice(b"HdrS");
     b[0x248..0x24c].copy_from_slice(&(payload_offset as u32).to_le_bytes());
-    b[0x24c..0x250].copy_from_slice(&((payload.len() + 4) as u32).to_le_bytes());
+    b[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     b.extend_from_slice(payload);
-    b.extend_from_slice(&(uncompressed as u32).to_le_bytes());
     b
 }
 
@@ -150,16 +156,39 @@ fn sites_image_bzimage_xz() -> R<()> {
     r
 }
 
+/// `make defconfig` builds compress with gzip; the stream's trailer is the size the kernel's
+/// decompressor reads.
+#[test]
+fn sites_image_bzimage_gzip() -> R<()> {
+    use std::io::Write as _;
+    let e = elf(62);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&e)?;
+    let p = temp("gzip", &bzimage_raw(&gz.finish()?))?;
+    let r = check_image(&p);
+    fs::remove_file(&p)?;
+    r
+}
+
 #[test]
 fn sites_image_bad_inputs_are_errors() -> R<()> {
     let e = elf(62);
     type Check = fn(&ImageError) -> bool;
     let cases: Vec<(&str, Vec<u8>, Check)> = vec![
         (
-            "gzip payload",
+            "corrupt gzip",
             bzimage(&[0x1f, 0x8b, 8, 0, 1, 2, 3, 4], e.len()),
-            |e| matches!(e, ImageError::UnsupportedCompression { format: "gzip", .. }),
+            |e| matches!(e, ImageError::Decompress { format: "gzip", .. }),
         ),
+        ("bzip2 payload", bzimage(b"BZh91AY&SY", e.len()), |e| {
+            matches!(
+                e,
+                ImageError::UnsupportedCompression {
+                    format: "bzip2",
+                    ..
+                }
+            )
+        }),
         ("neither ELF nor bzImage", vec![0u8; 4096], |e| {
             matches!(e, ImageError::UnknownFormat { .. })
         }),

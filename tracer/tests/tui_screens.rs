@@ -327,3 +327,48 @@ fn footer_fits_80_columns() {
         );
     }
 }
+
+/// A defect discovery proved in the traced kernel's code leads the header, in red, even on an
+/// 80-column screen; the validator pane counts it as a violation.
+#[test]
+fn a_defect_in_the_code_heads_the_screen() {
+    let text = std::fs::read_to_string(data("clean.jsonl")).unwrap();
+    let mut lines = text.lines();
+    let mut h: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    h["discovery"]["sides"]["read"] = serde_json::json!("odd_check_missing");
+    h["discovery"]["functions"][1]["status"] = serde_json::json!("defect");
+    h["discovery"]["functions"][1]["defects"] = serde_json::json!([
+        {"defect": "odd_check_missing", "why": "never tested for oddness", "evidence": []}
+    ]);
+    let mut model = Model::new();
+    let header = Record::parse(&h.to_string()).unwrap();
+    let Record::Header(hd) = &header else {
+        panic!()
+    };
+    let mut c = check::for_header(hd);
+    tui::feed(&mut model, c.as_mut(), 1, &header);
+    for (i, l) in lines.enumerate() {
+        tui::feed(
+            &mut model,
+            c.as_mut(),
+            i as u64 + 2,
+            &Record::parse(l).unwrap(),
+        );
+    }
+    tui::settle(&mut model, c.as_mut(), true);
+    let st = status(&model, c.status());
+    let t = draw(&model, &View::default(), &st, 80, 24);
+    let first = screen(&t).lines().next().unwrap().to_owned();
+    assert!(
+        first.starts_with("tracer · DEFECT odd_check_missing"),
+        "{first}"
+    );
+    let buf = t.backend().buffer();
+    // "tracer · " is 9 cells (the dot is one), before DEFECT.
+    assert_eq!(buf[(9, 0)].fg, Color::Red);
+    assert!(
+        st.checker.starts_with("verdict violations"),
+        "{}",
+        st.checker
+    );
+}

@@ -180,7 +180,7 @@ fn replay_keys_export_and_quit() {
     let s = t.wait_for("replay x20 done");
     // What a person sees: the kernel, a table row with the counters, the keys.
     assert!(
-        s.contains("kernel 6.12.117+deb12-cloud-amd64 · instruction-level"),
+        s.contains("code ok · kernel 6.12.117+deb12-cloud-amd64 · instruction"),
         "{s}"
     );
     assert!(

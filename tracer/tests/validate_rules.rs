@@ -86,7 +86,7 @@ fn write_parity_end_without_begin_is_caught_but_not_at_log_start() {
     // Near miss: the log begins inside a write section.
     let mut l = Log::new(ALL_PROBES);
     l.we(1, "m", 1).cpr_exit(1, "m", 2).summary();
-    assert_eq!(l.report().verdict, Verdict::Clean);
+    assert_eq!(l.report().violations, vec![]);
 }
 
 #[test]
@@ -105,14 +105,14 @@ fn writer_overlap_of_write_sections_is_caught() {
         .wb(2, "m", 2)
         .we(2, "m", 3)
         .summary();
-    assert_eq!(l.report().verdict, Verdict::Clean);
+    assert_eq!(l.report().violations, vec![]);
     let mut l = Log::new(ALL_PROBES);
     l.wb(1, "a", 0)
         .wb(2, "b", 0)
         .we(1, "a", 1)
         .we(2, "b", 1)
         .summary();
-    assert_eq!(l.report().verdict, Verdict::Clean);
+    assert_eq!(l.report().violations, vec![]);
 }
 
 #[test]
@@ -310,12 +310,24 @@ fn retry_ignored_is_caught_only_when_retry_fail_is_probed() {
     let r = l.report();
     assert_eq!(rules(&r), vec![Rule::RetryIgnored]);
     assert_eq!(r.stats.protected_overlaps, 0);
-    // Near miss: the probe list has no retry_fail, so its absence proves nothing.
+    // Near miss: the probe list has no retry_fail, so its absence proves nothing; the rule
+    // is then not checked, and the verdict cannot be clean.
     let mut l = Log::new(&ALL_PROBES[..8]);
     body(&mut l);
     let r = l.report();
-    assert_eq!(r.verdict, Verdict::Clean);
+    assert_eq!(r.violations, vec![]);
+    assert_eq!(r.verdict, Verdict::Inconclusive);
     assert_eq!(r.stats.protected_overlaps, 1);
+    let rr = r
+        .rules
+        .iter()
+        .find(|x| x.rule == Rule::RetryIgnored)
+        .unwrap();
+    assert!(!rr.checked);
+    assert!(
+        rr.why_not.as_deref().unwrap().contains("retry_fail"),
+        "{rr:?}"
+    );
 }
 
 #[test]
@@ -384,8 +396,13 @@ fn seq_unexplained_near_misses() {
 
 #[test]
 fn verdicts() {
+    // Everything a clean verdict needs: a write section and a PIN call through the read sites.
     let base = |l: &mut Log| {
         fork_copy(l, 1, "m", 0);
+        l.gup_enter(20, "m", 2, true)
+            .rb(20, "m", 2)
+            .rr(20, "m", 2)
+            .gup_exit(20, "m", 2);
     };
     let mut l = Log::new(ALL_PROBES);
     base(&mut l);
@@ -402,7 +419,9 @@ fn verdicts() {
     let r = l.report();
     assert_eq!(
         (r.verdict, r.stats.unknown_kinds, r.events),
-        (Verdict::Clean, 1, 4)
+        (Verdict::Clean, 1, 8),
+        "{:?}",
+        r.missing_evidence
     );
     // Violations win over lost events.
     let mut l = Log::new(ALL_PROBES);
@@ -745,7 +764,7 @@ fn the_header_clock_slack_is_the_default() {
         rules(&judge(&plain, Options::default())),
         vec![Rule::SeqUnexplained]
     );
-    assert_eq!(judge(&vm, Options::default()).verdict, Verdict::Clean);
+    assert_eq!(judge(&vm, Options::default()).violations, vec![]);
     // An explicit slack (the CLI's --slack-ns) wins over the header's.
     let explicit = Options {
         slack_ns: 100_000,

@@ -5,7 +5,7 @@ mod kernels;
 
 use std::collections::HashMap;
 
-use tracer::events::{Body, Event, Kind, Record};
+use tracer::events::{Body, CopyFn, Event, Kind, Record};
 
 struct Log {
     records: Vec<Record>,
@@ -50,12 +50,19 @@ fn record_under_stress_is_complete_and_lossless() {
         let Some(Record::Summary(s)) = log.records.last() else {
             panic!("{}: last line is not a summary", k.release)
         };
-        // Every event line: the schema's kinds and the auxiliary hugetlb ones.
-        let aux = log
-            .records
-            .iter()
-            .filter(|r| matches!(r, Record::Unknown(k) if k.starts_with("hugetlb_")))
-            .count() as u64;
+        // Every line is of a kind the schema knows (hugetlb copies included).
+        assert!(
+            !log.records.iter().any(|r| matches!(r, Record::Unknown(_))),
+            "{}: lines of unknown kinds",
+            k.release
+        );
+        // Every value was read.
+        assert!(
+            events(&log).all(|e| e.body.seq().is_some()),
+            "{}: events with an unreadable seq",
+            k.release
+        );
+        let aux = 0;
         let n_events = events(&log).count() as u64;
         assert_eq!(
             s.events,
@@ -87,7 +94,12 @@ fn copy_page_range_windows_pair_up_and_advance_by_two_for_cow() {
         let (mut pairs, mut advanced, mut cow_zero) = (0, 0, 0);
         for e in events(&log) {
             match e.body {
-                Body::CprEnter { cow, seq, .. } => {
+                Body::CopyEnter {
+                    func: CopyFn::Cpr,
+                    cow,
+                    seq: Some(seq),
+                    ..
+                } => {
                     assert_eq!(
                         seq % 2,
                         0,
@@ -101,7 +113,11 @@ fn copy_page_range_windows_pair_up_and_advance_by_two_for_cow() {
                         e.tid
                     );
                 }
-                Body::CprExit { seq, .. } => {
+                Body::CopyExit {
+                    func: CopyFn::Cpr,
+                    seq: Some(seq),
+                    ..
+                } => {
                     let (cow, enter) = open
                         .remove(&e.tid)
                         .unwrap_or_else(|| panic!("{}: cpr_exit without enter: {e:?}", k.release));
@@ -202,7 +218,13 @@ fn mm_names_are_stable_within_a_lifetime() {
         // while each child mm (exited and freed) is a different name.
         let mut by_pid: HashMap<u32, std::collections::HashSet<&str>> = HashMap::new();
         for e in events(&log) {
-            if matches!(e.body, Body::CprEnter { .. }) {
+            if matches!(
+                e.body,
+                Body::CopyEnter {
+                    func: CopyFn::Cpr,
+                    ..
+                }
+            ) {
                 by_pid.entry(e.pid).or_default().insert(e.mm.as_str());
             }
         }
@@ -245,7 +267,7 @@ fn gup_calls(log: &Log) -> Vec<Vec<&Event>> {
 
 fn site_seq(e: &Event, kind: Kind) -> Option<u32> {
     match e.body {
-        Body::Site { kind: k, seq } if k == kind => Some(seq),
+        Body::Site { kind: k, seq } if k == kind => seq,
         _ => None,
     }
 }
@@ -388,42 +410,58 @@ fn hugetlb_copies_take_their_own_write_section() {
         let mut windows = 0;
         // tid -> (seq at hugetlb_enter, write events seen inside: (kind, seq))
         let mut open: HashMap<u32, (u64, Vec<(Kind, u32)>)> = HashMap::new();
-        for (line, rec) in log.lines.iter().zip(&log.records) {
+        for rec in &log.records {
             match rec {
-                Record::Unknown(kind) if kind.starts_with("hugetlb_") => {
-                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                    let tid = v["tid"].as_u64().unwrap() as u32;
-                    let seq = v["seq"].as_u64().unwrap();
-                    if kind == "hugetlb_enter" {
-                        assert!(v["cow"].as_bool().unwrap(), "{}: {line}", k.release);
-                        open.insert(tid, (seq, Vec::new()));
-                    } else {
-                        let (enter, writes) = open
-                            .remove(&tid)
-                            .unwrap_or_else(|| panic!("{}: exit without enter: {line}", k.release));
-                        assert_eq!(
-                            seq,
-                            enter + 2,
-                            "{}: hugetlb copy moved seq by {}",
-                            k.release,
-                            seq - enter
-                        );
-                        let want = [
-                            (Kind::WriteBegin, enter as u32),
-                            (Kind::WriteEnd, enter as u32 + 1),
-                        ];
-                        assert_eq!(
-                            writes, want,
-                            "{}: write sites inside the hugetlb copy",
-                            k.release
-                        );
-                        windows += 1;
-                    }
+                Record::Event(Event {
+                    tid,
+                    body:
+                        Body::CopyEnter {
+                            func: CopyFn::Hugetlb,
+                            cow,
+                            seq: Some(seq),
+                            ..
+                        },
+                    ..
+                }) => {
+                    assert!(cow, "{}: a private hugetlb mapping is COW", k.release);
+                    open.insert(*tid, (u64::from(*seq), Vec::new()));
+                }
+                Record::Event(Event {
+                    tid,
+                    body:
+                        Body::CopyExit {
+                            func: CopyFn::Hugetlb,
+                            seq: Some(seq),
+                            ..
+                        },
+                    ..
+                }) => {
+                    let seq = u64::from(*seq);
+                    let (enter, writes) = open
+                        .remove(tid)
+                        .unwrap_or_else(|| panic!("{}: hugetlb exit without enter", k.release));
+                    assert_eq!(
+                        seq,
+                        enter + 2,
+                        "{}: hugetlb copy moved seq by {}",
+                        k.release,
+                        seq - enter
+                    );
+                    let want = [
+                        (Kind::WriteBegin, enter as u32),
+                        (Kind::WriteEnd, enter as u32 + 1),
+                    ];
+                    assert_eq!(
+                        writes, want,
+                        "{}: write sites inside the hugetlb copy",
+                        k.release
+                    );
+                    windows += 1;
                 }
                 Record::Event(e) => {
                     if let Body::Site {
                         kind: kind @ (Kind::WriteBegin | Kind::WriteEnd),
-                        seq,
+                        seq: Some(seq),
                     } = e.body
                         && let Some((_, w)) = open.get_mut(&e.tid)
                     {

@@ -248,7 +248,7 @@ pub fn collect(id: &str, release: &str, image: &Path, out: &Path, check: &Path) 
             said.as_deref().unwrap_or("see check.log")
         )),
         (Some(_), Err(e)) => Some(format!("tracer check left no verdict: {e}")),
-        (Some(rc), Ok(_)) => Some(match k.verdict.as_str() {
+        (Some(rc), Ok(v)) => Some(match k.verdict.as_str() {
             "violations" => format!(
                 "violations: {}",
                 k.violations
@@ -261,11 +261,26 @@ pub fn collect(id: &str, release: &str, image: &Path, out: &Path, check: &Path) 
                 "inconclusive: {} events lost (see report.md)",
                 k.lost.unwrap_or(0)
             ),
-            "inconclusive" => "inconclusive (see report.md for why)".to_owned(),
+            "inconclusive" => match missing_evidence(v) {
+                Some(why) => format!("inconclusive: {why}"),
+                None => "inconclusive (see report.md for why)".to_owned(),
+            },
             v => format!("verdict {v}, tracer check exited {rc}"),
         }),
     };
     k
+}
+
+/// What the validator says a clean verdict lacks, when its report says so (`missing_evidence`,
+/// sentences), for the one-line reason; the report.md has the rest.
+fn missing_evidence(v: &Value) -> Option<String> {
+    let items: Vec<&str> = v
+        .get("missing_evidence")?
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    (!items.is_empty()).then(|| items.join("; "))
 }
 
 /// summary.json: `{"kernels": [...]}`.
@@ -524,6 +539,19 @@ mod tests {
             json!({"verdict":"violations","events":99,
                    "stats":{"write_sections":4,"pin_gup_fast":3,"protected_overlaps":0,
                             "lost":0,"violations_by_rule":{"odd_not_bailed":2}}}),
+        );
+        fixture(
+            &d.join("e"),
+            "3\n",
+            json!({"verdict":"inconclusive","events":50,
+                   "missing_evidence":["no PIN GUP-fast call went through the read sites"],
+                   "stats":{"write_sections":4,"pin_gup_fast":0,"protected_overlaps":0,
+                            "lost":0,"violations_by_rule":{}}}),
+        );
+        let e = collect("e", "6.12.117", Path::new("/i"), &d.join("e"), &d.join("e"));
+        assert_eq!(
+            e.problem.as_deref(),
+            Some("inconclusive: no PIN GUP-fast call went through the read sites")
         );
         let img = Path::new("/k/bzImage");
         let ks = vec![

@@ -21,7 +21,8 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::{
-    record::{LogWriter, Output, Sink, TraceArgs},
+    events::Record,
+    record::{LogWriter, Sink, TraceArgs},
     validate::{Options, validate_reader},
 };
 
@@ -60,14 +61,11 @@ struct Progress {
 }
 
 impl Sink for Progress {
-    async fn put(&mut self, out: Output) -> Result<()> {
-        if matches!(
-            out,
-            Output::Hugetlb { .. } | Output::Record(crate::events::Record::Event(_))
-        ) {
+    async fn put(&mut self, rec: Record) -> Result<()> {
+        if matches!(rec, Record::Event(_)) {
             self.events += 1;
         }
-        self.log.put(out).await
+        self.log.put(rec).await
     }
 
     async fn batch_done(&mut self) -> Result<()> {

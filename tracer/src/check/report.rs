@@ -310,7 +310,20 @@ fn verdict_section(o: &mut String, v: &Value) {
         if !others.is_empty() {
             let _ = writeln!(o, "Also in verdict.json:\n");
             for (k, val) in others {
-                let _ = writeln!(o, "- {k}: {}", cell(&scalar(val)));
+                match val.as_array() {
+                    Some(items) if items.is_empty() => {
+                        let _ = writeln!(o, "- {k}: none");
+                    }
+                    Some(items) => {
+                        let _ = writeln!(o, "- {k}:");
+                        for it in items {
+                            let _ = writeln!(o, "  - {}", cell(&scalar(it)));
+                        }
+                    }
+                    None => {
+                        let _ = writeln!(o, "- {k}: {}", cell(&scalar(val)));
+                    }
+                }
             }
             let _ = writeln!(o);
         }
@@ -484,7 +497,7 @@ mod tests {
             "| rds | yes | an AF_RDS socket | 1 | 99 | 0 |",
             "Pin method io_uring was not exercised: kernel 6.1 pins with slow GUP.",
             "| odd_not_bailed | 12 | 0 |",
-            "- reasons: [\"because\"]",
+            "- reasons:\n  - because",
             "50.000 ms",
         ] {
             assert!(md.contains(want), "missing {want:?} in:\n{md}");

@@ -2,9 +2,9 @@
 //! COW test, and keeps raw kernel addresses out of the log unless asked.
 use std::collections::HashMap;
 
-use tracer_common::{Probe, RawEvent};
+use tracer_common::{Probe, RawEvent, anon};
 
-use super::schema::{Body, Event, Kind};
+use super::schema::{Body, CopyFn, Event, Kind};
 use crate::kernel::foll::FollFlags;
 
 /// `VM_SHARED` and `VM_MAYWRITE` (include/linux/mm.h), unchanged since 2.6.
@@ -52,12 +52,6 @@ impl MmNames {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
     Event(Event),
-    /// `copy_hugetlb_page_range` entry/return: written as the auxiliary kinds
-    /// `hugetlb_enter`/`hugetlb_exit` (schema-1 readers skip kinds they do not know).
-    Hugetlb {
-        enter: bool,
-        event: Event,
-    },
     /// An mm was freed (not written to the log).
     MmFreed,
     /// A record with an unknown probe id (a tracer/eBPF version mismatch).
@@ -68,8 +62,7 @@ pub struct Decoder {
     pub foll: FollFlags,
     pub names: MmNames,
     pub raw_pointers: bool,
-    /// Events whose seqcount could not be read in the kernel (written with the seq of 0 and
-    /// counted here, so a reader can tell).
+    /// Events whose seqcount could not be read in the kernel (written with `"seq":null`).
     pub unreadable_seq: u64,
 }
 
@@ -99,15 +92,29 @@ impl Decoder {
         if raw.seq_ok == 0 {
             self.unreadable_seq += 1;
         }
-        let seq = raw.seq;
-        let body = match probe {
-            Probe::CprEnter | Probe::HugetlbEnter => Body::CprEnter {
-                vma_start: raw.a,
-                vma_end: raw.b,
-                cow: is_cow(raw.flags),
-                seq,
+        let seq = (raw.seq_ok != 0).then_some(raw.seq);
+        let copy_enter = |func| Body::CopyEnter {
+            func,
+            vma_start: raw.a,
+            vma_end: raw.b,
+            cow: is_cow(raw.flags),
+            anon: match raw.anon {
+                anon::NO => Some(false),
+                anon::YES => Some(true),
+                _ => None,
             },
-            Probe::CprExit | Probe::HugetlbExit => Body::CprExit {
+            vm_flags: Some(u64::from(raw.flags)),
+            seq,
+        };
+        let body = match probe {
+            Probe::CprEnter => copy_enter(CopyFn::Cpr),
+            Probe::HugetlbEnter => copy_enter(CopyFn::Hugetlb),
+            Probe::CprExit | Probe::HugetlbExit => Body::CopyExit {
+                func: if probe == Probe::CprExit {
+                    CopyFn::Cpr
+                } else {
+                    CopyFn::Hugetlb
+                },
                 seq,
                 ret: raw.a as i64,
             },
@@ -138,7 +145,7 @@ impl Decoder {
             },
             Probe::MmFree => return Decoded::MmFreed,
         };
-        let event = Event {
+        Decoded::Event(Event {
             ts: raw.ts,
             cpu: raw.cpu,
             pid: raw.pid,
@@ -147,30 +154,8 @@ impl Decoder {
             mm: self.names.name(raw.mm),
             mm_addr: self.raw_pointers.then_some(raw.mm),
             body,
-        };
-        match probe {
-            Probe::HugetlbEnter => Decoded::Hugetlb { enter: true, event },
-            Probe::HugetlbExit => Decoded::Hugetlb {
-                enter: false,
-                event,
-            },
-            _ => Decoded::Event(event),
-        }
+        })
     }
-}
-
-/// Writes a hugetlb record: the same fields as `cpr_enter`/`cpr_exit` under its own kind.
-pub fn write_hugetlb(enter: bool, event: &Event, out: &mut String) {
-    let start = out.len();
-    event.write_json(out);
-    let (from, to) = if enter {
-        ("\"kind\":\"cpr_enter\"", "\"kind\":\"hugetlb_enter\"")
-    } else {
-        ("\"kind\":\"cpr_exit\"", "\"kind\":\"hugetlb_exit\"")
-    };
-    let line = out.split_off(start);
-    out.push_str(&line.replacen(from, to, 1));
-    out.push('\n');
 }
 
 #[cfg(test)]
@@ -190,7 +175,8 @@ mod tests {
             flags: 0x73, // VM_READ|VM_WRITE|VM_MAYREAD|VM_MAYWRITE|VM_MAYEXEC: private, COW
             probe: probe as u8,
             seq_ok: 1,
-            _pad: [0; 2],
+            anon: anon::YES,
+            _pad: 0,
             comm: *b"stress\0\0\0\0\0\0\0\0\0\0",
         }
     }
@@ -204,7 +190,16 @@ mod tests {
         assert_eq!(a.mm, "mm1");
         assert_eq!(a.mm_addr, None);
         assert_eq!(a.comm, "stress");
-        assert!(matches!(a.body, Body::CprEnter { cow: true, .. }));
+        assert!(matches!(
+            a.body,
+            Body::CopyEnter {
+                func: CopyFn::Cpr,
+                cow: true,
+                anon: Some(true),
+                seq: Some(4),
+                ..
+            }
+        ));
         assert_eq!(
             d.decode(&raw(Probe::MmFree, 0xffff_8880_0000_1000)),
             Decoded::MmFreed
@@ -228,12 +223,11 @@ mod tests {
     #[test]
     fn hugetlb_lines_carry_their_own_kind() {
         let mut d = Decoder::new(FollFlags::FROM_6_3, true);
-        let Decoded::Hugetlb { enter: true, event } = d.decode(&raw(Probe::HugetlbEnter, 0x10))
-        else {
+        let Decoded::Event(event) = d.decode(&raw(Probe::HugetlbEnter, 0x10)) else {
             panic!()
         };
         let mut s = String::new();
-        write_hugetlb(true, &event, &mut s);
+        event.write_json(&mut s);
         assert!(s.starts_with("{\"kind\":\"hugetlb_enter\""), "{s}");
         assert!(s.contains("\"mm_addr\":\"0x10\""));
         assert_eq!(
@@ -243,5 +237,21 @@ mod tests {
             }),
             Decoded::Invalid(200)
         );
+    }
+
+    #[test]
+    fn an_unreadable_seq_is_null_and_counted() {
+        let mut d = Decoder::new(FollFlags::FROM_6_3, false);
+        let Decoded::Event(e) = d.decode(&RawEvent {
+            seq_ok: 0,
+            ..raw(Probe::ReadRetry, 0x10)
+        }) else {
+            panic!()
+        };
+        assert_eq!(e.body.seq(), None);
+        assert_eq!(d.unreadable_seq, 1);
+        let mut s = String::new();
+        e.write_json(&mut s);
+        assert!(s.ends_with("\"seq\":null}"), "{s}");
     }
 }

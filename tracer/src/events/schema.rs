@@ -11,11 +11,18 @@ use thiserror::Error;
 /// The schema version written in every header.
 pub const SCHEMA: u32 = 1;
 
+/// The schema's minor version, written in every header as `minor`. Readers of an older minor
+/// skip the kinds they do not know (minor 1 made `hugetlb_enter`/`hugetlb_exit` kinds of their
+/// own, added `anon`/`vm_flags` to copy entries, and writes an unreadable `seq` as `null`).
+pub const SCHEMA_MINOR: u32 = 1;
+
 /// Event kinds. `as_str` is the `kind` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     CprEnter,
     CprExit,
+    HugetlbEnter,
+    HugetlbExit,
     GupEnter,
     GupExit,
     WriteBegin,
@@ -26,9 +33,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::CprEnter,
         Kind::CprExit,
+        Kind::HugetlbEnter,
+        Kind::HugetlbExit,
         Kind::GupEnter,
         Kind::GupExit,
         Kind::WriteBegin,
@@ -42,6 +51,8 @@ impl Kind {
         match self {
             Kind::CprEnter => "cpr_enter",
             Kind::CprExit => "cpr_exit",
+            Kind::HugetlbEnter => "hugetlb_enter",
+            Kind::HugetlbExit => "hugetlb_exit",
             Kind::GupEnter => "gup_enter",
             Kind::GupExit => "gup_exit",
             Kind::WriteBegin => "write_begin",
@@ -57,17 +68,50 @@ impl Kind {
     }
 }
 
-/// Per-kind payload.
+/// Which page-table copy function a copy window is: `copy_page_range` (one per VMA fork
+/// copies) or `copy_hugetlb_page_range` (called from it for hugetlb VMAs, nested inside its
+/// window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CopyFn {
+    Cpr,
+    Hugetlb,
+}
+
+impl CopyFn {
+    pub const fn enter(self) -> Kind {
+        match self {
+            CopyFn::Cpr => Kind::CprEnter,
+            CopyFn::Hugetlb => Kind::HugetlbEnter,
+        }
+    }
+    pub const fn exit(self) -> Kind {
+        match self {
+            CopyFn::Cpr => Kind::CprExit,
+            CopyFn::Hugetlb => Kind::HugetlbExit,
+        }
+    }
+}
+
+/// Per-kind payload. `seq` is `None` when the probe could not read the counter (written as
+/// `null`): an unreadable value is never a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
-    CprEnter {
+    /// `cpr_enter`, `hugetlb_enter`.
+    CopyEnter {
+        func: CopyFn,
         vma_start: u64,
         vma_end: u64,
         cow: bool,
-        seq: u32,
+        /// `src_vma->anon_vma != NULL` (minor 1; absent in older logs).
+        anon: Option<bool>,
+        /// `src_vma->vm_flags` (minor 1; absent in older logs).
+        vm_flags: Option<u64>,
+        seq: Option<u32>,
     },
-    CprExit {
-        seq: u32,
+    /// `cpr_exit`, `hugetlb_exit`.
+    CopyExit {
+        func: CopyFn,
+        seq: Option<u32>,
         ret: i64,
     },
     GupEnter {
@@ -77,34 +121,34 @@ pub enum Body {
         pin: bool,
         fast_only: bool,
         longterm: bool,
-        seq: u32,
+        seq: Option<u32>,
     },
     GupExit {
         ret: i64,
-        seq: u32,
+        seq: Option<u32>,
     },
     /// `write_begin`, `write_end`, `read_begin`, `read_retry`, `retry_fail`.
     Site {
         kind: Kind,
-        seq: u32,
+        seq: Option<u32>,
     },
 }
 
 impl Body {
     pub fn kind(&self) -> Kind {
         match self {
-            Body::CprEnter { .. } => Kind::CprEnter,
-            Body::CprExit { .. } => Kind::CprExit,
+            Body::CopyEnter { func, .. } => func.enter(),
+            Body::CopyExit { func, .. } => func.exit(),
             Body::GupEnter { .. } => Kind::GupEnter,
             Body::GupExit { .. } => Kind::GupExit,
             Body::Site { kind, .. } => *kind,
         }
     }
 
-    pub fn seq(&self) -> u32 {
+    pub fn seq(&self) -> Option<u32> {
         match self {
-            Body::CprEnter { seq, .. }
-            | Body::CprExit { seq, .. }
+            Body::CopyEnter { seq, .. }
+            | Body::CopyExit { seq, .. }
             | Body::GupEnter { seq, .. }
             | Body::GupExit { seq, .. }
             | Body::Site { seq, .. } => *seq,
@@ -192,6 +236,16 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// A seq value, or `null` when the probe could not read it.
+fn push_seq(out: &mut String, seq: Option<u32>) {
+    match seq {
+        Some(v) => {
+            let _ = write!(out, "{v}");
+        }
+        None => out.push_str("null"),
+    }
+}
+
 impl Event {
     /// Appends this event as one JSON object (no newline).
     pub fn write_json(&self, out: &mut String) {
@@ -217,18 +271,36 @@ impl Event {
             let _ = write!(out, ",\"mm_addr\":\"{}\"", hex(*addr));
         }
         let _ = match body {
-            Body::CprEnter {
+            Body::CopyEnter {
+                func: _,
                 vma_start,
                 vma_end,
                 cow,
+                anon,
+                vm_flags,
                 seq,
-            } => write!(
-                out,
-                ",\"vma_start\":\"{}\",\"vma_end\":\"{}\",\"cow\":{cow},\"seq\":{seq}",
-                hex(*vma_start),
-                hex(*vma_end)
-            ),
-            Body::CprExit { seq, ret } => write!(out, ",\"seq\":{seq},\"ret\":{ret}"),
+            } => {
+                let _ = write!(
+                    out,
+                    ",\"vma_start\":\"{}\",\"vma_end\":\"{}\",\"cow\":{cow}",
+                    hex(*vma_start),
+                    hex(*vma_end)
+                );
+                if let Some(a) = anon {
+                    let _ = write!(out, ",\"anon\":{a}");
+                }
+                if let Some(f) = vm_flags {
+                    let _ = write!(out, ",\"vm_flags\":\"{}\"", hex(*f));
+                }
+                out.push_str(",\"seq\":");
+                push_seq(out, *seq);
+                Ok(())
+            }
+            Body::CopyExit { func: _, seq, ret } => {
+                out.push_str(",\"seq\":");
+                push_seq(out, *seq);
+                write!(out, ",\"ret\":{ret}")
+            }
             Body::GupEnter {
                 start,
                 nr_pages,
@@ -237,13 +309,25 @@ impl Event {
                 fast_only,
                 longterm,
                 seq,
-            } => write!(
-                out,
-                ",\"start\":\"{}\",\"nr_pages\":{nr_pages},\"flags\":{flags},\"pin\":{pin},\"fast_only\":{fast_only},\"longterm\":{longterm},\"seq\":{seq}",
-                hex(*start)
-            ),
-            Body::GupExit { ret, seq } => write!(out, ",\"ret\":{ret},\"seq\":{seq}"),
-            Body::Site { seq, .. } => write!(out, ",\"seq\":{seq}"),
+            } => {
+                let _ = write!(
+                    out,
+                    ",\"start\":\"{}\",\"nr_pages\":{nr_pages},\"flags\":{flags},\"pin\":{pin},\"fast_only\":{fast_only},\"longterm\":{longterm},\"seq\":",
+                    hex(*start)
+                );
+                push_seq(out, *seq);
+                Ok(())
+            }
+            Body::GupExit { ret, seq } => {
+                let _ = write!(out, ",\"ret\":{ret},\"seq\":");
+                push_seq(out, *seq);
+                Ok(())
+            }
+            Body::Site { seq, .. } => {
+                out.push_str(",\"seq\":");
+                push_seq(out, *seq);
+                Ok(())
+            }
         };
         out.push('}');
     }
@@ -320,7 +404,11 @@ struct Line {
     vma_start: Option<String>,
     vma_end: Option<String>,
     cow: Option<bool>,
-    seq: Option<u32>,
+    anon: Option<bool>,
+    vm_flags: Option<String>,
+    /// Missing: `None`; `null`: `Some(None)` (unreadable).
+    #[serde(default, deserialize_with = "present")]
+    seq: Option<Option<u32>>,
     ret: Option<i64>,
     start: Option<String>,
     nr_pages: Option<u64>,
@@ -334,6 +422,15 @@ struct Line {
 
 fn parse_hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
+}
+
+/// Tells a field that is present (even as `null`) from one that is missing.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl Record {
@@ -410,14 +507,34 @@ impl Line {
         let Some(k) = Kind::from_name(&kind) else {
             return Ok(Record::Unknown(kind));
         };
+        let opt_hex = |v: &Option<String>, field: &'static str| match v {
+            Some(s) => parse_hex(s).map(Some).ok_or_else(|| ParseError::BadField {
+                kind: kind.clone(),
+                field,
+                expected: "hex string \"0x…\"",
+            }),
+            None => Ok(None),
+        };
         let body = match k {
-            Kind::CprEnter => Body::CprEnter {
+            Kind::CprEnter | Kind::HugetlbEnter => Body::CopyEnter {
+                func: if k == Kind::CprEnter {
+                    CopyFn::Cpr
+                } else {
+                    CopyFn::Hugetlb
+                },
                 vma_start: req_hex!(vma_start),
                 vma_end: req_hex!(vma_end),
                 cow: req!(cow),
+                anon: self.anon,
+                vm_flags: opt_hex(&self.vm_flags, "vm_flags")?,
                 seq: req!(seq),
             },
-            Kind::CprExit => Body::CprExit {
+            Kind::CprExit | Kind::HugetlbExit => Body::CopyExit {
+                func: if k == Kind::CprExit {
+                    CopyFn::Cpr
+                } else {
+                    CopyFn::Hugetlb
+                },
                 seq: req!(seq),
                 ret: req!(ret),
             },
@@ -484,13 +601,34 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let bodies = [
-            Body::CprEnter {
+            Body::CopyEnter {
+                func: CopyFn::Cpr,
                 vma_start: 0x7f00_0000_0000,
                 vma_end: 0x7f00_0000_4000,
                 cow: true,
-                seq: 4,
+                anon: Some(true),
+                vm_flags: Some(0x100073),
+                seq: Some(4),
             },
-            Body::CprExit { seq: 6, ret: 0 },
+            Body::CopyEnter {
+                func: CopyFn::Hugetlb,
+                vma_start: 0x7f00_0000_0000,
+                vma_end: 0x7f00_0020_0000,
+                cow: true,
+                anon: None,
+                vm_flags: None,
+                seq: None,
+            },
+            Body::CopyExit {
+                func: CopyFn::Cpr,
+                seq: Some(6),
+                ret: 0,
+            },
+            Body::CopyExit {
+                func: CopyFn::Hugetlb,
+                seq: None,
+                ret: -12,
+            },
             Body::GupEnter {
                 start: 0x1000,
                 nr_pages: 3,
@@ -498,12 +636,19 @@ mod tests {
                 pin: true,
                 fast_only: false,
                 longterm: false,
-                seq: u32::MAX,
+                seq: Some(u32::MAX),
             },
-            Body::GupExit { ret: -14, seq: 0 },
+            Body::GupExit {
+                ret: -14,
+                seq: Some(0),
+            },
             Body::Site {
                 kind: Kind::ReadRetry,
-                seq: 7,
+                seq: Some(7),
+            },
+            Body::Site {
+                kind: Kind::WriteBegin,
+                seq: None,
             },
         ];
         for b in bodies {
@@ -558,6 +703,16 @@ mod tests {
             Record::parse(r#"{"kind":"header","schema":2,"tool":"t","kernel":"k","probes":[]}"#),
             Err(ParseError::Schema(2))
         );
+        // Unreadable is `null`, which is not the same as missing.
+        assert!(matches!(
+            Record::parse(
+                r#"{"kind":"write_end","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"x","mm":"m","seq":null}"#
+            ),
+            Ok(Record::Event(Event {
+                body: Body::Site { seq: None, .. },
+                ..
+            }))
+        ));
         assert!(matches!(
             Record::parse("{not json"),
             Err(ParseError::NotJson(_))

@@ -26,7 +26,7 @@ pub enum ImageError {
     )]
     UnknownFormat { what: String },
     #[error(
-        "the bzImage payload of {what} is compressed with {format}, which this tool does not decompress (zstd, LZ4 and xz are supported)"
+        "the bzImage payload of {what} is compressed with {format}, which this tool does not decompress (zstd, LZ4, xz and gzip are supported)"
     )]
     UnsupportedCompression { what: String, format: &'static str },
     #[error("cannot decompress the {format} payload of {what}: {why}")]
@@ -293,6 +293,7 @@ fn parse_headers(
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const LZ4_LEGACY_MAGIC: u32 = 0x184c_2102;
 const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0];
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// Uncompressed size of one LZ4 legacy-frame block.
 const LZ4_LEGACY_BLOCK: usize = 8 << 20;
 
@@ -324,15 +325,18 @@ pub fn decompress_bzimage(what: &str, b: &[u8]) -> Result<Vec<u8>, ImageError> {
         format,
         why,
     };
-    let out = if data.starts_with(&ZSTD_MAGIC) {
+    let (format, out) = if data.starts_with(&ZSTD_MAGIC) {
         let mut out = Vec::with_capacity(expected);
         zstd::stream::read::Decoder::new(data)
             .map(|d| d.single_frame())
             .and_then(|mut d| d.read_to_end(&mut out))
             .map_err(|e| fail("zstd", e.to_string()))?;
-        out
+        ("zstd", out)
     } else if u32_at(data, 0) == Some(LZ4_LEGACY_MAGIC) {
-        lz4_legacy(data, expected).map_err(|why| fail("LZ4", why))?
+        (
+            "LZ4",
+            lz4_legacy(data, expected).map_err(|why| fail("LZ4", why))?,
+        )
     } else if data.starts_with(&XZ_MAGIC) {
         // One .xz stream (with the x86 BCJ filter the kernel build adds); the decoder stops
         // at its end, before the appended size.
@@ -340,10 +344,17 @@ pub fn decompress_bzimage(what: &str, b: &[u8]) -> Result<Vec<u8>, ImageError> {
         liblzma::read::XzDecoder::new(data)
             .read_to_end(&mut out)
             .map_err(|e| fail("xz", e.to_string()))?;
-        out
+        ("xz", out)
+    } else if data.starts_with(&GZIP_MAGIC) {
+        // What `make defconfig` builds use (CONFIG_KERNEL_GZIP). The size the build appends
+        // is the gzip trailer's own ISIZE, so the decoder gets the whole payload.
+        let mut out = Vec::with_capacity(expected);
+        flate2::read::GzDecoder::new(payload)
+            .read_to_end(&mut out)
+            .map_err(|e| fail("gzip", e.to_string()))?;
+        ("gzip", out)
     } else {
         let format = match data.get(..4) {
-            Some([0x1f, 0x8b, ..]) => "gzip",
             Some([b'B', b'Z', b'h', ..]) => "bzip2",
             Some([0x89, b'L', b'Z', b'O']) => "lzo",
             Some([0x5d, 0, 0, ..]) => "lzma",
@@ -356,13 +367,7 @@ pub fn decompress_bzimage(what: &str, b: &[u8]) -> Result<Vec<u8>, ImageError> {
     };
     if out.len() != expected {
         return Err(fail(
-            if data.starts_with(&ZSTD_MAGIC) {
-                "zstd"
-            } else if data.starts_with(&XZ_MAGIC) {
-                "xz"
-            } else {
-                "LZ4"
-            },
+            format,
             format!("got {} bytes, the image says {expected}", out.len()),
         ));
     }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::machine::{Config, State, Step, Variant, What, Who};
-use crate::events::{Body, Event, Header, Kind, ProbeInfo, Record, Summary};
+use crate::events::{Body, CopyFn, Event, Header, Kind, ProbeInfo, Record, Summary};
 
 /// A small deterministic PRNG (splitmix64): reproducible logs from a seed, no dependency.
 #[derive(Clone, Debug)]
@@ -67,6 +67,10 @@ impl Default for GenOptions {
 }
 
 const VMA_START: u64 = 0x7f00_0000_0000;
+/// `vm_flags` of a private read-write mapping (VM_READ|VM_WRITE|VM_MAYREAD|VM_MAYWRITE) and of
+/// a shared one (plus VM_SHARED|VM_MAYSHARE).
+const VM_PRIVATE_RW: u64 = 0x33;
+const VM_SHARED_RW: u64 = 0xbb;
 const FOLL_WRITE: u32 = 0x1;
 const FOLL_GET: u32 = 0x2;
 /// The ≥ 6.3 values (kernel.md §2).
@@ -80,10 +84,57 @@ fn is_instruction_site(k: Kind) -> bool {
     )
 }
 
-/// The header of a generated log: every probe the options produce events for.
-pub fn header(instruction_sites: bool, note: &str) -> Header {
+/// What discovery would say of a kernel built as `v`: the defect its machine code carries
+/// (a FOLL_GET caller, `non-pin`, is no defect of GUP-fast's code).
+pub fn discovery(v: Variant) -> serde_json::Value {
+    let function = |symbol: &str, role: &str, sites: &[&str], defect: Option<(&str, &str)>| {
+        serde_json::json!({
+            "symbol": symbol,
+            "role": role,
+            "required": true,
+            "status": if defect.is_some() { "defect" } else { "intact" },
+            "defects": defect.map(|(d, why)| vec![serde_json::json!({"defect": d, "why": why, "evidence": []})]).unwrap_or_default(),
+            "reason": null,
+            "sites": sites,
+        })
+    };
+    let write = match v {
+        Variant::UncoveredCopy => Some((
+            "write_unpaired",
+            "model variant uncovered-copy: the write section does not enclose the copy",
+        )),
+        _ => None,
+    };
+    let read = match v {
+        Variant::NoOddCheck => Some((
+            "odd_check_missing",
+            "model variant no-odd-check: GUP-fast does not bail on an odd value",
+        )),
+        Variant::NoRetry => Some((
+            "retry_unconsumed",
+            "model variant no-retry: GUP-fast ignores the retry's answer",
+        )),
+        _ => None,
+    };
+    serde_json::json!({
+        "sides": {
+            "write": write.map_or("intact", |d| d.0),
+            "read": read.map_or("intact", |d| d.0),
+        },
+        "functions": [
+            function("copy_page_range", "write", &["write_begin", "write_end"], write),
+            function("gup_fast_fallback", "read", &["read_begin", "read_retry", "retry_fail"], read),
+        ],
+    })
+}
+
+/// The header of a generated log: every probe the options produce events for, and (when
+/// `variant` is given) what discovery would have found in such a kernel's code.
+pub fn header(instruction_sites: bool, note: &str, variant: Option<Variant>) -> Header {
     let probes = Kind::ALL
         .into_iter()
+        // The model has no hugetlb copies.
+        .filter(|k| !matches!(k, Kind::HugetlbEnter | Kind::HugetlbExit))
         .filter(|k| instruction_sites || !is_instruction_site(*k))
         .map(|k| ProbeInfo {
             name: k.as_str().to_string(),
@@ -102,10 +153,14 @@ pub fn header(instruction_sites: bool, note: &str) -> Header {
         tool: format!("tracer {} model", env!("CARGO_PKG_VERSION")),
         kernel: "model".to_string(),
         probes,
-        extra: BTreeMap::from([(
-            "generator".to_string(),
-            serde_json::Value::String(note.to_string()),
-        )]),
+        extra: BTreeMap::from_iter(
+            [(
+                "generator".to_string(),
+                serde_json::Value::String(note.to_string()),
+            )]
+            .into_iter()
+            .chain(variant.map(|v| ("discovery".to_string(), discovery(v)))),
+        ),
     }
 }
 
@@ -119,15 +174,23 @@ pub fn step_event(
     mm: &str,
 ) -> Option<Event> {
     let kind = step.what.kind()?;
-    let seq = step.seq_before;
+    let seq = Some(step.seq_before);
     let body = match step.what {
-        What::CprEnter => Body::CprEnter {
+        // A private anonymous VMA with pages: its copy must take the write section.
+        What::CprEnter => Body::CopyEnter {
+            func: CopyFn::Cpr,
             vma_start: VMA_START,
             vma_end: VMA_START + 0x4000,
             cow: true,
+            anon: Some(true),
+            vm_flags: Some(VM_PRIVATE_RW),
             seq,
         },
-        What::CprExit => Body::CprExit { seq, ret: 0 },
+        What::CprExit => Body::CopyExit {
+            func: CopyFn::Cpr,
+            seq,
+            ret: 0,
+        },
         What::GupEnter { pin } => Body::GupEnter {
             start: VMA_START + 0x1000,
             nr_pages: 1,
@@ -164,9 +227,11 @@ pub fn step_event(
 /// (ts 10 ns apart), summary.
 pub fn write_path_log(w: &mut impl Write, cfg: &Config, steps: &[Step]) -> io::Result<()> {
     let mut out = String::new();
+    // Events only: what the path alone shows, without discovery's account of the code.
     let h = Record::Header(header(
         true,
         &format!("model path, variant {}", cfg.variant),
+        None,
     ));
     h.write_line(&mut out).map_err(io::Error::other)?;
     let mut n = 0u64;
@@ -222,9 +287,13 @@ pub fn generate(w: &mut impl Write, opts: &GenOptions) -> io::Result<GenStats> {
         .collect();
     let mut out = String::with_capacity(1 << 20);
     let note = format!("seed {}, variant {}", opts.seed, opts.variant);
-    Record::Header(header(opts.instruction_sites, &note))
-        .write_line(&mut out)
-        .map_err(io::Error::other)?;
+    Record::Header(header(
+        opts.instruction_sites,
+        &note,
+        opts.instruction_sites.then_some(opts.variant),
+    ))
+    .write_line(&mut out)
+    .map_err(io::Error::other)?;
     let mut ts: u64 = 1_000;
     let mut stats = GenStats::default();
     let mut block: Vec<Event> = Vec::with_capacity(opts.jitter.max(1));
@@ -250,17 +319,25 @@ pub fn generate(w: &mut impl Write, opts: &GenOptions) -> io::Result<GenStats> {
         ts += 1 + rng.below(20);
         // Benign extras, only when no fork holds this mm's mmap_lock.
         if opts.extras && rng.below(16) == 0 {
-            let seq = p.state.seq;
+            let seq = Some(p.state.seq);
             let pair = if rng.below(2) == 0 && p.state.lock.is_none() {
                 let tid = p.pid + 1;
                 [
-                    Body::CprEnter {
+                    // A shared mapping: copied without a write section.
+                    Body::CopyEnter {
+                        func: CopyFn::Cpr,
                         vma_start: VMA_START + 0x10_0000,
                         vma_end: VMA_START + 0x20_0000,
                         cow: false,
+                        anon: Some(false),
+                        vm_flags: Some(VM_SHARED_RW),
                         seq,
                     },
-                    Body::CprExit { seq, ret: 0 },
+                    Body::CopyExit {
+                        func: CopyFn::Cpr,
+                        seq,
+                        ret: 0,
+                    },
                 ]
                 .map(|b| (tid, "forker", b))
             } else {
@@ -322,6 +399,32 @@ pub fn generate(w: &mut impl Write, opts: &GenOptions) -> io::Result<GenStats> {
         if out.len() > (1 << 20) - 4096 {
             w.write_all(out.as_bytes())?;
             out.clear();
+        }
+    }
+    // The workload ends: calls and copies in flight finish (nothing new starts), as they do
+    // before a recorder writes its summary.
+    for p in &mut procs {
+        loop {
+            movers.clear();
+            movers.extend(
+                p.state
+                    .in_flight()
+                    .filter(|w| p.state.enabled().any(|e| e == *w)),
+            );
+            let Some(&who) = movers.get(rng.below(movers.len().max(1) as u64) as usize) else {
+                break;
+            };
+            let Some((next, step)) = p.state.step(&cfg, who) else {
+                break;
+            };
+            ts += 1 + rng.below(20);
+            p.state = next;
+            if let Some(e) = step_event(&step, &cfg, ts, p.pid, p.pid + who.tid(), &p.mm)
+                && (opts.instruction_sites || !is_instruction_site(e.body.kind()))
+            {
+                emit(e, &mut out, &mut block, &mut rng, false);
+                stats.events += 1;
+            }
         }
     }
     if let Some(e) = block.pop() {

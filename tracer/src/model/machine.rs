@@ -441,6 +441,19 @@ impl State {
             && self.readers.iter().all(|r| r.pc == RPc::Done)
     }
 
+    /// Threads in the middle of their call or copy (started and not done).
+    pub fn in_flight(&self) -> impl Iterator<Item = Who> + '_ {
+        let ws = self.writers.iter().enumerate().filter_map(|(i, w)| {
+            let i = u8::try_from(i).ok()?;
+            (!matches!(w.pc, WPc::CprEnter | WPc::Done)).then_some(Who::Writer(i))
+        });
+        let rs = self.readers.iter().enumerate().filter_map(|(i, r)| {
+            let i = u8::try_from(i).ok()?;
+            (!matches!(r.pc, RPc::GupEnter | RPc::Done)).then_some(Who::Reader(i))
+        });
+        ws.chain(rs)
+    }
+
     /// Threads that can move now.
     pub fn enabled(&self) -> impl Iterator<Item = Who> + '_ {
         let ws = self.writers.iter().enumerate().filter_map(|(i, w)| {

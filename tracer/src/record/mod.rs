@@ -14,10 +14,13 @@ use anyhow::{Context as _, Result};
 
 pub mod pump;
 
-pub use pump::{Output, PumpStats, Sink, TraceArgs, pump};
+pub use pump::{PumpStats, Sink, TraceArgs, pump};
 
 use crate::{
-    events::{Header, Record, decode::write_hugetlb, schema::SCHEMA},
+    events::{
+        Header, Record,
+        schema::{SCHEMA, SCHEMA_MINOR},
+    },
     probes::{self, AttachPlan, KernelSource},
 };
 
@@ -216,6 +219,7 @@ pub fn header(plan: &AttachPlan, args: &TraceArgs) -> Header {
     let f = &plan.function.foll;
     let o = &plan.function.offsets;
     let mut extra = BTreeMap::new();
+    extra.insert("minor".to_owned(), serde_json::json!(SCHEMA_MINOR));
     extra.insert("mode".to_owned(), serde_json::json!(plan.mode()));
     extra.insert(
         "foll".to_owned(),
@@ -223,7 +227,7 @@ pub fn header(plan: &AttachPlan, args: &TraceArgs) -> Header {
     );
     extra.insert(
         "offsets".to_owned(),
-        serde_json::json!({"task_mm": o.task_mm, "mm_seq": o.mm_seq, "vma_mm": o.vma_mm, "vma_flags": o.vma_flags}),
+        serde_json::json!({"task_mm": o.task_mm, "mm_seq": o.mm_seq, "vma_mm": o.vma_mm, "vma_flags": o.vma_flags, "vma_anon_vma": o.vma_anon_vma}),
     );
     extra.insert(
         "filter".to_owned(),
@@ -274,14 +278,13 @@ pub struct LogWriter {
 }
 
 impl Sink for LogWriter {
-    async fn put(&mut self, out: Output) -> Result<()> {
-        match out {
-            Output::Record(Record::Event(e)) => {
+    async fn put(&mut self, rec: Record) -> Result<()> {
+        match rec {
+            Record::Event(e) => {
                 e.write_json(&mut self.buf);
                 self.buf.push('\n');
             }
-            Output::Record(r) => r.write_line(&mut self.buf)?,
-            Output::Hugetlb { enter, event } => write_hugetlb(enter, &event, &mut self.buf),
+            r => r.write_line(&mut self.buf)?,
         }
         // Written per ring-buffer batch: one syscall per batch, not per line.
         if self.buf.len() > 1 << 16 {

@@ -14,7 +14,7 @@ use tracer_common::{PROBE_COUNT, Probe, RawEvent};
 use super::header;
 use crate::{
     events::{
-        Event, Record, Summary,
+        Body, CopyFn, Record, Summary,
         decode::{Decoded, Decoder},
     },
     probes::{AttachPlan, Options, Session},
@@ -46,21 +46,11 @@ pub struct TraceArgs {
     pub command: Vec<String>,
 }
 
-/// One thing for the sink.
-pub enum Output {
-    Record(Record),
-    /// `copy_hugetlb_page_range` entry/return (auxiliary kinds in the log).
-    Hugetlb {
-        enter: bool,
-        event: Event,
-    },
-}
-
 /// Where decoded output goes. `put` may wait (backpressure): the ring buffer then fills and
 /// the kernel counts the losses, which reach the sink as `lost` records.
 #[allow(async_fn_in_trait)]
 pub trait Sink {
-    async fn put(&mut self, out: Output) -> Result<()>;
+    async fn put(&mut self, rec: Record) -> Result<()>;
     /// Called after each ring-buffer batch.
     async fn batch_done(&mut self) -> Result<()> {
         Ok(())
@@ -91,12 +81,19 @@ async fn take<S: Sink>(
     match decoder.decode(raw) {
         Decoded::Event(e) => {
             counts.events += 1;
-            sink.put(Output::Record(Record::Event(e))).await?;
-        }
-        Decoded::Hugetlb { enter, event } => {
-            counts.events += 1;
-            counts.hugetlb += 1;
-            sink.put(Output::Hugetlb { enter, event }).await?;
+            if matches!(
+                e.body,
+                Body::CopyEnter {
+                    func: CopyFn::Hugetlb,
+                    ..
+                } | Body::CopyExit {
+                    func: CopyFn::Hugetlb,
+                    ..
+                }
+            ) {
+                counts.hugetlb += 1;
+            }
+            sink.put(Record::Event(e)).await?;
         }
         Decoded::MmFreed => counts.mm_freed += 1,
         Decoded::Invalid(_) => counts.invalid += 1,
@@ -113,10 +110,10 @@ async fn report_lost<S: Sink>(
     for (i, (&n, s)) in now.iter().zip(seen.iter_mut()).enumerate() {
         if n > *s {
             let probe = Probe::from_u8(i as u8).map_or("unknown", Probe::name);
-            sink.put(Output::Record(Record::Lost {
+            sink.put(Record::Lost {
                 probe: probe.to_owned(),
                 count: n - *s,
-            }))
+            })
             .await?;
             *s = n;
         }
@@ -139,8 +136,7 @@ pub async fn pump<S: Sink>(
         ring_size: args.ring_size,
     };
     let mut session = Session::attach(plan, &opts)?;
-    sink.put(Output::Record(Record::Header(header(plan, args))))
-        .await?;
+    sink.put(Record::Header(header(plan, args))).await?;
     let mut decoder = Decoder::new(plan.function.foll, raw_pointers);
     let mut counts = Counts {
         events: 0,
@@ -251,12 +247,12 @@ pub async fn pump<S: Sink>(
         extra.insert("command_status".to_owned(), serde_json::json!(s));
     }
     let duration = started.elapsed();
-    sink.put(Output::Record(Record::Summary(Summary {
+    sink.put(Record::Summary(Summary {
         events: counts.events,
         lost,
         duration_ns: duration.as_nanos() as u64,
         extra,
-    })))
+    }))
     .await?;
     sink.batch_done().await?;
     Ok(PumpStats {

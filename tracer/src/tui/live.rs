@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     events::Record,
-    record::{Output, Sink, TraceArgs, pump},
+    record::{Sink, TraceArgs, pump},
 };
 
 /// Hands the pump's records to the TUI. `send` waits when the channel is full, so a TUI that
@@ -28,10 +28,9 @@ struct ChannelSink {
 }
 
 impl Sink for ChannelSink {
-    async fn put(&mut self, out: Output) -> Result<()> {
-        // Auxiliary hugetlb events are not shown (the validator skips them as well).
-        if let (Output::Record(r), false) = (out, self.gone) {
-            if self.tx.send(r).await.is_err() {
+    async fn put(&mut self, rec: Record) -> Result<()> {
+        if !self.gone {
+            if self.tx.send(rec).await.is_err() {
                 self.gone = true;
             } else {
                 self.started.store(true, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 //! records always give the same screen (the snapshot tests rely on it).
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::events::{Body, Event, Header, Kind, Record, Summary};
+use crate::events::{Body, CopyFn, Event, Header, Kind, Record, Summary};
 
 /// Events kept for the tail; older ones scroll away.
 pub const TAIL_CAP: usize = 2000;
@@ -106,7 +106,7 @@ impl Hist {
 struct PendingCpr {
     mm: String,
     ts: u64,
-    seq: u32,
+    seq: Option<u32>,
     cow: bool,
 }
 
@@ -172,6 +172,20 @@ impl Model {
 
     pub fn total_lost(&self) -> u64 {
         self.lost.values().sum()
+    }
+
+    /// What discovery said of the kernel's code, per side (`write`, `read`): "intact", a
+    /// defect's name, or "unknown". `None` when the header carries no discovery.
+    pub fn code_sides(&self) -> Option<(String, String)> {
+        let sides = self.header.as_ref()?.extra.get("discovery")?.get("sides")?;
+        let side = |k: &str| {
+            sides
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .to_owned()
+        };
+        Some((side("write"), side("read")))
     }
 
     /// Attach mode from the header: the `mode` (or `attach_mode`) field the recorder writes.
@@ -284,21 +298,39 @@ impl Model {
         }
         st.pid = e.pid;
         st.events += 1;
-        // Write events report the value before their increment.
-        st.seq = match e.body.kind() {
-            Kind::WriteBegin | Kind::WriteEnd => e.body.seq().wrapping_add(1),
-            _ => e.body.seq(),
-        };
+        // Write events report the value before their increment; an unreadable value leaves
+        // the last known one.
+        if let Some(v) = e.body.seq() {
+            st.seq = match e.body.kind() {
+                Kind::WriteBegin | Kind::WriteEnd => v.wrapping_add(1),
+                _ => v,
+            };
+        }
 
-        // Write sites fire inside copy_page_range, so they do not end a fork's run of copies.
+        // Write sites and hugetlb copies fire inside copy_page_range, so they do not end a
+        // fork's run of copies.
         if !matches!(
             e.body.kind(),
-            Kind::CprEnter | Kind::CprExit | Kind::WriteBegin | Kind::WriteEnd
+            Kind::CprEnter
+                | Kind::CprExit
+                | Kind::HugetlbEnter
+                | Kind::HugetlbExit
+                | Kind::WriteBegin
+                | Kind::WriteEnd
         ) {
             self.last_cpr.remove(&e.tid);
         }
         match &e.body {
-            Body::CprEnter {
+            // A hugetlb copy runs inside its copy_page_range window, which accounts for it.
+            Body::CopyEnter {
+                func: CopyFn::Hugetlb,
+                ..
+            }
+            | Body::CopyExit {
+                func: CopyFn::Hugetlb,
+                ..
+            } => {}
+            Body::CopyEnter {
                 vma_start,
                 cow,
                 seq,
@@ -340,20 +372,22 @@ impl Model {
                     o.open_copies = o.open_copies.saturating_sub(1);
                 }
             }
-            Body::CprExit { seq, .. } => {
+            Body::CopyExit { seq, .. } => {
                 if let Some(l) = self.last_cpr.get_mut(&e.tid) {
                     l.ts = e.ts;
                 }
                 if let Some(p) = self.pending_cpr.remove(&e.tid)
                     && p.cow
                 {
+                    let advanced =
+                        matches!((p.seq, seq), (Some(a), Some(b)) if *b == a.wrapping_add(2));
                     if let Some(o) = self.mms.get_mut(&p.mm) {
                         o.open_copies = o.open_copies.saturating_sub(1);
-                        if *seq == p.seq.wrapping_add(2) {
+                        if advanced {
                             o.cow_copied += 1;
                         }
                     }
-                    if *seq == p.seq.wrapping_add(2) {
+                    if advanced {
                         self.cow_calls.add(e.ts.saturating_sub(p.ts));
                     }
                 }
@@ -361,7 +395,7 @@ impl Model {
             Body::GupEnter {
                 pin, nr_pages, seq, ..
             } => {
-                let bailed = *pin && seq & 1 == 1;
+                let bailed = *pin && seq.is_some_and(|v| v & 1 == 1);
                 if *pin {
                     st.pin_calls += 1;
                 }
@@ -401,7 +435,7 @@ impl Model {
                     }
                 }
                 Kind::ReadBegin => {
-                    if seq & 1 == 1 {
+                    if seq.is_some_and(|v| v & 1 == 1) {
                         // A GUP-fast call already counted as bailing (its gup_enter saw the odd
                         // seq) is one bail, not two.
                         match self.pending_gup.get_mut(&e.tid) {

@@ -167,10 +167,36 @@ fn clock(ns: u64) -> String {
 fn draw_header(f: &mut Canvas, area: Rect, model: &Model, st: &Status) {
     let kernel = model.header.as_ref().map_or("?", |h| h.kernel.as_str());
     let mode = model.attach_mode();
-    let line1 = Line::from(vec![
+    // What discovery proved about the kernel's code comes first, so that a narrow terminal
+    // still shows a defect (red) or an unknown side (yellow).
+    let mut line1 = vec![
         Span::styled("tracer", Style::new().bold()),
-        Span::raw(format!(" · kernel {kernel} · {mode}-level (? plan)")),
-    ]);
+        Span::raw(" · "),
+    ];
+    match model.code_sides() {
+        Some((w, r)) if w == "intact" && r == "intact" => line1.push(Span::raw("code ok")),
+        Some((w, r)) => {
+            for (side, v) in [("write", w), ("read", r)] {
+                match v.as_str() {
+                    "intact" => {}
+                    "unknown" => line1.push(Span::styled(
+                        format!("{side} code unknown "),
+                        Style::new().fg(Color::Yellow).bold(),
+                    )),
+                    d => line1.push(Span::styled(
+                        format!("DEFECT {d} "),
+                        Style::new().fg(Color::Red).bold(),
+                    )),
+                }
+            }
+        }
+        None => line1.push(Span::styled(
+            "code not examined",
+            Style::new().fg(Color::Yellow),
+        )),
+    }
+    line1.push(Span::raw(format!(" · kernel {kernel} · {mode} (? plan)")));
+    let line1 = Line::from(line1);
     let red_if = |n: u64| {
         if n > 0 {
             Style::new().fg(Color::Red).bold()
@@ -423,16 +449,18 @@ fn event_line(e: &Event, first_ts: u64, foll: Option<&FollFlags>) -> Line<'stati
     let kind = e.body.kind().as_str();
     let seq = e.body.seq();
     let detail = match &e.body {
-        Body::CprEnter {
+        Body::CopyEnter {
             vma_start,
             vma_end,
             cow,
+            anon,
             ..
         } => format!(
-            "vma {vma_start:#x}-{vma_end:#x}{}",
-            if *cow { " cow" } else { "" }
+            "vma {vma_start:#x}-{vma_end:#x}{}{}",
+            if *cow { " cow" } else { "" },
+            if *anon == Some(true) { " anon" } else { "" }
         ),
-        Body::CprExit { ret, .. } => format!("ret={ret}"),
+        Body::CopyExit { ret, .. } => format!("ret={ret}"),
         Body::GupEnter {
             start,
             nr_pages,
@@ -453,7 +481,7 @@ fn event_line(e: &Event, first_ts: u64, foll: Option<&FollFlags>) -> Line<'stati
         Body::GupExit { ret, .. } => format!("ret={ret}"),
         Body::Site { .. } => String::new(),
     };
-    let seq_style = if seq & 1 == 1 {
+    let seq_style = if seq.is_some_and(|v| v & 1 == 1) {
         Style::new().fg(Color::Yellow).bold()
     } else {
         Style::new()
@@ -465,7 +493,10 @@ fn event_line(e: &Event, first_ts: u64, foll: Option<&FollFlags>) -> Line<'stati
         ),
         Span::raw(format!("{}[{}] {} ", e.comm, e.tid, e.mm)),
         Span::styled(format!("{kind} "), Style::new().fg(Color::Cyan)),
-        Span::styled(format!("seq={seq}"), seq_style),
+        Span::styled(
+            seq.map_or_else(|| "seq=?".to_owned(), |v| format!("seq={v}")),
+            seq_style,
+        ),
         Span::raw(format!(" {detail}")),
     ])
 }

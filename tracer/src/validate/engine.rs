@@ -5,13 +5,16 @@
 //! length of the log: every per-call or per-section record is dropped when its closing event
 //! arrives, and at most [`MAX_STORED_VIOLATIONS`] violations are kept (all are counted).
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     hash::{BuildHasherDefault, Hasher},
 };
 
 use serde::Serialize;
 
-use crate::events::{Body, Event, Header, Kind, Record};
+use crate::{
+    events::{Body, CopyFn, Event, Header, Kind, Record},
+    sites::Defect,
+};
 
 /// Default reorder window, in events. Ring-buffer delivery is nearly in timestamp order; this is
 /// generous and costs about 40 bytes per slot.
@@ -20,9 +23,10 @@ pub const DEFAULT_WINDOW: usize = 65_536;
 /// Violations kept in the report; further ones are only counted.
 pub const MAX_STORED_VIOLATIONS: usize = 1_000;
 
-/// The rules of `docs/validate.md`; `as_str` is the name used in reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// The rules of `docs/validate.md`; `as_str` is the name used in reports. The event rules are
+/// judged on the log's events; a `Defect` is proven by site discovery from the kernel's
+/// machine code and reaches the validator through the log header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rule {
     WriteParity,
     WriterOverlap,
@@ -31,10 +35,12 @@ pub enum Rule {
     UnprotectedOverlap,
     RetryIgnored,
     SeqUnexplained,
+    Defect(Defect),
 }
 
 impl Rule {
-    pub const ALL: [Rule; 7] = [
+    /// The rules judged on events.
+    pub const EVENT_RULES: [Rule; 7] = [
         Rule::WriteParity,
         Rule::WriterOverlap,
         Rule::CopyDelta,
@@ -43,6 +49,13 @@ impl Rule {
         Rule::RetryIgnored,
         Rule::SeqUnexplained,
     ];
+
+    /// Every rule: the event rules, then one per defect class.
+    pub fn all() -> impl Iterator<Item = Rule> {
+        Rule::EVENT_RULES
+            .into_iter()
+            .chain(Defect::ALL.into_iter().map(Rule::Defect))
+    }
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -53,7 +66,18 @@ impl Rule {
             Rule::UnprotectedOverlap => "unprotected_overlap",
             Rule::RetryIgnored => "retry_ignored",
             Rule::SeqUnexplained => "seq_unexplained",
+            Rule::Defect(d) => d.name(),
         }
+    }
+
+    pub fn from_name(s: &str) -> Option<Rule> {
+        Rule::all().find(|r| r.as_str() == s)
+    }
+}
+
+impl Serialize for Rule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -139,6 +163,42 @@ pub struct Stats {
     pub violations_by_rule: BTreeMap<Rule, u64>,
     /// Whether a `summary` line was seen.
     pub summary: bool,
+    /// `write_begin`..`write_end` pairs (the part of `write_sections` seen by write sites).
+    pub write_pairs: u64,
+    /// PIN calls whose `read_begin` was seen (the read sites were exercised).
+    pub read_begins: u64,
+    /// `read_begin` loads of an odd value (the situation `odd_not_bailed` judges).
+    pub odd_loads: u64,
+    /// PIN calls with both loads (the situation `unprotected_overlap` judges).
+    pub retries_checked: u64,
+    /// Events whose seq value was judged against the mm's timeline.
+    pub seq_checked: u64,
+    /// Events whose seq the probe could not read (`"seq":null`): missing evidence.
+    pub unreadable_seq: u64,
+    /// Calls and write sections still open when the log ended, whose outcome could hide a
+    /// violation (an odd load not yet bailed, a changed retry not yet backed out).
+    pub unsettled: u64,
+}
+
+/// How one rule fared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleReport {
+    pub rule: Rule,
+    /// Whether the log carries what the rule needs.
+    pub checked: bool,
+    /// Why not, when not.
+    pub why_not: Option<String>,
+    /// How often the situation the rule judges arose.
+    pub exercised: u64,
+    pub violations: u64,
+}
+
+/// A defect discovery proved in the traced kernel's code (from the log header).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DefectReport {
+    pub symbol: String,
+    pub defect: Defect,
+    pub why: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -148,6 +208,15 @@ pub struct Report {
     pub events: u64,
     pub stats: Stats,
     pub violations: Vec<Violation>,
+    /// Every rule, checked or not, exercised how often.
+    pub rules: Vec<RuleReport>,
+    /// What a clean verdict would need and the log lacks, one sentence each (empty when the
+    /// verdict is clean, or violations are all there is to say).
+    pub missing_evidence: Vec<String>,
+    /// Copy functions whose write sections were judged by their copy windows (function-level
+    /// probes), not by write sites.
+    pub function_level: Vec<String>,
+    pub defects: Vec<DefectReport>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -187,9 +256,27 @@ pub(crate) struct Ev {
     pub tid: u32,
     pub mm: u32,
     pub kind: Kind,
-    pub seq: u32,
-    /// `cow` for `cpr_enter`, `pin` for `gup_enter`, false otherwise.
+    /// `None`: the probe could not read it.
+    pub seq: Option<u32>,
+    /// `cow` for copy entries, `pin` for `gup_enter`, false otherwise.
     pub flag: bool,
+    /// A copy entry whose copy must take the write section (see [`must_write`]).
+    pub must: bool,
+}
+
+/// `VM_PFNMAP` and `VM_HUGETLB` (include/linux/mm.h, unchanged since 2.6).
+const VM_PFNMAP: u64 = 0x400;
+const VM_HUGETLB: u64 = 0x40_0000;
+
+/// Whether `copy_page_range` must run its write section for this VMA: a COW mapping with an
+/// `anon_vma` always needs copying (`vma_needs_copy`), and only hugetlb VMAs (their own
+/// function) and PFN maps (which can fail before the section) leave before it. Unknown when
+/// the log does not say (older logs).
+fn must_write(func: CopyFn, cow: bool, anon: Option<bool>, vm_flags: Option<u64>) -> bool {
+    func == CopyFn::Cpr
+        && cow
+        && anon == Some(true)
+        && vm_flags.is_some_and(|f| f & (VM_PFNMAP | VM_HUGETLB) == 0)
 }
 
 /// FxHash-style multiplicative hasher: keys are small trusted integers and mm names, and
@@ -220,13 +307,19 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 #[derive(Clone, Copy, Debug)]
 struct CprOpen {
+    func: CopyFn,
     mm: u32,
-    seq: u32,
+    seq: Option<u32>,
     cow: bool,
+    /// The copy must take the write section ([`must_write`]).
+    must: bool,
     line: u64,
-    /// In a log without `write_*` events: this window put its two possible increments on the
+    /// In a function without write sites: this window put its two possible increments on the
     /// mm's timeline (see [`MmState::hist`]).
     tentative: bool,
+    /// A hugetlb copy opened inside this `copy_page_range` window: the increments, if any,
+    /// are that copy's, judged by its own window or write sites.
+    delegated: bool,
     /// Set when another thread's advancing copy window on the same mm closed while this one
     /// was open: that window's cpr_enter line, cpr_exit line, tid, and seq at enter and exit.
     overlapped_by: Option<(u64, u64, u32, u32, u32)>,
@@ -235,7 +328,7 @@ struct CprOpen {
 #[derive(Clone, Copy, Debug)]
 struct WriteOpen {
     mm: u32,
-    seq: u32,
+    seq: Option<u32>,
     line: u64,
 }
 
@@ -252,6 +345,8 @@ struct GupCall {
     /// `read_retry`: (value loaded, line).
     retry: Option<(u32, u64)>,
     retry_fail: bool,
+    /// One of its loads could not be read: its values prove nothing.
+    unreadable: bool,
 }
 
 #[derive(Default, Debug)]
@@ -354,6 +449,8 @@ impl MmState {
 #[derive(Clone, Copy, Debug)]
 struct Jump {
     ev: Ev,
+    /// The value loaded.
+    x: u32,
     b: u64,
     what: &'static str,
     from: u32,
@@ -370,17 +467,132 @@ struct LostAllowance {
     retry_fail: u64,
 }
 
+/// What the log header says about the trace: which probes were attached (and so which rules
+/// its events can support), what discovery found in the kernel's code, which filters hid
+/// events.
+#[derive(Debug, Default)]
+struct Coverage {
+    /// The header lists its probes; otherwise the kinds seen in the log decide.
+    listed: bool,
+    probes: BTreeSet<Kind>,
+    /// Copy functions with write sites attached.
+    write_sited: BTreeSet<CopyFn>,
+    /// The header carries discovery's account of the kernel's code.
+    discovery: bool,
+    /// Defects discovery proved: the defect, its function, and the message.
+    defects: Vec<(DefectReport, String)>,
+    /// Functions that must hold sites and that discovery could not classify.
+    unknown: Vec<String>,
+    /// The BPF-side filter, when one hid events (`--pid`, `--comm`).
+    filter: Option<String>,
+}
+
+/// The copy function a probe target is (`copy_page_range`, `copy_hugetlb_page_range`, or a
+/// clone of either).
+fn copy_fn_of(symbol: &str) -> Option<CopyFn> {
+    match symbol.split('.').next()? {
+        "copy_page_range" => Some(CopyFn::Cpr),
+        "copy_hugetlb_page_range" => Some(CopyFn::Hugetlb),
+        _ => None,
+    }
+}
+
+impl Coverage {
+    fn from_header(h: &Header) -> Coverage {
+        let mut c = Coverage {
+            listed: !h.probes.is_empty(),
+            ..Coverage::default()
+        };
+        for p in &h.probes {
+            let Some(k) = Kind::from_name(&p.name) else {
+                continue;
+            };
+            c.probes.insert(k);
+            if matches!(k, Kind::WriteBegin | Kind::WriteEnd) {
+                match copy_fn_of(&p.target) {
+                    Some(f) => {
+                        c.write_sited.insert(f);
+                    }
+                    // A writer this validator does not know by name: it cannot tell which
+                    // windows the sites cover, so it takes them to cover all.
+                    None => c.write_sited.extend([CopyFn::Cpr, CopyFn::Hugetlb]),
+                }
+            }
+        }
+        if let Some(d) = h.extra.get("discovery") {
+            c.discovery = true;
+            let functions = d.get("functions").and_then(|f| f.as_array());
+            for f in functions.into_iter().flatten() {
+                let symbol = f.get("symbol").and_then(|s| s.as_str()).unwrap_or("?");
+                let status = f.get("status").and_then(|s| s.as_str()).unwrap_or("");
+                let defects = f.get("defects").and_then(|d| d.as_array());
+                for d in defects.into_iter().flatten() {
+                    let name = d.get("defect").and_then(|x| x.as_str()).unwrap_or("");
+                    let why = d.get("why").and_then(|x| x.as_str()).unwrap_or("");
+                    let Some(defect) = Defect::from_name(name) else {
+                        c.unknown.push(format!(
+                            "{symbol}: discovery reports a defect this validator does not know ({name:?}): {why}"
+                        ));
+                        continue;
+                    };
+                    let evidence: Vec<String> = d
+                        .get("evidence")
+                        .and_then(|e| e.as_array())
+                        .into_iter()
+                        .flatten()
+                        .map(|e| {
+                            format!(
+                                "+{:#x} `{}` {}",
+                                e.get("offset").and_then(|o| o.as_u64()).unwrap_or(0),
+                                e.get("insn").and_then(|o| o.as_str()).unwrap_or(""),
+                                e.get("note").and_then(|o| o.as_str()).unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    let mut message = format!("{symbol}: {why}");
+                    if !evidence.is_empty() {
+                        message.push_str(&format!(" (evidence: {})", evidence.join("; ")));
+                    }
+                    c.defects.push((
+                        DefectReport {
+                            symbol: symbol.to_owned(),
+                            defect,
+                            why: why.to_owned(),
+                        },
+                        message,
+                    ));
+                }
+                if status == "unknown" {
+                    let reason = f.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+                    c.unknown.push(format!(
+                        "discovery could not classify {symbol} ({reason}): it ran with function-level probes only"
+                    ));
+                }
+            }
+        }
+        if let Some(f) = h.extra.get("filter") {
+            let mut parts = Vec::new();
+            if let Some(pid) = f.get("pid").filter(|v| !v.is_null()) {
+                parts.push(format!("--pid {pid}"));
+            }
+            if let Some(comm) = f.get("comm").and_then(|v| v.as_str()) {
+                parts.push(format!("--comm {comm}"));
+            }
+            if !parts.is_empty() {
+                c.filter = Some(parts.join(" "));
+            }
+        }
+        c
+    }
+}
+
 /// The incremental validator. Feed records in delivery order with [`Validator::push`];
 /// reordering by timestamp happens inside.
 pub struct Validator {
     opts: Options,
-    /// `Some(true)` when the header's probe list names `write_begin`/`write_end`,
-    /// `Some(false)` when it lists probes but not those, `None` when it lists none (then the
-    /// presence of `write_*` events so far decides).
-    write_probed: Option<bool>,
-    retry_fail_probed: bool,
-    seen_write_event: bool,
-    seen_retry_fail: bool,
+    cov: Coverage,
+    /// Event kinds seen so far (for logs whose header lists no probes).
+    seen: BTreeSet<Kind>,
     buf: VecDeque<Ev>,
     /// Timestamp of the last replayed event, and the largest timestamp pushed.
     released_ts: Option<u64>,
@@ -405,10 +617,6 @@ pub struct Validator {
     pending: Vec<Violation>,
 }
 
-fn names_probe(h: &Header, names: &[&str]) -> bool {
-    h.probes.iter().any(|p| names.contains(&p.name.as_str()))
-}
-
 impl Validator {
     pub fn new(header: &Header) -> Self {
         Self::with_options(header, Options::default())
@@ -420,20 +628,13 @@ impl Validator {
         {
             opts.slack_ns = s;
         }
-        let write_probed = if header.probes.is_empty() {
-            None
-        } else {
-            Some(names_probe(header, &["write_begin", "write_end"]))
-        };
-        Validator {
+        let mut v = Validator {
             opts: Options {
                 window: opts.window.max(1),
                 ..opts
             },
-            write_probed,
-            retry_fail_probed: names_probe(header, &["retry_fail"]),
-            seen_write_event: false,
-            seen_retry_fail: false,
+            cov: Coverage::from_header(header),
+            seen: BTreeSet::new(),
             buf: VecDeque::new(),
             released_ts: None,
             max_ts: None,
@@ -449,7 +650,26 @@ impl Validator {
             events: 0,
             violations: Vec::new(),
             pending: Vec::new(),
+        };
+        // A defect proven in the kernel's code is a violation whatever the run shows.
+        let defects: Vec<(Rule, String)> = v
+            .cov
+            .defects
+            .iter()
+            .map(|(d, m)| (Rule::Defect(d.defect), m.clone()))
+            .collect();
+        for (rule, message) in defects {
+            v.record_violation(Violation {
+                rule,
+                line: 1,
+                ts: 0,
+                mm: String::new(),
+                tid: 0,
+                message,
+                lines: vec![1],
+            });
         }
+        v
     }
 
     /// Feeds one record (delivery order; `line` is its 1-based line number) and returns the
@@ -490,20 +710,29 @@ impl Validator {
 
     /// Both input paths (a parsed `Record`, the CLI's fast reader) end here.
     fn push_parts(&mut self, line: u64, ts: u64, tid: u32, mm: &str, body: &Body) {
-        let flag = match *body {
-            Body::CprEnter { cow, .. } => cow,
-            Body::GupEnter { pin, .. } => pin,
-            _ => false,
+        let (flag, must) = match *body {
+            Body::CopyEnter {
+                func,
+                cow,
+                anon,
+                vm_flags,
+                ..
+            } => (cow, must_write(func, cow, anon, vm_flags)),
+            Body::GupEnter { pin, .. } => (pin, false),
+            _ => (false, false),
         };
         let mm = self.intern(mm);
+        let kind = body.kind();
+        self.seen.insert(kind);
         self.push_ev(Ev {
             ts,
             line,
             tid,
             mm,
-            kind: body.kind(),
+            kind,
             seq: body.seq(),
             flag,
+            must,
         });
     }
 
@@ -594,7 +823,8 @@ impl Validator {
         self.flush_buffer();
         // A jump still waiting for its increments may be explained by the missing events.
         self.jumps.clear();
-        let cpr_mode = !self.write_mode();
+        let (cpr_windows, hugetlb_windows) =
+            (!self.sited(CopyFn::Cpr), !self.sited(CopyFn::Hugetlb));
         let a = &mut self.allow;
         let add = |x: &mut u64, n: u64| *x = x.saturating_add(n);
         match probe {
@@ -606,8 +836,11 @@ impl Validator {
                 add(&mut a.incs, count);
                 add(&mut a.write_end, count);
             }
-            // Without write_* events a lost copy may have advanced seq by 2.
-            "cpr_enter" | "cpr_exit" if cpr_mode => {
+            // Without write sites in its function, a lost copy may have advanced seq by 2.
+            "cpr_enter" | "cpr_exit" if cpr_windows => {
+                add(&mut a.incs, count.saturating_mul(2));
+            }
+            "hugetlb_enter" | "hugetlb_exit" if hugetlb_windows => {
                 add(&mut a.incs, count.saturating_mul(2));
             }
             "read_begin" => add(&mut a.read_begin, count),
@@ -651,10 +884,20 @@ impl Validator {
     pub fn finish(mut self) -> Report {
         self.flush_buffer();
         self.expire_jumps(u64::MAX);
-        let s = &self.stats;
-        let verdict = if s.violations > 0 {
+        self.settle_open_at_end();
+        let rules = self.rule_reports();
+        let function_level = [CopyFn::Cpr, CopyFn::Hugetlb]
+            .into_iter()
+            .filter(|&f| self.has(f.enter()) && !self.sited(f))
+            .map(|f| match f {
+                CopyFn::Cpr => "copy_page_range".to_owned(),
+                CopyFn::Hugetlb => "copy_hugetlb_page_range".to_owned(),
+            })
+            .collect();
+        let missing_evidence = self.missing_evidence(&rules);
+        let verdict = if self.stats.violations > 0 {
             Verdict::Violations
-        } else if s.lost > 0 || !s.summary || s.out_of_window > 0 {
+        } else if !missing_evidence.is_empty() {
             Verdict::Inconclusive
         } else {
             Verdict::Clean
@@ -664,15 +907,198 @@ impl Validator {
             events: self.events,
             stats: self.stats,
             violations: self.violations,
+            rules,
+            missing_evidence,
+            function_level,
+            defects: self.cov.defects.into_iter().map(|(d, _)| d).collect(),
         }
     }
 
-    fn write_mode(&self) -> bool {
-        self.write_probed.unwrap_or(self.seen_write_event)
+    /// Calls and write sections the log ended inside: settled where their outcome is already
+    /// decided, counted as unsettled where the missing rest could still break a rule.
+    fn settle_open_at_end(&mut self) {
+        let mut tids: Vec<u32> = self.threads.keys().copied().collect();
+        tids.sort_unstable();
+        for tid in tids {
+            let Some(t) = self.threads.get_mut(&tid) else {
+                continue;
+            };
+            if t.write.take().is_some() {
+                self.stats.unsettled += 1;
+            }
+            let Some(c) = t.call.take() else { continue };
+            let changed = matches!((c.begin, c.retry), (Some((s, ..)), Some((r, _))) if s != r);
+            let undecided = (c.odd && c.retry.is_none())
+                || (changed && !c.odd && !c.retry_fail && self.retry_fail_applies());
+            if c.unreadable || undecided {
+                self.stats.unsettled += 1;
+            } else if changed && !c.odd {
+                self.stats.protected_overlaps += 1;
+            }
+        }
+    }
+
+    /// Whether the log can carry events of this kind: the header lists its probe, or (a header
+    /// without a probe list) such events were seen.
+    fn has(&self, k: Kind) -> bool {
+        if self.cov.listed {
+            self.cov.probes.contains(&k)
+        } else {
+            self.seen.contains(&k)
+        }
+    }
+
+    /// Whether the copy function's write sections are reported by write sites (else its copy
+    /// windows stand for them).
+    fn sited(&self, f: CopyFn) -> bool {
+        if self.cov.listed {
+            self.cov.write_sited.contains(&f)
+        } else {
+            self.seen.contains(&Kind::WriteBegin) || self.seen.contains(&Kind::WriteEnd)
+        }
     }
 
     fn retry_fail_applies(&self) -> bool {
-        self.retry_fail_probed || self.seen_retry_fail
+        self.has(Kind::RetryFail)
+    }
+
+    /// Every copy function's increments are on the timeline: by write sites or by windows (a
+    /// `copy_page_range` window encloses the hugetlb copies it makes).
+    fn writers_covered(&self) -> bool {
+        let windows = self.has(Kind::CprEnter) && self.has(Kind::CprExit);
+        windows
+            || (self.sited(CopyFn::Cpr)
+                && (self.sited(CopyFn::Hugetlb)
+                    || (self.has(Kind::HugetlbEnter) && self.has(Kind::HugetlbExit))))
+    }
+
+    fn rule_reports(&self) -> Vec<RuleReport> {
+        let s = &self.stats;
+        let write_sites = self.has(Kind::WriteBegin) && self.has(Kind::WriteEnd);
+        let windows = self.has(Kind::CprEnter) && self.has(Kind::CprExit);
+        let reads = self.has(Kind::ReadBegin) && self.has(Kind::ReadRetry);
+        let no_reads = "the read_begin/read_retry sites were not attached";
+        let filtered = self.cov.filter.as_ref().map(|f| {
+            format!(
+                "events were filtered ({f}): other tasks sharing an mm may write its counter unseen"
+            )
+        });
+        Rule::all()
+            .map(|rule| {
+                let (why_not, exercised): (Option<String>, u64) = match rule {
+                    Rule::WriteParity => (
+                        (!write_sites).then(|| {
+                            "no write_begin/write_end sites were attached: the copy functions ran with function-level probes only".to_owned()
+                        }),
+                        s.write_pairs,
+                    ),
+                    Rule::WriterOverlap => (
+                        (!write_sites && !windows)
+                            .then(|| "neither write sites nor copy windows were attached".to_owned()),
+                        s.write_sections,
+                    ),
+                    Rule::CopyDelta => (
+                        (!windows).then(|| "the copy_page_range probes were not attached".to_owned()),
+                        s.copies,
+                    ),
+                    Rule::OddNotBailed => ((!reads).then(|| no_reads.to_owned()), s.odd_loads),
+                    Rule::UnprotectedOverlap => (
+                        if !reads {
+                            Some(no_reads.to_owned())
+                        } else if !self.writers_covered() {
+                            Some("some copy function has neither write sites nor copy windows".to_owned())
+                        } else {
+                            filtered.clone()
+                        },
+                        s.retries_checked,
+                    ),
+                    Rule::RetryIgnored => (
+                        if !reads {
+                            Some(no_reads.to_owned())
+                        } else if !self.retry_fail_applies() {
+                            Some("the retry_fail site (the back-out block) was not attached".to_owned())
+                        } else {
+                            None
+                        },
+                        s.failed_retries,
+                    ),
+                    Rule::SeqUnexplained => (
+                        if !self.writers_covered() {
+                            Some("some copy function has neither write sites nor copy windows".to_owned())
+                        } else {
+                            filtered.clone()
+                        },
+                        s.seq_checked,
+                    ),
+                    Rule::Defect(_) => (
+                        (!self.cov.discovery).then(|| {
+                            "the log header carries no discovery: the kernel's code was not examined".to_owned()
+                        }),
+                        u64::from(self.cov.discovery),
+                    ),
+                };
+                RuleReport {
+                    rule,
+                    checked: why_not.is_none(),
+                    why_not,
+                    exercised,
+                    violations: s.violations_by_rule.get(&rule).copied().unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    /// What a clean verdict needs that this log does not show.
+    fn missing_evidence(&self, rules: &[RuleReport]) -> Vec<String> {
+        let s = &self.stats;
+        let mut out = Vec::new();
+        if !s.summary {
+            out.push("the log has no summary line: it was cut short".to_owned());
+        }
+        if s.lost > 0 {
+            out.push(format!("{} events were lost", s.lost));
+        }
+        if s.out_of_window > 0 {
+            out.push(format!(
+                "{} events arrived beyond the reorder window and were not replayed",
+                s.out_of_window
+            ));
+        }
+        if s.unreadable_seq > 0 {
+            out.push(format!(
+                "{} events carry a seq the probe could not read",
+                s.unreadable_seq
+            ));
+        }
+        if s.unsettled > 0 {
+            out.push(format!(
+                "{} calls or write sections were still open when the log ended, with their outcome undecided",
+                s.unsettled
+            ));
+        }
+        out.extend(self.cov.unknown.iter().cloned());
+        let mut seen_why = BTreeSet::new();
+        for r in rules.iter().filter(|r| !r.checked) {
+            if let Some(w) = &r.why_not
+                && seen_why.insert(w.clone())
+            {
+                let names: Vec<&str> = rules
+                    .iter()
+                    .filter(|x| x.why_not.as_ref() == Some(w))
+                    .map(|x| x.rule.as_str())
+                    .collect();
+                out.push(format!("not checked ({}): {w}", names.join(", ")));
+            }
+        }
+        if s.write_sections == 0 {
+            out.push(
+                "no write section was seen: no fork copied a private mapping with pages".to_owned(),
+            );
+        }
+        if self.has(Kind::ReadBegin) && s.read_begins == 0 {
+            out.push("no PIN GUP-fast call reached the read sites".to_owned());
+        }
+        out
     }
 
     fn mm_name(&self, mm: u32) -> String {
@@ -683,8 +1109,6 @@ impl Validator {
     }
 
     fn violate(&mut self, rule: Rule, e: &Ev, mut lines: Vec<u64>, message: String) {
-        self.stats.violations += 1;
-        *self.stats.violations_by_rule.entry(rule).or_insert(0) += 1;
         lines.push(e.line);
         lines.sort_unstable();
         lines.dedup();
@@ -697,6 +1121,12 @@ impl Validator {
             message,
             lines,
         };
+        self.record_violation(v);
+    }
+
+    fn record_violation(&mut self, v: Violation) {
+        self.stats.violations += 1;
+        *self.stats.violations_by_rule.entry(v.rule).or_insert(0) += 1;
         if self.violations.len() < MAX_STORED_VIOLATIONS {
             self.violations.push(v.clone());
         }
@@ -712,12 +1142,14 @@ impl Validator {
 
     /// `seq_unexplained` for a load of `e.seq` that happened in `[a, b]` (`a` is `None` when
     /// nothing bounds it from below). It is explained if the counter can have held that value
-    /// at some instant of the interval, given the increments known on the mm.
+    /// at some instant of the interval, given the increments known on the mm. An unreadable
+    /// value proves nothing.
     fn observe(&mut self, e: &Ev, what: &'static str, a: Option<u64>, b: u64) {
+        let Some(x) = e.seq else { return };
+        self.stats.seq_checked += 1;
         let Some(m) = self.mms.get_mut(e.mm as usize) else {
             return;
         };
-        let x = e.seq;
         let Some(c) = m.cur else {
             // Only a load bounded from below establishes the value: an unbounded one may be
             // older than anything the log shows.
@@ -734,9 +1166,10 @@ impl Validator {
         if rel > 0 {
             // Increments reaching x may still be replayed (their events can be stamped up to
             // the slack after this load's interval): decide when no later event can explain it.
-            if !self.jumps.iter().any(|j| j.ev.mm == e.mm && j.ev.seq == x) {
+            if !self.jumps.iter().any(|j| j.ev.mm == e.mm && j.x == x) {
                 self.jumps.push(Jump {
                     ev: *e,
+                    x,
                     b,
                     what,
                     from: c,
@@ -788,7 +1221,7 @@ impl Validator {
             !d
         });
         for j in due {
-            let x = j.ev.seq;
+            let x = j.x;
             if let Some(m) = self.mms.get_mut(j.ev.mm as usize)
                 && m.cur.is_some_and(|c| x.wrapping_sub(c) as i32 > 0)
             {
@@ -817,16 +1250,23 @@ impl Validator {
     }
 
     /// A write event: its increment from `e.seq` happened at or after its ts and before the
-    /// thread's next event (both widened by the slack).
+    /// thread's next event (both widened by the slack). An unreadable value is an increment
+    /// from an unknown value: the mm's timeline starts over.
     fn write_event(&mut self, e: &Ev, what: &'static str) {
-        self.seen_write_event = true;
         let slack = self.opts.slack_ns;
         let lo = e.ts.saturating_sub(slack);
         let b = e.ts.saturating_add(slack);
         let Some(m) = self.mms.get_mut(e.mm as usize) else {
             return;
         };
-        let v = e.seq;
+        let Some(v) = e.seq else {
+            m.cur = None;
+            m.hist.clear();
+            m.open_hi.clear();
+            self.jumps.retain(|j| j.ev.mm != e.mm);
+            return;
+        };
+        self.stats.seq_checked += 1;
         let dup = m
             .find(v)
             .and_then(|k| m.hist.get(k))
@@ -847,10 +1287,11 @@ impl Validator {
             m.open_hi.push((e.tid, v));
         }
         if let Some(from) = jump
-            && !self.jumps.iter().any(|j| j.ev.mm == e.mm && j.ev.seq == v)
+            && !self.jumps.iter().any(|j| j.ev.mm == e.mm && j.x == v)
         {
             self.jumps.push(Jump {
                 ev: *e,
+                x: v,
                 b,
                 what,
                 from,
@@ -858,7 +1299,7 @@ impl Validator {
         }
         // Loads waiting for the increment to v + 1 are explained if it can have come in time.
         self.jumps
-            .retain(|j| !(j.ev.mm == e.mm && j.ev.seq == v.wrapping_add(1) && lo <= j.b));
+            .retain(|j| !(j.ev.mm == e.mm && j.x == v.wrapping_add(1) && lo <= j.b));
         if let Some((dl, dt)) = dup {
             self.violate(
                 Rule::SeqUnexplained,
@@ -895,10 +1336,15 @@ impl Validator {
         if !self.jumps.is_empty() {
             self.expire_jumps(e.ts);
         }
+        if e.seq.is_none() {
+            self.stats.unreadable_seq += 1;
+        }
         self.close_open_hi(&e);
         match e.kind {
-            Kind::CprEnter => self.cpr_enter(&e),
-            Kind::CprExit => self.cpr_exit(&e),
+            Kind::CprEnter => self.copy_enter(&e, CopyFn::Cpr),
+            Kind::HugetlbEnter => self.copy_enter(&e, CopyFn::Hugetlb),
+            Kind::CprExit => self.copy_exit(&e, CopyFn::Cpr),
+            Kind::HugetlbExit => self.copy_exit(&e, CopyFn::Hugetlb),
             Kind::WriteBegin => self.write_begin(&e),
             Kind::WriteEnd => self.write_end(&e),
             Kind::GupEnter => self.gup_enter(&e),
@@ -909,73 +1355,121 @@ impl Validator {
         }
     }
 
-    fn cpr_enter(&mut self, e: &Ev) {
+    /// Takes a window's tentative increments off the mm's timeline (the copy did not make
+    /// them, or another window stands for them).
+    fn withdraw(&mut self, mm: u32, seq: u32) {
+        if let Some(m) = self.mms.get_mut(mm as usize) {
+            for v in [seq, seq.wrapping_add(1)] {
+                if let Some(k) = m.find(v)
+                    && m.hist.get(k).is_some_and(|t| t.hi == u64::MAX)
+                {
+                    m.hist.remove(k);
+                }
+            }
+            if m.cur == Some(seq.wrapping_add(2)) {
+                m.cur = Some(seq);
+            }
+        }
+    }
+
+    fn copy_enter(&mut self, e: &Ev, func: CopyFn) {
         let (a, b) = self.at_ts(e);
-        self.observe(e, "cpr_enter", a, b);
-        let cpr_mode = !self.write_mode();
+        self.observe(e, func.enter().as_str(), a, b);
+        // A hugetlb copy runs inside copy_page_range's window of the same thread: that window
+        // hands its increments over.
+        if func == CopyFn::Hugetlb {
+            let outer = self
+                .threads
+                .get_mut(&e.tid)
+                .and_then(|t| t.cpr.last_mut())
+                .filter(|w| w.func == CopyFn::Cpr && w.mm == e.mm && !w.delegated)
+                .map(|w| {
+                    w.delegated = true;
+                    let was = (w.tentative, w.seq);
+                    w.tentative = false;
+                    was
+                });
+            if let Some((true, Some(seq))) = outer {
+                self.withdraw(e.mm, seq);
+            }
+        }
+        let windows = !self.sited(func);
         let mut tentative = false;
         if let Some(m) = self.mms.get_mut(e.mm as usize)
             && e.flag
         {
             m.cpr_open.push(e.tid);
-            // Without write_* events the copy's two increments (if it makes them) happen
-            // inside its window: put them on the timeline until cpr_exit says.
-            if cpr_mode && m.cur == Some(e.seq) {
+            // Without write sites in this function, the copy's two increments (if it makes
+            // them) happen inside its window: put them on the timeline until its exit says.
+            if windows && e.seq.is_some() && m.cur == e.seq {
                 tentative = true;
-                for v in [e.seq, e.seq.wrapping_add(1)] {
-                    m.insert(Trans {
-                        v,
-                        hi: u64::MAX,
-                        line: e.line,
-                        tid: e.tid,
-                    });
+                if let Some(seq) = e.seq {
+                    for v in [seq, seq.wrapping_add(1)] {
+                        m.insert(Trans {
+                            v,
+                            hi: u64::MAX,
+                            line: e.line,
+                            tid: e.tid,
+                        });
+                    }
                 }
             }
         }
         self.threads.entry(e.tid).or_default().cpr.push(CprOpen {
+            func,
             mm: e.mm,
             seq: e.seq,
             cow: e.flag,
+            must: e.must,
             line: e.line,
             tentative,
+            delegated: false,
             overlapped_by: None,
         });
     }
 
-    fn cpr_exit(&mut self, e: &Ev) {
+    fn copy_exit(&mut self, e: &Ev, func: CopyFn) {
         let (a, b) = self.at_ts(e);
-        self.observe(e, "cpr_exit", a, b);
-        let Some(w) = self.threads.get_mut(&e.tid).and_then(|t| t.cpr.pop()) else {
+        self.observe(e, func.exit().as_str(), a, b);
+        let Some(w) = self.threads.get_mut(&e.tid).and_then(|t| {
+            // The innermost window of this function (a lost exit may leave one above it).
+            let i = t.cpr.iter().rposition(|w| w.func == func)?;
+            t.cpr.truncate(i + 1);
+            t.cpr.pop()
+        }) else {
             // The log began inside this copy: nothing to pair it with.
             return;
         };
-        let cpr_mode = !self.write_mode();
-        let d = e.seq.wrapping_sub(w.seq);
-        if let Some(m) = self.mms.get_mut(w.mm as usize) {
-            if w.cow
-                && let Some(i) = m.cpr_open.iter().position(|&t| t == e.tid)
-            {
-                m.cpr_open.swap_remove(i);
+        if let Some(m) = self.mms.get_mut(w.mm as usize)
+            && w.cow
+            && let Some(i) = m.cpr_open.iter().position(|&t| t == e.tid)
+        {
+            m.cpr_open.swap_remove(i);
+        }
+        if func == CopyFn::Cpr {
+            self.stats.copies += 1;
+            if w.cow {
+                self.stats.cow_copies += 1;
             }
-            if w.tentative {
-                for v in [w.seq, w.seq.wrapping_add(1)] {
-                    if let Some(k) = m.find(v) {
-                        if d == 0 {
-                            m.hist.remove(k);
-                        } else if let Some(t) = m.hist.get_mut(k) {
-                            t.hi = b;
-                        }
+        }
+        let (Some(s0), Some(s1)) = (w.seq, e.seq) else {
+            // Either end unreadable: the window proves nothing, and its increments (if
+            // tentative) stay unbounded.
+            return;
+        };
+        let d = s1.wrapping_sub(s0);
+        if w.tentative {
+            if d == 0 {
+                self.withdraw(w.mm, s0);
+            } else if let Some(m) = self.mms.get_mut(w.mm as usize) {
+                for v in [s0, s0.wrapping_add(1)] {
+                    if let Some(t) = m.find(v).and_then(|k| m.hist.get_mut(k)) {
+                        t.hi = b;
                     }
                 }
-                if d == 0 && m.cur == Some(w.seq.wrapping_add(2)) {
-                    m.cur = Some(w.seq);
-                }
             }
         }
-        self.stats.copies += 1;
-        if w.cow {
-            self.stats.cow_copies += 1;
-        }
+        let what = func.enter().as_str();
         if !(d == 0 || (d == 2 && w.cow)) {
             let why = if d == 2 {
                 "but the VMA is not COW, and only a COW copy takes the write section".to_string()
@@ -987,17 +1481,22 @@ impl Validator {
                 e,
                 vec![w.line],
                 format!(
-                    "cpr_enter at line {} saw {} (cow={}) and cpr_exit at line {} saw {}: +{}, {why}",
-                    w.line,
-                    w.seq,
-                    w.cow,
-                    e.line,
-                    e.seq,
-                    d as i32
+                    "{what} at line {} saw {s0} (cow={}) and its exit at line {} saw {s1}: +{}, {why}",
+                    w.line, w.cow, e.line, d as i32
+                ),
+            );
+        } else if d == 0 && w.must && !w.delegated {
+            self.violate(
+                Rule::CopyDelta,
+                e,
+                vec![w.line],
+                format!(
+                    "{what} at line {} copied a private mapping with an anon_vma (seq {s0}), which must take the write section, yet its exit at line {} saw seq unchanged",
+                    w.line, e.line
                 ),
             );
         }
-        if !cpr_mode || !w.cow || d == 0 {
+        if self.sited(func) || w.delegated || !w.cow || d == 0 {
             return;
         }
         // A COW window whose seq advanced is a write section in this log.
@@ -1006,15 +1505,15 @@ impl Validator {
             // The values decide: two windows overlap only if the ranges of seq they spanned
             // share an increment; windows whose ranges follow each other are serialized, and
             // their timestamps merely disagree.
-            let r = |v: u32| i64::from(v.wrapping_sub(w.seq) as i32);
+            let r = |v: u32| i64::from(v.wrapping_sub(s0) as i32);
             if r(olo).max(0) < r(ohi).min(i64::from(d as i32)) {
                 self.violate(
                     Rule::WriterOverlap,
                     e,
                     vec![w.line, oline, oexit],
                     format!(
-                        "copy window lines {}-{} (tid {}, seq {}..{}) overlaps tid {otid}'s copy window lines {oline}-{oexit} (seq {olo}..{ohi}) on the same mm; both advanced seq",
-                        w.line, e.line, e.tid, w.seq, e.seq
+                        "copy window lines {}-{} (tid {}, seq {s0}..{s1}) overlaps tid {otid}'s copy window lines {oline}-{oexit} (seq {olo}..{ohi}) on the same mm; both advanced seq",
+                        w.line, e.line, e.tid
                     ),
                 );
             }
@@ -1028,42 +1527,44 @@ impl Validator {
                 && o.mm == w.mm
                 && o.overlapped_by.is_none()
             {
-                o.overlapped_by = Some((w.line, e.line, e.tid, w.seq, e.seq));
+                o.overlapped_by = Some((w.line, e.line, e.tid, s0, s1));
             }
         }
     }
 
     fn write_begin(&mut self, e: &Ev) {
         self.write_event(e, "write_begin");
-        if e.seq & 1 == 1 {
+        if let Some(v) = e.seq
+            && v & 1 == 1
+        {
             self.violate(
                 Rule::WriteParity,
                 e,
                 vec![],
                 format!(
-                    "write_begin at line {} saw odd {}: a write section began inside another",
-                    e.line, e.seq
+                    "write_begin at line {} saw odd {v}: a write section began inside another",
+                    e.line
                 ),
             );
         }
-        let prev_open = self
-            .mms
-            .get_mut(e.mm as usize)
-            .and_then(|m| m.open_write.replace((e.tid, e.line, e.seq)));
+        let prev_open = self.mms.get_mut(e.mm as usize).and_then(|m| match e.seq {
+            Some(v) => m.open_write.replace((e.tid, e.line, v)),
+            None => m.open_write.take(),
+        });
         // Another thread's section still open by the timestamps is an overlap only if the
         // values agree: this increment read a value from before that section's end. A value
         // past its end means the sections followed each other and the clocks disagree.
-        if let Some((otid, oline, oseq)) = prev_open
+        if let (Some((otid, oline, oseq)), Some(v)) = (prev_open, e.seq)
             && otid != e.tid
-            && (e.seq == oseq || e.seq == oseq.wrapping_add(1))
+            && (v == oseq || v == oseq.wrapping_add(1))
         {
             self.violate(
                 Rule::WriterOverlap,
                 e,
                 vec![oline],
                 format!(
-                    "write_begin at line {} (tid {}) saw {} while tid {otid}'s write section from line {oline} (begun at {oseq}) was still open on the same mm",
-                    e.line, e.tid, e.seq
+                    "write_begin at line {} (tid {}) saw {v} while tid {otid}'s write section from line {oline} (begun at {oseq}) was still open on the same mm",
+                    e.line, e.tid
                 ),
             );
         }
@@ -1096,24 +1597,24 @@ impl Validator {
         let known = self.threads.contains_key(&e.tid);
         let open = self.threads.get_mut(&e.tid).and_then(|t| t.write.take());
         match open {
-            Some(w) if w.mm == e.mm && e.seq == w.seq.wrapping_add(1) => {
-                self.stats.write_sections += 1;
-            }
             Some(w) if w.mm == e.mm => {
                 self.stats.write_sections += 1;
-                self.violate(
-                    Rule::WriteParity,
-                    e,
-                    vec![w.line],
-                    format!(
-                        "write_begin at line {} saw {} but the matching write_end at line {} saw {} (expected {})",
-                        w.line,
-                        w.seq,
-                        e.line,
-                        e.seq,
-                        w.seq.wrapping_add(1)
-                    ),
-                );
+                self.stats.write_pairs += 1;
+                if let (Some(b), Some(v)) = (w.seq, e.seq)
+                    && v != b.wrapping_add(1)
+                {
+                    self.violate(
+                        Rule::WriteParity,
+                        e,
+                        vec![w.line],
+                        format!(
+                            "write_begin at line {} saw {b} but the matching write_end at line {} saw {v} (expected {})",
+                            w.line,
+                            e.line,
+                            b.wrapping_add(1)
+                        ),
+                    );
+                }
             }
             Some(w) => {
                 let mm = self.mm_name(w.mm);
@@ -1134,7 +1635,9 @@ impl Validator {
                 vec![],
                 format!(
                     "write_end at line {} (seq {}) has no write_begin before it",
-                    e.line, e.seq
+                    e.line,
+                    e.seq
+                        .map_or_else(|| "unreadable".to_owned(), |v| v.to_string())
                 ),
             ),
         }
@@ -1156,6 +1659,7 @@ impl Validator {
             odd: false,
             retry: None,
             retry_fail: false,
+            unreadable: false,
         });
     }
 
@@ -1171,6 +1675,9 @@ impl Validator {
         let Some(c) = self.threads.get_mut(&e.tid).and_then(|t| t.call.take()) else {
             return;
         };
+        if c.unreadable {
+            return;
+        }
         if c.odd && c.retry.is_none() {
             self.stats.odd_bails += 1;
             self.stats.protected_overlaps += 1;
@@ -1199,7 +1706,7 @@ impl Validator {
     fn read_begin(&mut self, e: &Ev) {
         let slack = self.opts.slack_ns;
         let call = self.threads.get(&e.tid).and_then(|t| t.call.as_ref());
-        let needs_new = call.is_none_or(|c| c.begin.is_some() || c.mm != e.mm);
+        let needs_new = call.is_none_or(|c| c.begin.is_some() || c.unreadable || c.mm != e.mm);
         // The load happened after the call began (gup_enter) and at or before this probe.
         let a = if needs_new {
             None
@@ -1222,11 +1729,21 @@ impl Validator {
                 odd: false,
                 retry: None,
                 retry_fail: false,
+                unreadable: false,
             });
         }
+        self.stats.read_begins += 1;
+        if e.seq.is_some_and(|v| v & 1 == 1) {
+            self.stats.odd_loads += 1;
+        }
         if let Some(c) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) {
-            c.begin = Some((e.seq, e.line, e.ts));
-            c.odd = e.seq & 1 == 1;
+            match e.seq {
+                Some(v) => {
+                    c.begin = Some((v, e.line, e.ts));
+                    c.odd = v & 1 == 1;
+                }
+                None => c.unreadable = true,
+            }
         }
     }
 
@@ -1243,11 +1760,17 @@ impl Validator {
             .map(|(_, _, ts)| ts.saturating_sub(slack));
         self.observe(e, "read_retry", a2, e.ts.saturating_add(slack));
         let Some(c) = call else { return };
+        let Some(x) = e.seq else {
+            if let Some(cm) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) {
+                cm.unreadable = true;
+            }
+            return;
+        };
         let (Some((s, bl, _)), Some(a2)) = (c.begin, a2) else {
             return;
         };
         if let Some(cm) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) {
-            cm.retry = Some((e.seq, e.line));
+            cm.retry = Some((x, e.line));
         }
         if c.odd {
             // The retry may belong to a later call whose read_begin was lost.
@@ -1264,7 +1787,8 @@ impl Validator {
             }
             return;
         }
-        if e.seq != s {
+        self.stats.retries_checked += 1;
+        if x != s {
             self.stats.failed_retries += 1;
             return;
         }
@@ -1294,7 +1818,6 @@ impl Validator {
     }
 
     fn retry_fail(&mut self, e: &Ev) {
-        self.seen_retry_fail = true;
         let (a, b) = self.at_ts(e);
         self.observe(e, "retry_fail", a, b);
         if let Some(c) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) {

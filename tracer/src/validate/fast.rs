@@ -6,7 +6,7 @@
 //! nested values, floats, duplicates, errors) returns `None`, and the caller falls back to
 //! [`Record::parse`](crate::events::Record::parse), so both readers agree on every line: what
 //! this one accepts, `Record::parse` parses to the same event (checked by a property test).
-use crate::events::{Body, Event, Kind};
+use crate::events::{Body, CopyFn, Event, Kind};
 
 /// An event borrowed from its line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +59,8 @@ enum F {
     VmaStart,
     VmaEnd,
     Cow,
+    Anon,
+    VmFlags,
     Seq,
     Ret,
     Start,
@@ -84,6 +86,8 @@ fn field(key: &[u8]) -> Option<F> {
         b"vma_start" => F::VmaStart,
         b"vma_end" => F::VmaEnd,
         b"cow" => F::Cow,
+        b"anon" => F::Anon,
+        b"vm_flags" => F::VmFlags,
         b"seq" => F::Seq,
         b"ret" => F::Ret,
         b"start" => F::Start,
@@ -191,6 +195,15 @@ impl<'a> Cur<'a> {
         i(Val::Int(neg, v))
     }
 
+    /// A seq value: an integer, or `null` (unreadable).
+    fn seq(&mut self) -> Option<Option<u32>> {
+        if self.lit(b"null").is_some() {
+            Some(None)
+        } else {
+            self.u32().map(Some)
+        }
+    }
+
     fn boolean(&mut self) -> Option<bool> {
         if self.lit(b"true").is_some() {
             Some(true)
@@ -228,6 +241,8 @@ struct Fields<'a> {
     vma_start: Option<&'a str>,
     vma_end: Option<&'a str>,
     cow: Option<bool>,
+    anon: Option<bool>,
+    vm_flags: Option<&'a str>,
     seq: Option<u32>,
     ret: Option<i64>,
     start: Option<&'a str>,
@@ -281,10 +296,20 @@ fn i(v: Val<'_>) -> Option<i64> {
     }
 }
 
+fn copy_fn(k: Kind) -> CopyFn {
+    if matches!(k, Kind::HugetlbEnter | Kind::HugetlbExit) {
+        CopyFn::Hugetlb
+    } else {
+        CopyFn::Cpr
+    }
+}
+
 fn kind_of(name: &[u8]) -> Option<Kind> {
     Some(match name {
         b"cpr_enter" => Kind::CprEnter,
         b"cpr_exit" => Kind::CprExit,
+        b"hugetlb_enter" => Kind::HugetlbEnter,
+        b"hugetlb_exit" => Kind::HugetlbExit,
         b"gup_enter" => Kind::GupEnter,
         b"gup_exit" => Kind::GupExit,
         b"write_begin" => Kind::WriteBegin,
@@ -324,26 +349,43 @@ pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
         None
     };
     let body = match kind {
-        Kind::CprEnter => {
+        Kind::CprEnter | Kind::HugetlbEnter => {
             c.lit(b",\"vma_start\":")?;
             let vma_start = parse_hex(c.string()?)?;
             c.lit(b",\"vma_end\":")?;
             let vma_end = parse_hex(c.string()?)?;
             c.lit(b",\"cow\":")?;
             let cow = c.boolean()?;
+            let anon = if c.lit(b",\"anon\":").is_some() {
+                Some(c.boolean()?)
+            } else {
+                None
+            };
+            let vm_flags = if c.lit(b",\"vm_flags\":").is_some() {
+                Some(parse_hex(c.string()?)?)
+            } else {
+                None
+            };
             c.lit(b",\"seq\":")?;
-            Body::CprEnter {
+            Body::CopyEnter {
+                func: copy_fn(kind),
                 vma_start,
                 vma_end,
                 cow,
-                seq: c.u32()?,
+                anon,
+                vm_flags,
+                seq: c.seq()?,
             }
         }
-        Kind::CprExit => {
+        Kind::CprExit | Kind::HugetlbExit => {
             c.lit(b",\"seq\":")?;
-            let seq = c.u32()?;
+            let seq = c.seq()?;
             c.lit(b",\"ret\":")?;
-            Body::CprExit { seq, ret: c.i64()? }
+            Body::CopyExit {
+                func: copy_fn(kind),
+                seq,
+                ret: c.i64()?,
+            }
         }
         Kind::GupEnter => {
             c.lit(b",\"start\":")?;
@@ -366,14 +408,14 @@ pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
                 pin,
                 fast_only,
                 longterm,
-                seq: c.u32()?,
+                seq: c.seq()?,
             }
         }
         Kind::GupExit => {
             c.lit(b",\"ret\":")?;
             let ret = c.i64()?;
             c.lit(b",\"seq\":")?;
-            Body::GupExit { ret, seq: c.u32()? }
+            Body::GupExit { ret, seq: c.seq()? }
         }
         k @ (Kind::WriteBegin
         | Kind::WriteEnd
@@ -383,7 +425,7 @@ pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
             c.lit(b",\"seq\":")?;
             Body::Site {
                 kind: k,
-                seq: c.u32()?,
+                seq: c.seq()?,
             }
         }
     };
@@ -446,6 +488,8 @@ fn parse_general(line: &str) -> Option<FastEvent<'_>> {
             Some(F::VmaStart) => set(&mut f.vma_start, s(v))?,
             Some(F::VmaEnd) => set(&mut f.vma_end, s(v))?,
             Some(F::Cow) => set(&mut f.cow, b(v))?,
+            Some(F::Anon) => set(&mut f.anon, b(v))?,
+            Some(F::VmFlags) => set(&mut f.vm_flags, s(v))?,
             Some(F::Seq) => set(&mut f.seq, u32v(v))?,
             Some(F::Ret) => set(&mut f.ret, i(v))?,
             Some(F::Start) => set(&mut f.start, s(v))?,
@@ -481,15 +525,24 @@ fn parse_general(line: &str) -> Option<FastEvent<'_>> {
         return None;
     }
     let kind = Kind::from_name(f.kind?)?;
+    // `null` seq values are left to the general reader (`Record::parse`).
+    let seq = Some(f.seq?);
     let body = match kind {
-        Kind::CprEnter => Body::CprEnter {
+        Kind::CprEnter | Kind::HugetlbEnter => Body::CopyEnter {
+            func: copy_fn(kind),
             vma_start: parse_hex(f.vma_start?)?,
             vma_end: parse_hex(f.vma_end?)?,
             cow: f.cow?,
-            seq: f.seq?,
+            anon: f.anon,
+            vm_flags: match f.vm_flags {
+                Some(v) => Some(parse_hex(v)?),
+                None => None,
+            },
+            seq,
         },
-        Kind::CprExit => Body::CprExit {
-            seq: f.seq?,
+        Kind::CprExit | Kind::HugetlbExit => Body::CopyExit {
+            func: copy_fn(kind),
+            seq,
             ret: f.ret?,
         },
         Kind::GupEnter => Body::GupEnter {
@@ -499,20 +552,14 @@ fn parse_general(line: &str) -> Option<FastEvent<'_>> {
             pin: f.pin?,
             fast_only: f.fast_only?,
             longterm: f.longterm?,
-            seq: f.seq?,
+            seq,
         },
-        Kind::GupExit => Body::GupExit {
-            ret: f.ret?,
-            seq: f.seq?,
-        },
+        Kind::GupExit => Body::GupExit { ret: f.ret?, seq },
         k @ (Kind::WriteBegin
         | Kind::WriteEnd
         | Kind::ReadBegin
         | Kind::ReadRetry
-        | Kind::RetryFail) => Body::Site {
-            kind: k,
-            seq: f.seq?,
-        },
+        | Kind::RetryFail) => Body::Site { kind: k, seq },
     };
     let mm_addr = match f.mm_addr {
         Some(a) => Some(parse_hex(a)?),
@@ -553,8 +600,9 @@ mod tests {
         let l = r#" { "kind" : "cpr_exit" , "ts":5,"cpu":1,"pid":2,"tid":3,"comm":"a","mm":"m","seq":2,"ret":-9223372036854775808 } "#;
         assert_eq!(
             parse_event(l).map(|e| e.body),
-            Some(Body::CprExit {
-                seq: 2,
+            Some(Body::CopyExit {
+                func: CopyFn::Cpr,
+                seq: Some(2),
                 ret: i64::MIN
             })
         );
@@ -569,7 +617,6 @@ mod tests {
             r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":01}"#,
             r#"{"kind":"write_begin","ts":1.0,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":1}"#,
             r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":1,"seq":2}"#,
-            r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":null}"#,
             r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":1,"ret":"x"}"#,
             r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","seq":1} x"#,
             r#"{"kind":"write_begin","ts":1,"cpu":0,"pid":1,"tid":1,"comm":"a","mm":"m","x":[1],"seq":1}"#,

@@ -14,8 +14,8 @@ use std::{
 };
 
 pub use engine::{
-    DEFAULT_SLACK_NS, DEFAULT_WINDOW, MAX_STORED_VIOLATIONS, Options, Report, Rule, Stats,
-    Validator, Verdict, Violation,
+    DEFAULT_SLACK_NS, DEFAULT_WINDOW, DefectReport, MAX_STORED_VIOLATIONS, Options, Report, Rule,
+    RuleReport, Stats, Validator, Verdict, Violation,
 };
 use thiserror::Error;
 
@@ -186,11 +186,21 @@ fn fmt_lines(lines: &[u64]) -> String {
     s
 }
 
-/// The report for a person.
+/// The report for a person: the verdict and why, what went right, each rule, then the
+/// violations with the lines that prove them.
 pub fn render_text(r: &Report) -> String {
     let s = &r.stats;
     let mut o = String::new();
     let _ = writeln!(o, "verdict: {}", r.verdict.as_str());
+    for d in &r.defects {
+        let _ = writeln!(o, "defect: {} in {}: {}", d.defect.name(), d.symbol, d.why);
+    }
+    if !r.missing_evidence.is_empty() {
+        let _ = writeln!(o, "missing evidence:");
+        for m in &r.missing_evidence {
+            let _ = writeln!(o, "  - {m}");
+        }
+    }
     let _ = writeln!(
         o,
         "events: {} ({} copies, {} COW; {} GUP-fast calls)",
@@ -201,19 +211,34 @@ pub fn render_text(r: &Report) -> String {
         "went right: {} write sections, {} PIN GUP-fast calls, {} bails on odd, {} failed retries, {} protected overlaps",
         s.write_sections, s.pin_gup_fast, s.odd_bails, s.failed_retries, s.protected_overlaps
     );
+    if s.protected_overlaps == 0 && r.verdict != Verdict::Violations {
+        let _ = writeln!(
+            o,
+            "note: the run never raced (no protected overlap): odd_not_bailed and retry_ignored were never put to the test"
+        );
+    }
+    if !r.function_level.is_empty() {
+        let _ = writeln!(
+            o,
+            "judged at function level (copy windows, no write sites): {}",
+            r.function_level.join(", ")
+        );
+    }
+    let _ = writeln!(o, "rules:");
+    for rr in &r.rules {
+        let state = match (&rr.why_not, rr.violations) {
+            (Some(w), _) => format!("not checked: {w}"),
+            (None, 0) => "ok".to_owned(),
+            (None, n) => format!("{n} violation(s)"),
+        };
+        let _ = writeln!(
+            o,
+            "  {:<22} exercised {:>8}  {state}",
+            rr.rule.as_str(),
+            rr.exercised
+        );
+    }
     let mut limits = Vec::new();
-    if s.lost > 0 {
-        limits.push(format!("{} events lost", s.lost));
-    }
-    if !s.summary {
-        limits.push("no summary line (log truncated?)".to_string());
-    }
-    if s.out_of_window > 0 {
-        limits.push(format!(
-            "{} events arrived beyond the reorder window and were not replayed",
-            s.out_of_window
-        ));
-    }
     if s.max_ts_inversion_ns >= 1_000_000 {
         limits.push(format!(
             "events were delivered up to {:.1} ms out of timestamp order: the CPUs' clocks may disagree, and ts order may not be real order",

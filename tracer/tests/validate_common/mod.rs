@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use tracer::{
-    events::{Body, Event, Header, Kind, ProbeInfo, Record, Summary},
+    events::{Body, CopyFn, Event, Header, Kind, ProbeInfo, Record, Summary},
     validate::{Options, Report, Rule, validate_reader},
 };
 
@@ -28,21 +28,64 @@ pub struct Log {
     pub ts: u64,
 }
 
+/// Discovery's account of a kernel whose code is intact, as the recorder writes it.
+pub fn intact_discovery() -> serde_json::Value {
+    serde_json::json!({
+        "sides": {"write": "intact", "read": "intact"},
+        "functions": [
+            {"symbol": "copy_page_range", "role": "write", "required": true, "status": "intact",
+             "defects": [], "reason": null, "sites": ["write_begin", "write_end"]},
+            {"symbol": "gup_fast_fallback", "role": "read", "required": true, "status": "intact",
+             "defects": [], "reason": null, "sites": ["read_begin", "read_retry", "retry_fail"]}
+        ]
+    })
+}
+
+/// The function a probe of this name attaches to.
+fn target_of(probe: &str) -> &'static str {
+    match probe {
+        "cpr_enter" | "cpr_exit" | "write_begin" | "write_end" => "copy_page_range",
+        "hugetlb_enter" | "hugetlb_exit" => "copy_hugetlb_page_range",
+        _ => "gup_fast_fallback",
+    }
+}
+
 impl Log {
+    /// A log whose header lists `probes` and says the kernel's code is intact.
     pub fn new(probes: &[&str]) -> Log {
+        Log::with_extra(
+            probes,
+            BTreeMap::from([("discovery".to_string(), intact_discovery())]),
+        )
+    }
+
+    /// A log whose header lists `probes` (write sites in `copy_page_range`) with these extra
+    /// header fields.
+    pub fn with_extra(probes: &[&str], extra: BTreeMap<String, serde_json::Value>) -> Log {
+        Log::with_probes(
+            &probes
+                .iter()
+                .map(|p| (*p, target_of(p)))
+                .collect::<Vec<_>>(),
+            extra,
+        )
+    }
+
+    /// A log whose header lists `(probe, target)` pairs.
+    pub fn with_probes(probes: &[(&str, &str)], extra: BTreeMap<String, serde_json::Value>) -> Log {
         let h = Record::Header(Header {
             schema: 1,
             tool: "test".into(),
             kernel: "test".into(),
             probes: probes
                 .iter()
-                .map(|p| ProbeInfo {
+                .map(|(p, t)| ProbeInfo {
                     name: (*p).to_string(),
-                    target: "x".into(),
+                    target: (*t).to_string(),
                     offset: 0,
                 })
                 .collect(),
-            extra: BTreeMap::new(),
+            extra,
         });
         let mut s = String::new();
         h.write_line(&mut s).unwrap();
@@ -70,20 +113,42 @@ impl Log {
         self
     }
 
-    pub fn cpr_enter(&mut self, tid: u32, mm: &str, seq: u32, cow: bool) -> &mut Log {
+    pub fn copy_enter(
+        &mut self,
+        func: CopyFn,
+        tid: u32,
+        mm: &str,
+        seq: Option<u32>,
+        cow: bool,
+        anon: Option<bool>,
+    ) -> &mut Log {
         self.ev(
             tid,
             mm,
-            Body::CprEnter {
+            Body::CopyEnter {
+                func,
                 vma_start: 0x1000,
                 vma_end: 0x2000,
                 cow,
+                anon,
+                // A private (or, without cow, shared) read-write mapping; hugetlb's flag set.
+                vm_flags: Some(match (func, cow) {
+                    (CopyFn::Hugetlb, _) => 0x40_0073,
+                    (_, true) => 0x73,
+                    (_, false) => 0xfb,
+                }),
                 seq,
             },
         )
     }
+    pub fn cpr_enter(&mut self, tid: u32, mm: &str, seq: u32, cow: bool) -> &mut Log {
+        self.copy_enter(CopyFn::Cpr, tid, mm, Some(seq), cow, None)
+    }
     pub fn cpr_exit(&mut self, tid: u32, mm: &str, seq: u32) -> &mut Log {
-        self.ev(tid, mm, Body::CprExit { seq, ret: 0 })
+        self.copy_exit(CopyFn::Cpr, tid, mm, Some(seq))
+    }
+    pub fn copy_exit(&mut self, func: CopyFn, tid: u32, mm: &str, seq: Option<u32>) -> &mut Log {
+        self.ev(tid, mm, Body::CopyExit { func, seq, ret: 0 })
     }
     pub fn gup_enter(&mut self, tid: u32, mm: &str, seq: u32, pin: bool) -> &mut Log {
         self.ev(
@@ -96,15 +161,33 @@ impl Log {
                 pin,
                 fast_only: false,
                 longterm: false,
-                seq,
+                seq: Some(seq),
             },
         )
     }
     pub fn gup_exit(&mut self, tid: u32, mm: &str, seq: u32) -> &mut Log {
-        self.ev(tid, mm, Body::GupExit { ret: 1, seq })
+        self.ev(
+            tid,
+            mm,
+            Body::GupExit {
+                ret: 1,
+                seq: Some(seq),
+            },
+        )
     }
     pub fn site(&mut self, kind: Kind, tid: u32, mm: &str, seq: u32) -> &mut Log {
-        self.ev(tid, mm, Body::Site { kind, seq })
+        self.ev(
+            tid,
+            mm,
+            Body::Site {
+                kind,
+                seq: Some(seq),
+            },
+        )
+    }
+    /// A site event whose seq the probe could not read.
+    pub fn site_unreadable(&mut self, kind: Kind, tid: u32, mm: &str) -> &mut Log {
+        self.ev(tid, mm, Body::Site { kind, seq: None })
     }
     pub fn wb(&mut self, tid: u32, mm: &str, seq: u32) -> &mut Log {
         self.site(Kind::WriteBegin, tid, mm, seq)
