@@ -349,13 +349,21 @@ fn violations(o: &mut String, v: &Value) {
             .and_then(Value::as_array)
             .map(|l| l.iter().map(scalar).collect::<Vec<_>>().join(", "))
             .unwrap_or_default();
+        // A defect found in the code (not in the events) has no mm or thread.
+        let mm = x.get("mm").map_or(String::new(), scalar);
+        let who = if mm.is_empty() || mm == "-" {
+            String::new()
+        } else {
+            format!(
+                " (mm {mm}, tid {})",
+                x.get("tid").map_or("?".into(), scalar)
+            )
+        };
         let _ = writeln!(
             o,
-            "- **{}** at line {} (mm {}, tid {}): {}\n  - events.jsonl lines: {lines}",
+            "- **{}** at line {}{who}: {}\n  - events.jsonl lines: {lines}",
             x.get("rule").map_or("?".into(), scalar),
             x.get("line").map_or("?".into(), scalar),
-            x.get("mm").map_or("?".into(), scalar),
-            x.get("tid").map_or("?".into(), scalar),
             x.get("message").map_or(String::new(), scalar),
         );
     }
