@@ -7,8 +7,8 @@ use std::error::Error;
 use iced_x86::{
     BlockEncoderOptions,
     code_asm::{
-        CodeAssembler, CodeLabel, al, dword_ptr, eax, ebx, ecx, edx, esi, qword_ptr, r12, r12b,
-        r12d, r13, rax, rbx, rcx, rdi, rdx, rsi, rsp,
+        CodeAssembler, CodeLabel, al, dword_ptr, eax, ebx, ecx, edx, esi, qword_ptr, r11, r12,
+        r12b, r12d, r13, r14, r15, rax, rbp, rbx, rcx, rdi, rdx, rsi, rsp,
     },
 };
 use tracer::{
@@ -1001,6 +1001,148 @@ fn sites_synthetic_lookalike_defects_are_unknown() -> R<()> {
             tracer::sites::SideStatus::Unknown
         );
         assert_eq!(tracer::sites::exit_status(&plan), 3, "{what}");
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Shapes clang emits in copy_page_range (issue 13): a realigned frame, the mm spilled to a
+// stack slot before calls and reloaded for the increments, `incl`, and structs on the stack
+// whose fields sit at the seqcount's displacement.
+
+#[derive(Clone, Copy, Default)]
+struct Clang {
+    /// `and $-16, %rsp` after the pushes, locals addressed from the aligned %rsp.
+    realign: bool,
+    /// A pointer to a local at or below the spill slot escapes to a call: the slot may be
+    /// overwritten, so the reloaded base proves nothing.
+    escape_below: bool,
+    /// Increments at the seqcount's displacement inside stack structs (a pointer to a local,
+    /// and %rsp itself).
+    stack_lookalikes: bool,
+}
+
+/// The mm spill slot (above the escaped struct at +0x138 unless `escape_below`).
+const SPILL: i32 = 0x88;
+
+fn build_cpr_clang(o: Clang) -> R<Built> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut l_begin = a.create_label();
+    let mut l_end = a.create_label();
+    let mut l_loop = a.create_label();
+    let mut out = a.create_label();
+    a.push(rbp)?;
+    a.mov(rbp, rsp)?;
+    a.push(r15)?;
+    a.push(r14)?;
+    a.push(rbx)?;
+    if o.realign {
+        a.and(rsp, -16)?;
+    }
+    a.sub(rsp, 0x190)?;
+    a.mov(r14, rdi)?;
+    a.mov(rax, qword_ptr(rsi + VMA_MM))?;
+    a.mov(qword_ptr(rsp + SPILL), rax)?;
+    // mmu_notifier_range_init(&range, ...): a pointer into the frame escapes.
+    let escaped = if o.escape_below { SPILL - 8 } else { 0x138 };
+    a.lea(rdi, qword_ptr(rsp + escaped))?;
+    a.call(HELPER)?;
+    a.mov(rdi, r14)?;
+    a.call(HELPER)?;
+    a.mov(rax, qword_ptr(rsp + SPILL))?;
+    a.set_label(&mut l_begin)?;
+    a.inc(dword_ptr(rax + SEQ))?;
+    if o.stack_lookalikes {
+        // (%r11: not an argument register, so the address does not escape at the next call,
+        // which any argument register holding a stack address would make it do.)
+        a.lea(r11, qword_ptr(rsp + 0x20))?;
+        a.inc(dword_ptr(r11 + SEQ))?;
+        a.inc(dword_ptr(rsp + SEQ))?;
+    }
+    // The copy: a loop with a call, reading the mm back from the slot each time.
+    a.xor(ebx, ebx)?;
+    a.set_label(&mut l_loop)?;
+    a.mov(rdi, r14)?;
+    a.call(HELPER)?;
+    a.add(ebx, 1)?;
+    a.cmp(ebx, 8)?;
+    a.jne(l_loop)?;
+    a.mov(r15, qword_ptr(rsp + SPILL))?;
+    a.set_label(&mut l_end)?;
+    a.inc(dword_ptr(r15 + SEQ))?;
+    a.set_label(&mut out)?;
+    a.xor(eax, eax)?;
+    a.lea(rsp, qword_ptr(rbp - 0x18))?;
+    a.pop(rbx)?;
+    a.pop(r14)?;
+    a.pop(r15)?;
+    a.pop(rbp)?;
+    a.ret()?;
+    let (bytes, ip) = assemble(&mut a, CPR)?;
+    Ok(Built {
+        bytes,
+        offs: vec![
+            (SiteKind::WriteBegin, ip(&l_begin)?),
+            (SiteKind::WriteEnd, ip(&l_end)?),
+        ],
+    })
+}
+
+#[test]
+fn sites_synthetic_clang_spills_across_calls_are_followed() -> R<()> {
+    for o in [
+        Clang::default(),
+        Clang {
+            realign: true,
+            ..Clang::default()
+        },
+        Clang {
+            realign: true,
+            stack_lookalikes: true,
+            ..Clang::default()
+        },
+        Clang {
+            stack_lookalikes: true,
+            ..Clang::default()
+        },
+    ] {
+        let cpr = build_cpr_clang(o)?;
+        let plan = run(&cpr, &build_gup(Gup::default())?)?;
+        assert_eq!(
+            found(&plan, "copy_page_range"),
+            cpr.offs,
+            "realign {} lookalikes {}: {:#?}",
+            o.realign,
+            o.stack_lookalikes,
+            plan.functions
+        );
+        assert!(plan.complete());
+        for s in plan.sites.iter().filter(|s| s.symbol == "copy_page_range") {
+            assert!(s.insn.starts_with("incl"), "{}", s.insn);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn sites_synthetic_clang_escaping_frame_pointer_is_unknown() -> R<()> {
+    // A pointer to a local just below the spill slot goes to a call, which may overwrite the
+    // slot: the reloaded base is no longer proven to be src_vma->vm_mm, so the function is
+    // unknown, never intact and never a defect.
+    for realign in [false, true] {
+        let cpr = build_cpr_clang(Clang {
+            realign,
+            escape_below: true,
+            ..Clang::default()
+        })?;
+        let plan = run(&cpr, &build_gup(Gup::default())?)?;
+        assert!(found(&plan, "copy_page_range").is_empty(), "{realign}");
+        assert!(defects_of(&plan, "copy_page_range").is_empty(), "{realign}");
+        let err = error_of(&plan, "copy_page_range");
+        assert!(
+            matches!(err, Some(SiteError::Ambiguous { why, .. }) if why.contains("cannot be proven")),
+            "{realign}: {err:?}"
+        );
     }
     Ok(())
 }

@@ -96,7 +96,11 @@ pub fn describe(v: &Val, names: &[(Val, String)]) -> String {
         Val::Load(b, d) => format!("[{}{}]", describe(b, names), super::flow::signed_hex(*d)),
         Val::Seq(ip) => format!("seq@{ip:#x}"),
         Val::Const(c) => format!("{c:#x}"),
-        Val::Stack(o) => format!("entry_sp{}", super::flow::signed_hex(*o)),
+        Val::Stack(f, o) => format!(
+            "{}{}",
+            super::flow::frame_name(*f),
+            super::flow::signed_hex(*o)
+        ),
     }
 }
 

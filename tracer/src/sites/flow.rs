@@ -5,8 +5,13 @@
 //! "the current task", "the 32-bit value the seqcount load at address X returned", a constant),
 //! or is unknown. Sets merge at join points, so a register counts as holding, say,
 //! `current->mm` only if it does on every path that reaches the instruction. Spills to the
-//! stack are followed; slots whose address escapes (`lea` of a stack address) are forgotten at
-//! calls and at stores through other pointers, which could write them.
+//! stack are followed, across calls too: a slot survives a call unless a pointer into the
+//! frame at or below it escaped (`lea` of a stack address into a register). The assumption:
+//! code given a pointer into the frame writes only at or above that address (the object it
+//! points to, and what lies above it); nothing below it. Stores through any other pointer are
+//! treated the same way. A realigned frame (`and $-16, %rsp`, as clang emits in large
+//! functions) is followed as a second region whose offset from the entry stack pointer is
+//! unknown; the two regions are assumed to alias wherever they could.
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register};
@@ -27,8 +32,18 @@ pub enum Val {
     /// The 32-bit value returned by the seqcount-displacement load at this address.
     Seq(u64),
     Const(i64),
-    /// The stack pointer at entry plus this offset.
-    Stack(i64),
+    /// A stack address: the frame's reference point plus this offset.
+    Stack(Frame, i64),
+}
+
+/// The reference point of a stack address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Frame {
+    /// The stack pointer at entry.
+    Entry,
+    /// The stack pointer right after the prologue realigned it (`and $-N, %rsp`): some
+    /// unknown distance below the entry one.
+    Aligned,
 }
 
 const MAX_DEPTH: usize = 3;
@@ -142,11 +157,17 @@ fn gpr(r: Register) -> Option<usize> {
     GPRS.iter().position(|&g| g == r.full_register())
 }
 
+/// A stack position.
+pub type Pos = (Frame, i64);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct State {
     regs: [Vs; 16],
-    /// Entry-relative stack offset → (size in bytes, value).
-    slots: BTreeMap<i64, (u32, Vs)>,
+    /// Stack position → (size in bytes, value).
+    slots: BTreeMap<Pos, (u32, Vs)>,
+    /// Where (entry-relative) the stack pointer was when the frame was realigned: entry slots
+    /// below it may be the same memory as aligned ones.
+    realign: Option<i64>,
 }
 
 impl State {
@@ -161,11 +182,12 @@ impl State {
             }
         }
         if let Some(i) = gpr(Register::RSP) {
-            regs[i] = Vs::one(Val::Stack(0));
+            regs[i] = Vs::one(Val::Stack(Frame::Entry, 0));
         }
         State {
             regs,
             slots: BTreeMap::new(),
+            realign: None,
         }
     }
 
@@ -194,31 +216,65 @@ impl State {
         };
     }
 
-    pub fn slot(&self, off: i64, size: u32) -> Vs {
-        match self.slots.get(&off) {
+    pub fn slot(&self, at: Pos, size: u32) -> Vs {
+        match self.slots.get(&at) {
             Some((s, v)) if *s == size => v.clone(),
             _ => Vs::top(),
         }
     }
 
-    fn kill_slots(&mut self, from: i64, to: i64) {
-        self.slots
-            .retain(|&o, (s, _)| o + i64::from(*s) <= from || o >= to);
+    /// Forgets what `[from, to)` of a frame may have held, in that frame and wherever the
+    /// other frame may overlap it.
+    fn kill_slots(&mut self, frame: Frame, from: i64, to: i64) {
+        let realign = self.realign;
+        self.slots.retain(|&(f, o), (s, _)| {
+            if f == frame {
+                o + i64::from(*s) <= from || o >= to
+            } else {
+                match (frame, realign) {
+                    // An entry-relative write below the realignment point may hit any aligned
+                    // slot; an aligned write, any entry slot below that point.
+                    (Frame::Entry, Some(r)) => from >= r,
+                    (Frame::Aligned, Some(r)) => o >= r,
+                    _ => false,
+                }
+            }
+        });
     }
 
-    fn store_slot(&mut self, off: i64, size: u32, v: Vs) {
-        self.kill_slots(off, off + i64::from(size));
+    fn store_slot(&mut self, at: Pos, size: u32, v: Vs) {
+        self.kill_slots(at.0, at.1, at.1 + i64::from(size));
         if matches!(size, 4 | 8) && !v.is_top() {
-            self.slots.insert(off, (size, v));
+            self.slots.insert(at, (size, v));
         }
     }
 
-    fn forget_escaped(&mut self, escaped: &BTreeSet<i64>) {
-        if let Some(&lowest) = escaped.iter().next() {
-            // An escaped object extends upward from its address; anything above it may be
-            // written through the pointer.
-            self.slots.retain(|&o, (s, _)| o + i64::from(*s) <= lowest);
-        }
+    /// What a call, or a store through a pointer of unknown target, may overwrite: everything
+    /// at or above an escaped stack address.
+    fn forget_escaped(&mut self, escaped: &BTreeSet<Pos>) {
+        let lowest = |frame| {
+            escaped
+                .iter()
+                .filter(|(f, _)| *f == frame)
+                .map(|p| p.1)
+                .next()
+        };
+        let (entry, aligned) = (lowest(Frame::Entry), lowest(Frame::Aligned));
+        let realign = self.realign;
+        self.slots.retain(|&(f, o), (s, _)| {
+            let end = o + i64::from(*s);
+            match f {
+                Frame::Entry => {
+                    // Upward from an aligned address lies the rest of the aligned frame, then
+                    // the entry frame.
+                    aligned.is_none() && entry.is_none_or(|e| end <= e)
+                }
+                Frame::Aligned => {
+                    aligned.is_none_or(|a| end <= a)
+                        && entry.is_none_or(|e| realign.is_some_and(|r| e >= r))
+                }
+            }
+        });
     }
 
     fn join(&self, other: &State) -> State {
@@ -235,7 +291,15 @@ impl State {
             })
             .filter(|(_, (_, v))| !v.is_top())
             .collect();
-        State { regs, slots }
+        let realign = match (self.realign, other.realign) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        State {
+            regs,
+            slots,
+            realign,
+        }
     }
 }
 
@@ -248,10 +312,23 @@ impl State {
                 parts.push(format!("%{}={}", format!("{r:?}").to_lowercase(), show(v)));
             }
         }
-        for (o, (size, v)) in &self.slots {
-            parts.push(format!("[entry_sp{}]/{size}={}", signed_hex(*o), show(v)));
+        for ((f, o), (size, v)) in &self.slots {
+            parts.push(format!(
+                "[{}{}]/{size}={}",
+                frame_name(*f),
+                signed_hex(*o),
+                show(v)
+            ));
         }
         parts.join(" ")
+    }
+}
+
+/// How a frame's reference point is written in `--explain` output.
+pub fn frame_name(f: Frame) -> &'static str {
+    match f {
+        Frame::Entry => "entry_sp",
+        Frame::Aligned => "aligned_sp",
     }
 }
 
@@ -276,7 +353,7 @@ pub struct Ctx {
 /// The memory an instruction's memory operand refers to.
 #[derive(Clone, Debug)]
 pub enum Mem {
-    Stack(i64),
+    Stack(Pos),
     /// Through a pointer held in the base register: its values and the displacement.
     Ptr {
         base: Register,
@@ -307,8 +384,8 @@ pub fn mem_ref(ins: &Instruction, st: &State) -> Mem {
     }
     let disp = ins.memory_displacement64() as i64;
     let vals = st.reg(base);
-    if let Some(Val::Stack(o)) = vals.only() {
-        return Mem::Stack(o + disp);
+    if let Some(Val::Stack(f, o)) = vals.only() {
+        return Mem::Stack((*f, o + disp));
     }
     Mem::Ptr { base, vals, disp }
 }
@@ -325,7 +402,7 @@ pub struct Flow {
 
 impl Flow {
     pub fn run(func: &Func, ctx: &Ctx) -> Flow {
-        let mut escaped = BTreeSet::new();
+        let mut escaped: BTreeSet<Pos> = BTreeSet::new();
         let mut info = InstructionInfoFactory::new();
         let hook = fentry_index(func);
         loop {
@@ -397,7 +474,7 @@ fn is_write(a: OpAccess) -> bool {
 
 fn load(ins: &Instruction, st: &State, ctx: &Ctx, size: usize) -> Vs {
     match mem_ref(ins, st) {
-        Mem::Stack(o) => st.slot(o, size as u32),
+        Mem::Stack(at) => st.slot(at, size as u32),
         Mem::PerCpu(a) if size == 8 => Vs::one(if a == ctx.current {
             Val::Current
         } else {
@@ -448,16 +525,73 @@ pub fn value_at(ins: &Instruction, k: u32, st: &State, ctx: &Ctx) -> Vs {
 
 fn adjust_rsp(st: &mut State, delta: i64) {
     let v = st.reg(Register::RSP).map(|v| match v {
-        Val::Stack(o) => Some(Val::Stack(o + delta)),
+        Val::Stack(f, o) => Some(Val::Stack(*f, o + delta)),
         _ => None,
     });
     st.set_reg(Register::RSP, v);
 }
 
-fn rsp_offset(st: &State) -> Option<i64> {
+fn rsp_pos(st: &State) -> Option<Pos> {
     match st.reg(Register::RSP).only() {
-        Some(Val::Stack(o)) => Some(*o),
+        Some(Val::Stack(f, o)) => Some((*f, *o)),
         _ => None,
+    }
+}
+
+/// Stack addresses (other than the stack pointer's own) that leave the analysis here: passed
+/// to a call in an argument register, stored outside the frame, or used in arithmetic (whose
+/// result the analysis does not follow). Copies between registers, stores into stack slots,
+/// comparisons and use as a memory operand's base keep the address tracked.
+fn note_escapes(
+    ins: &Instruction,
+    st: &State,
+    info: &mut InstructionInfoFactory,
+    escaped: &mut BTreeSet<Pos>,
+) {
+    let stack_vals = |r: Register| -> Vec<Pos> {
+        if r.full_register() == Register::RSP {
+            return Vec::new();
+        }
+        st.reg(r.full_register())
+            .iter()
+            .filter_map(|v| match v {
+                Val::Stack(f, o) => Some((*f, *o)),
+                _ => None,
+            })
+            .collect()
+    };
+    let reg_op = |k: u32| (ins.op_kind(k) == OpKind::Register).then(|| ins.op_register(k));
+    match ins.mnemonic() {
+        Mnemonic::Call => {
+            for r in ARGS {
+                escaped.extend(stack_vals(r));
+            }
+        }
+        Mnemonic::Mov if ins.op_count() == 2 => {
+            if ins.op_kind(0) == OpKind::Memory
+                && let Some(r) = reg_op(1)
+                && !matches!(mem_ref(ins, st), Mem::Stack(_))
+            {
+                escaped.extend(stack_vals(r));
+            }
+        }
+        Mnemonic::Push | Mnemonic::Lea | Mnemonic::Cmp | Mnemonic::Test => {}
+        _ => {
+            let i = info.info(ins);
+            for k in 0..ins.op_count() {
+                if let Some(r) = reg_op(k)
+                    && matches!(
+                        i.op_access(k),
+                        OpAccess::Read
+                            | OpAccess::ReadWrite
+                            | OpAccess::ReadCondWrite
+                            | OpAccess::CondRead
+                    )
+                {
+                    escaped.extend(stack_vals(r));
+                }
+            }
+        }
     }
 }
 
@@ -467,10 +601,11 @@ fn step(
     st: &mut State,
     ctx: &Ctx,
     info: &mut InstructionInfoFactory,
-    escaped: &mut BTreeSet<i64>,
+    escaped: &mut BTreeSet<Pos>,
 ) {
     let op0_reg =
         (ins.op_count() > 0 && ins.op_kind(0) == OpKind::Register).then(|| ins.op_register(0));
+    note_escapes(ins, st, info, escaped);
     match ins.mnemonic() {
         Mnemonic::Call => {
             if !is_hook {
@@ -483,14 +618,14 @@ fn step(
         }
         Mnemonic::Push if ins.op_count() == 1 => {
             let v = operand_value(ins, 0, st, ctx);
-            if let Some(o) = rsp_offset(st) {
-                st.store_slot(o - 8, 8, v);
+            if let Some((f, o)) = rsp_pos(st) {
+                st.store_slot((f, o - 8), 8, v);
             }
             adjust_rsp(st, -8);
             return;
         }
         Mnemonic::Pop if ins.op_count() == 1 => {
-            let v = rsp_offset(st).map_or(Vs::top(), |o| st.slot(o, 8));
+            let v = rsp_pos(st).map_or(Vs::top(), |at| st.slot(at, 8));
             adjust_rsp(st, 8);
             if let Some(r) = op0_reg {
                 st.set_reg(r, v);
@@ -509,6 +644,21 @@ fn step(
                     -v
                 },
             );
+            return;
+        }
+        // Stack realignment in the prologue: from here the frame's locals are addressed from
+        // an aligned stack pointer at an unknown distance below the entry one.
+        Mnemonic::And
+            if op0_reg == Some(Register::RSP)
+                && imm(ins, 1).is_some_and(|m| (m as i64) < 0 && (m as i64).count_ones() > 0) =>
+        {
+            match rsp_pos(st) {
+                Some((Frame::Entry, o)) => {
+                    st.realign = Some(o);
+                    st.set_reg(Register::RSP, Vs::one(Val::Stack(Frame::Aligned, 0)));
+                }
+                _ => st.set_reg(Register::RSP, Vs::top()),
+            }
             return;
         }
         Mnemonic::Xor | Mnemonic::Sub
@@ -533,7 +683,7 @@ fn step(
                 let size = ins.memory_size().size() as u32;
                 let v = if size == 4 { v.narrow32() } else { v };
                 match mem_ref(ins, st) {
-                    Mem::Stack(o) => st.store_slot(o, size, v),
+                    Mem::Stack(at) => st.store_slot(at, size, v),
                     Mem::PerCpu(_) => {}
                     _ => st.forget_escaped(escaped),
                 }
@@ -543,12 +693,7 @@ fn step(
         Mnemonic::Lea => {
             if let Some(r) = op0_reg {
                 let v = match mem_ref(ins, st) {
-                    Mem::Stack(o) if r.size() == 8 => {
-                        if r != Register::RSP {
-                            escaped.insert(o);
-                        }
-                        Vs::one(Val::Stack(o))
-                    }
+                    Mem::Stack((f, o)) if r.size() == 8 => Vs::one(Val::Stack(f, o)),
                     _ => Vs::top(),
                 };
                 st.set_reg(r, v);
@@ -569,9 +714,9 @@ fn step(
     let mem_write = i.used_memory().iter().any(|m| is_write(m.access()));
     if mem_write && mem_operand(ins).is_some() {
         match mem_ref(ins, st) {
-            Mem::Stack(o) => {
+            Mem::Stack((f, o)) => {
                 let size = ins.memory_size().size() as i64;
-                st.kill_slots(o, o + size.max(1));
+                st.kill_slots(f, o, o + size.max(1));
             }
             Mem::PerCpu(_) => {}
             _ => st.forget_escaped(escaped),
@@ -579,9 +724,9 @@ fn step(
     } else if mem_write {
         // String instructions (`rep stos` zeroing a local struct) write upward from rdi.
         match st.reg(Register::RDI).only() {
-            Some(Val::Stack(o)) => {
-                let o = *o;
-                st.slots.retain(|&k, _| k < o);
+            Some(Val::Stack(f, o)) => {
+                let (f, o) = (*f, *o);
+                st.kill_slots(f, o, i64::MAX);
             }
             _ => st.forget_escaped(escaped),
         }
@@ -591,10 +736,10 @@ fn step(
     let inc = i64::from(ins.stack_pointer_increment());
     let mut rsp_known = false;
     if inc != 0
-        && let Some(o) = rsp_offset(st)
+        && let Some((f, o)) = rsp_pos(st)
     {
         if inc < 0 {
-            st.kill_slots(o + inc, o);
+            st.kill_slots(f, o + inc, o);
         }
         adjust_rsp(st, inc);
         rsp_known = true;

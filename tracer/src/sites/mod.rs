@@ -667,8 +667,10 @@ fn memory_site(
 }
 
 /// Functions that release pins: a back-out block must call one of them. Names are compared
-/// without the compiler's clone suffixes (`.constprop.0`, `.isra.0`, `.llvm.123`).
-const UNPIN_FUNCTIONS: [&str; 10] = [
+/// without the compiler's clone suffixes (`.constprop.0`, `.isra.0`, `.llvm.123`). Where the
+/// unpin is inlined (clang inlines `gup_put_folio`), what remains is the reference drop's slow
+/// path, `__folio_put` (or `put_page` before folios).
+const UNPIN_FUNCTIONS: [&str; 15] = [
     "gup_put_folio",
     "gup_put_page",
     "gup_fast_unpin_user_pages",
@@ -679,6 +681,11 @@ const UNPIN_FUNCTIONS: [&str; 10] = [
     "unpin_folio",
     "unpin_folios",
     "put_compound_head",
+    "folio_put_refs",
+    "folio_put",
+    "__folio_put",
+    "put_page",
+    "__put_page",
 ];
 
 /// The name a call target has if it is a known unpin function.
