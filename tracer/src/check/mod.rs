@@ -166,10 +166,13 @@ pub fn main(args: Args) -> Result<ExitCode> {
 
     dir.remove("workload.json");
     let trace = TraceArgs {
-        duration: Some(args.duration + GRACE_SECS),
+        duration: Some(std::time::Duration::from_secs_f64(
+            args.duration + GRACE_SECS,
+        )),
         pid: None,
         comm: None,
         ring_size: RING_SIZE,
+        maxactive: crate::probes::kprobe_events::MAXACTIVE,
         btf: None,
         no_sites: false,
         command: vec![
