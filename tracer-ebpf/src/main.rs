@@ -23,8 +23,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    DIAG_COUNT, Filter, Offsets, PROBE_COUNT, Probe, RawEvent, SITE_SLOTS, SiteConfig, anon, diag,
-    site_mode,
+    DIAG_COUNT, FIRST_SITE, Filter, Offsets, PROBE_COUNT, PROGRAM_SLOTS, Probe, RawEvent,
+    SITE_SLOTS, SiteConfig, anon, diag, site_mode,
 };
 
 /// Set by userspace before load (aya `override_global`).
@@ -62,6 +62,19 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Failed reservations, per probe and CPU.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_COUNT as u32, 0);
+
+/// Runs of each program (see `tracer_common::PROGRAM_SLOTS`), per CPU, counted first thing,
+/// before any filter: userspace compares them with the kprobes' hit counts.
+#[map]
+static RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAM_SLOTS as u32, 0);
+
+#[inline(always)]
+fn ran(slot: u32) {
+    if let Some(p) = RUNS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, so no concurrent writer.
+        unsafe { *p += 1 };
+    }
+}
 
 /// The source mm of an in-flight `copy_page_range`, by tid, for the return probe.
 #[map]
@@ -293,6 +306,7 @@ fn seq_of(mm: u64) -> Option<u32> {
 
 #[inline(always)]
 fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u32, u64>) {
+    ran(probe as u32);
     let Some(task) = current_if_wanted() else {
         return;
     };
@@ -327,6 +341,7 @@ fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u3
 
 #[inline(always)]
 fn copy_exit(ctx: &RetProbeContext, probe: Probe, stash: &HashMap<u32, u64>) {
+    ran(probe as u32);
     let Some(task) = current_if_wanted() else {
         return;
     };
@@ -368,6 +383,7 @@ pub fn hugetlb_exit(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn gup_enter(ctx: ProbeContext) -> u32 {
+    ran(Probe::GupEnter as u32);
     let Some(task) = current_if_wanted() else {
         return 0;
     };
@@ -395,6 +411,7 @@ pub fn gup_enter(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn gup_exit(ctx: RetProbeContext) -> u32 {
+    ran(Probe::GupExit as u32);
     let Some(task) = current_if_wanted() else {
         return 0;
     };
@@ -409,6 +426,7 @@ pub fn gup_exit(ctx: RetProbeContext) -> u32 {
 /// keep mm names unique.
 #[kprobe]
 pub fn mm_free(ctx: ProbeContext) -> u32 {
+    ran(Probe::MmFree as u32);
     let mm: u64 = ctx.arg(0).unwrap_or(0);
     let pid_tgid = bpf_get_current_pid_tgid();
     let task = Task {
@@ -451,6 +469,7 @@ fn arg_at(ctx: &ProbeContext, n: u32) -> Option<u64> {
 
 #[inline(always)]
 fn site(ctx: &ProbeContext, slot: u32) {
+    ran(FIRST_SITE + slot);
     let Some(cfg) = SITES.get(slot) else {
         return;
     };

@@ -4,8 +4,10 @@
 //! seqcount is touched, found in machine code) → `probes` (attach plan, eBPF load, ring buffer)
 //! → `events` (decode and the schema-1 log) → `record` (JSON Lines writer) / `model` +
 //! `validate` (the protocol, replayed) → `export` (Perfetto, CSV, the report) / `tui` (live
-//! view). `stress` is the workload that makes
-//! the kernel fork and pin.
+//! view). `stress` is the workload that makes the kernel fork and pin; `check` runs it under
+//! the recorder and judges the kernel.
+pub mod check;
+pub mod cli;
 pub mod events;
 pub mod export;
 pub mod kernel;

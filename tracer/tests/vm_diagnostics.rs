@@ -1,6 +1,6 @@
 //! aya-log in a real kernel: the VM test boots (`cargo xtask test`, TEST_SCRIPT) record and
-//! show a live trace whose `copy_page_range` pairing map is full from the start (the hidden
-//! `--test-full-pairing-map`). The eBPF programs' diagnostic must reach `tracer record`'s
+//! show a live trace whose `copy_page_range` pairing map is full from the start (the test hook
+//! `TRACER_TEST_FULL_PAIRING_MAP=1`). The eBPF programs' diagnostic must reach `tracer record`'s
 //! stderr, and the live TUI's messages pane (the guest draws it on tty1 and dumps the screen
 //! from /dev/vcs1).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

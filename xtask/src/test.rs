@@ -5,14 +5,14 @@
 //! under the stress workload, and the validator's verdict on it. The assertions then run on the
 //! host as ordinary `cargo test` integration tests reading `$TRACER_FIXTURES/<release>/`.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, ExitCode},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 
-use crate::{build, cmd, kernels, setup, vm};
+use crate::{build, cmd, kernels, setup, validate_kernel, vm};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -38,16 +38,14 @@ pub struct RunArgs {
     duration: u64,
 }
 
-/// virtio_pci is built in on 6.12 but a module on 6.1; rds provides the 6.1 pin trigger.
-fn guest_modules() -> Vec<String> {
-    ["virtio_pci", "virtio_blk", "rds"]
-        .map(String::from)
-        .to_vec()
-}
-
 /// The newest build of each series (the default kernels) and the oldest one apt still carries,
 /// to show site discovery is not tuned to one build.
 pub const DEFAULT_KERNELS: [&str; 4] = ["6.1", "6.12", "6.1-oldest", "6.12-oldest"];
+
+/// The kernels whose test boot also runs `tracer check` (validate-kernel's in-guest step):
+/// the newest of each series. 20 s of workload each keeps the whole run well inside CI's time.
+const CHECK_KERNELS: [&str; 2] = ["6.1", "6.12"];
+const CHECK_SECS: u64 = 20;
 
 /// The in-guest steps of a test boot. Each step's exit status lands in /out, so one failing
 /// step does not hide the others; the host-side tests judge them. The validator gets a 50 ms
@@ -71,11 +69,23 @@ tracer validate --slack-ns 50000000 /out/record.jsonl
 # aya-log (issue 9): a BPF diagnostic provoked on purpose (copy_page_range's pairing map full
 # from the start) must reach tracer record's stderr, and the live TUI's messages pane, drawn on
 # tty1 (80x25) and read back from /dev/vcs1. Judged by tracer/tests/vm_diagnostics.rs.
-tracer record --test-full-pairing-map -o /out/diag.jsonl --duration 30 -- tracer stress --duration 1 2> /out/diag.err; echo $? > /out/diag.rc
-setsid -c tracer tui --test-full-pairing-map --duration 3 -- tracer stress --duration 2 </dev/tty1 >/dev/tty1 2>/out/diag-tui.err & t=$!
+TRACER_TEST_FULL_PAIRING_MAP=1 tracer record -o /out/diag.jsonl --duration 30 -- tracer stress --duration 1 2> /out/diag.err; echo $? > /out/diag.rc
+TRACER_TEST_FULL_PAIRING_MAP=1 setsid -c tracer tui --duration 3 -- tracer stress --duration 2 </dev/tty1 >/dev/tty1 2>/out/diag-tui.err & t=$!
 i=0; while [ $i -lt 120 ] && ! grep -q 'pairing map full' /dev/vcs1; do sleep 0.5; i=$((i+1)); done
 cat /dev/vcs1 > /out/diag-tui.screen; kill -TERM $t; wait $t; echo $? > /out/diag-tui.rc
-exit 0
+"#;
+
+/// Reliability steps (RELIABILITY.md), on the kernels that also run the check: each kind of
+/// loss the kernel can be made to produce is provoked and must be counted (a ring of one page;
+/// one instance per return probe while four threads pin), and after a hundred attach/detach
+/// cycles (function-level; three more with the instruction sites) nothing may be left behind.
+const RELIABILITY_SCRIPT: &str = r#"
+tracer leftovers > /out/leftovers_before.json
+i=0; while [ $i -lt 100 ]; do tracer record -o /dev/null --no-sites --duration 0.02 2>>/out/cycles.err || echo "cycle $i failed" >> /out/cycles.err; i=$((i+1)); done
+i=0; while [ $i -lt 3 ]; do tracer record -o /dev/null --duration 0.02 2>>/out/cycles.err || echo "site cycle $i failed" >> /out/cycles.err; i=$((i+1)); done
+tracer leftovers > /out/leftovers_after.json
+tracer record -o /out/tiny_ring.jsonl --ring-size 4096 -- tracer stress --duration 2 --pin-gap-us 0 2>/out/tiny_ring.err; echo $? > /out/tiny_ring.rc
+tracer record -o /out/maxactive.jsonl --maxactive 1 -- tracer stress --duration 3 --pinners 4 --pin-gap-us 0 2>/out/maxactive.err; echo $? > /out/maxactive.rc
 "#;
 
 fn phase(name: &str, t0: Instant) {
@@ -88,19 +98,36 @@ fn cargo() -> Command {
     c
 }
 
-/// Boots each kernel once with the test script; returns (release, fixture dir) pairs.
-fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<(String, PathBuf)>> {
+/// A booted kernel of the matrix.
+struct Booted {
+    release: String,
+    /// Whether its boot ran `tracer check` too.
+    checked: bool,
+}
+
+/// Boots each kernel once with the test script (plus the check on [`CHECK_KERNELS`]).
+fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<Booted>> {
     let root = kernels::cache_dir()?.join("fixtures");
     let mut done = Vec::new();
+    let mut checks = Vec::new();
     for spec in specs {
         let kernel = kernels::fetch(spec, None)?;
         let out = root.join(&kernel.release);
         let _ = std::fs::remove_dir_all(&out);
+        let checked = CHECK_KERNELS.contains(&spec.as_str());
+        let mut script = TEST_SCRIPT.to_owned();
+        if checked {
+            script.push_str(&validate_kernel::guest_step(CHECK_SECS, "/out/check"));
+            script.push_str(RELIABILITY_SCRIPT);
+        }
+        // The steps' statuses are in /out; the boot itself succeeded.
+        script.push_str("exit 0\n");
         let r = vm::run(&vm::VmOpts {
             kernel: &kernel,
+            id: &kernel.release,
             tracer,
-            modules: guest_modules(),
-            script: TEST_SCRIPT.to_owned(),
+            modules: vm::guest_modules(),
+            script,
             out: out.clone(),
             timeout: Duration::from_secs(600),
             nokaslr: true,
@@ -117,8 +144,32 @@ fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<(String
             kernel.release, r.boot_secs, r.exit_code
         );
         phase(&format!("VM {}", kernel.release), t0);
-        done.push((kernel.release, out));
+        if checked {
+            let k = validate_kernel::collect(
+                &kernel.release,
+                &kernel.release,
+                &kernel.image,
+                &out,
+                &out.join("check"),
+            );
+            println!("test: tracer check: {}", k.line());
+            checks.push(k);
+        }
+        done.push(Booted {
+            release: kernel.release,
+            checked,
+        });
     }
+    // validate-kernel's summary of the checks, beside the fixtures; the host-side tests
+    // (vm_check.rs) judge them.
+    std::fs::write(
+        root.join("check-summary.json"),
+        validate_kernel::summary_json(&checks)?,
+    )?;
+    std::fs::write(
+        root.join("check-summary.md"),
+        validate_kernel::summary_md(&checks, &root),
+    )?;
     Ok(done)
 }
 
@@ -151,17 +202,24 @@ pub fn test(a: TestArgs) -> Result<ExitCode> {
         let fixtures = kernels::cache_dir()?.join("fixtures");
         env.push(("TRACER_FIXTURES".into(), fixtures.display().to_string()));
         env.push(("TRACER_REQUIRE_FIXTURES".into(), "1".into()));
-        env.push((
-            "TRACER_VM_KERNELS".into(),
+        let list = |only_checked: bool| {
             booted
                 .iter()
-                .map(|(r, _)| r.as_str())
+                .filter(|b| b.checked || !only_checked)
+                .map(|b| b.release.as_str())
                 .collect::<Vec<_>>()
-                .join(","),
-        ));
+                .join(",")
+        };
+        env.push(("TRACER_VM_KERNELS".into(), list(false)));
+        env.push(("TRACER_CHECK_KERNELS".into(), list(true)));
     }
     let mut c = cargo();
     c.arg("test");
+    // The fixture tests are #[ignore]d in a plain `cargo test` (they say why); here their
+    // fixtures exist, so they run, and fail if one is missing.
+    if !a.no_vm {
+        c.args(["--", "--include-ignored"]);
+    }
     for (k, v) in &env {
         c.env(k, v);
     }
@@ -269,8 +327,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
             };
             let r = vm::run(&vm::VmOpts {
                 kernel: &kernel,
+                id: &kernel.release,
                 tracer: &tracer,
-                modules: guest_modules(),
+                modules: vm::guest_modules(),
                 script,
                 out: out.clone(),
                 timeout: Duration::from_secs(if term.is_some() { 24 * 3600 } else { 600 }),

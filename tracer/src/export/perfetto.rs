@@ -86,7 +86,8 @@ fn outcome(c: &OpenCall) -> &'static str {
     match (c.begin, c.retry) {
         (Some(b), _) if b & 1 == 1 => "bailed on odd",
         _ if c.retry_fail => "backed out",
-        (Some(b), Some(r)) if b != r => "backed out",
+        // Without a retry_fail the log does not show the back-out itself.
+        (Some(b), Some(r)) if b != r => "retry saw a change",
         (Some(_), Some(_)) => "pinned",
         (Some(_), None) => "no retry seen",
         (None, _) if !c.pin => "not FOLL_PIN (no seqcount check)",

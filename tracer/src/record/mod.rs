@@ -14,12 +14,11 @@ use anyhow::{Context as _, Result};
 
 pub mod pump;
 
-pub use pump::{Sink, TraceArgs, pump};
+pub use pump::{PumpStats, Sink, TraceArgs, pump};
 
 use crate::{
     events::{
-        Header, Record,
-        log::LogWriter,
+        Header, Record, log as logfile,
         schema::{SCHEMA, SCHEMA_MINOR},
         text::EventText,
     },
@@ -274,13 +273,13 @@ pub fn main(args: Args) -> Result<ExitCode> {
     rt.block_on(record(plan, args))
 }
 
-/// `tracer record`'s sink: schema-1 lines through the shared writer (a file, or stdout when
-/// it is not a terminal).
-struct LogSink<W: Write> {
-    w: LogWriter<W>,
+/// `tracer record`'s sink (and `tracer check`'s): schema-1 lines through the shared writer
+/// (`events::log`), to a file, or to stdout when it is not a terminal.
+pub struct LogWriter {
+    w: logfile::LogWriter<Box<dyn Write>>,
 }
 
-impl<W: Write> Sink for LogSink<W> {
+impl Sink for LogWriter {
     async fn put(&mut self, rec: Record) -> Result<()> {
         self.w.write(&rec)?;
         Ok(())
@@ -290,6 +289,21 @@ impl<W: Write> Sink for LogSink<W> {
         // One write per ring-buffer batch, not per line.
         self.w.flush_buffer()?;
         Ok(())
+    }
+}
+
+impl LogWriter {
+    /// A sink writing the log to `out` line for line as `tracer record` does (`tracer check`
+    /// records through it too).
+    pub fn new(out: Box<dyn Write>) -> LogWriter {
+        LogWriter {
+            w: logfile::LogWriter::new(out),
+        }
+    }
+
+    /// Writes what is buffered and flushes `out`.
+    pub fn finish(&mut self) -> Result<()> {
+        self.w.flush().context("writing the event log")
     }
 }
 
@@ -349,11 +363,9 @@ async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
     let stats = match &args.output {
         Some(p) => {
             let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
-            let mut sink = LogSink {
-                w: LogWriter::new(BufWriter::with_capacity(1 << 20, f)),
-            };
+            let mut sink = LogWriter::new(Box::new(BufWriter::with_capacity(1 << 20, f)));
             let stats = pump(&plan, &args.trace, args.raw_pointers, false, &mut sink).await?;
-            sink.w.flush()?;
+            sink.finish()?;
             stats
         }
         None if std::io::stdout().is_terminal() => {
@@ -368,11 +380,9 @@ async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
             stats
         }
         None => {
-            let mut sink = LogSink {
-                w: LogWriter::new(BufWriter::new(std::io::stdout())),
-            };
+            let mut sink = LogWriter::new(Box::new(BufWriter::new(std::io::stdout())));
             let stats = pump(&plan, &args.trace, args.raw_pointers, true, &mut sink).await?;
-            sink.w.flush()?;
+            sink.finish()?;
             stats
         }
     };

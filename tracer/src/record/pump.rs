@@ -17,15 +17,21 @@ use crate::{
         Body, CopyFn, Record, Summary,
         decode::{Decoded, Decoder},
     },
-    probes::{AttachPlan, Options, Session},
+    probes::{AttachPlan, Losses, Options, Session},
 };
+
+/// Test hook: with this variable set (to anything), tracing starts with `copy_page_range`'s
+/// pairing map full, which provokes the eBPF side's "pairing map full" diagnostic (the copies'
+/// exits then carry null seqs). The VM tests use it to see a BPF diagnostic reach stderr and
+/// the TUI; an environment variable, so that no command line grows a test-only option.
+pub const TEST_FULL_PAIRING_MAP: &str = "TRACER_TEST_FULL_PAIRING_MAP";
 
 /// What to trace, common to `record` and `tui`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TraceArgs {
     /// Stop after this many seconds.
-    #[arg(long)]
-    pub duration: Option<f64>,
+    #[arg(long, value_parser = crate::cli::seconds)]
+    pub duration: Option<Duration>,
     /// Only events of this process (tgid).
     #[arg(long)]
     pub pid: Option<u32>,
@@ -33,18 +39,18 @@ pub struct TraceArgs {
     #[arg(long)]
     pub comm: Option<String>,
     /// Ring buffer size in bytes (a power of two, at least 4096).
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = 4 << 20, value_parser = crate::cli::ring_size)]
     pub ring_size: u32,
+    /// Instances of each return probe: how many threads may be inside a probed function at
+    /// once before its returns go uncounted (counted as missed).
+    #[arg(long, default_value_t = crate::probes::kprobe_events::MAXACTIVE, value_parser = crate::cli::maxactive)]
+    pub maxactive: u32,
     /// BTF of the traced kernel (default /sys/kernel/btf/vmlinux).
     #[arg(long)]
     pub btf: Option<PathBuf>,
     /// Attach function-level probes only, even where instruction sites were found.
     #[arg(long)]
     pub no_sites: bool,
-    /// Test hook (hidden): start with `copy_page_range`'s pairing map full, to provoke the
-    /// eBPF side's "pairing map full" diagnostic; the copies' exits then carry null seqs.
-    #[arg(long, hide = true)]
-    pub test_full_pairing_map: bool,
     /// Workload to run while tracing; tracing stops when it exits.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -105,24 +111,26 @@ async fn take<S: Sink>(
     Ok(())
 }
 
+/// Sends a `lost` record for every probe whose losses (of any cause) grew since `seen`, and
+/// returns the latest counts.
 async fn report_lost<S: Sink>(
     session: &Session,
     seen: &mut [u64; PROBE_COUNT],
     sink: &mut S,
-) -> Result<()> {
-    let now = session.lost()?;
-    for (i, (&n, s)) in now.iter().zip(seen.iter_mut()).enumerate() {
+) -> Result<Losses> {
+    let now = session.losses()?;
+    for (p, s) in Probe::ALL.iter().zip(seen.iter_mut()) {
+        let n = now.total(*p);
         if n > *s {
-            let probe = Probe::from_u8(i as u8).map_or("unknown", Probe::name);
             sink.put(Record::Lost {
-                probe: probe.to_owned(),
+                probe: p.name().to_owned(),
                 count: n - *s,
             })
             .await?;
             *s = n;
         }
     }
-    Ok(())
+    Ok(now)
 }
 
 /// Attaches `plan`, sends the header, every event, `lost` records and the summary to `sink`.
@@ -138,10 +146,29 @@ pub async fn pump<S: Sink>(
         pid: args.pid,
         comm: args.comm.clone(),
         ring_size: args.ring_size,
-        fill_pairing_map: args.test_full_pairing_map,
+        maxactive: args.maxactive,
+        fill_pairing_map: std::env::var_os(TEST_FULL_PAIRING_MAP).is_some(),
     };
     let mut session = Session::attach(plan, &opts)?;
-    sink.put(Record::Header(header(plan, args))).await?;
+    for g in &session.removed_stale {
+        eprintln!("tracer: removed kprobe {g}, left behind by a tracer that is gone");
+    }
+    let mut h = header(plan, args);
+    // Which losses this trace can count: the validator cannot call a trace complete whose
+    // kprobe misses went uncounted.
+    h.extra.insert(
+        "loss_accounting".to_owned(),
+        serde_json::json!({
+            "ring": true,
+            "kprobe_missed": session.uncounted.is_none(),
+            "skipped_runs": session.uncounted.is_none(),
+            "why_not": session.uncounted,
+        }),
+    );
+    if let Some(u) = &session.uncounted {
+        eprintln!("tracer: {u}");
+    }
+    sink.put(Record::Header(h)).await?;
     let mut decoder = Decoder::new(plan.function.foll, raw_pointers);
     let mut counts = Counts {
         events: 0,
@@ -165,9 +192,7 @@ pub async fn pump<S: Sink>(
     };
 
     let started = Instant::now();
-    let deadline = args
-        .duration
-        .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -222,12 +247,14 @@ pub async fn pump<S: Sink>(
         }
     }
     // Records already reserved in the kernel are delivered; take them before the summary.
+    // With the programs stopped first, the loss counts below are final and exact.
+    session.disable();
     tokio::time::sleep(Duration::from_millis(50)).await;
     session.drain_now(&mut batch);
     for raw in batch.drain(..) {
         take(&mut decoder, &mut counts, &raw, sink).await?;
     }
-    report_lost(&session, &mut lost_seen, sink).await?;
+    let losses = report_lost(&session, &mut lost_seen, sink).await?;
     session.flush_logs();
 
     let mut lost = BTreeMap::new();
@@ -253,6 +280,15 @@ pub async fn pump<S: Sink>(
     if let Some(s) = &command_status {
         extra.insert("command_status".to_owned(), serde_json::json!(s));
     }
+    let by_cause = |v: &[u64; PROBE_COUNT]| -> u64 { v.iter().sum() };
+    extra.insert(
+        "lost_by_cause".to_owned(),
+        serde_json::json!({
+            "ring_full": by_cause(&losses.ring),
+            "kprobe_missed": by_cause(&losses.missed),
+            "runs_skipped": by_cause(&losses.skipped),
+        }),
+    );
     let duration = started.elapsed();
     sink.put(Record::Summary(Summary {
         events: counts.events,

@@ -104,14 +104,16 @@ pub fn run(trace: TraceArgs, opts: super::Options) -> Result<ExitCode> {
     if opts.source.is_empty() {
         opts.source = "live".into();
     }
-    let shown = app.run(header, super::Input::Live(rx), None, opts, 1.0);
-    // The pump ends on SIGINT: it stops the workload, detaches and writes its summary (which
-    // nobody reads any more). Without this it would trace on until the process exits.
-    // SAFETY: raise() only delivers a signal to this process, whose SIGINT handlers are
-    // installed (signal-hook above, and the pump's).
-    unsafe {
-        libc::raise(libc::SIGINT);
-    }
+    // Quitting stops the pump with SIGINT: it stops the workload, detaches, drains and sends
+    // its summary, all of which still reaches the `--record` file.
+    let stop = Box::new(|| {
+        // SAFETY: raise() only delivers a signal to this process, whose SIGINT handlers are
+        // installed (signal-hook above, and the pump's).
+        unsafe {
+            libc::raise(libc::SIGINT);
+        }
+    });
+    let shown = app.run(header, super::Input::Live(rx), None, opts, 1.0, Some(stop));
     let _ = done_rx.recv_timeout(Duration::from_secs(3));
     Ok(shown?)
 }

@@ -60,7 +60,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub replay: Option<PathBuf>,
     /// Replay speed: 1 plays in real time (paced by the events' ts), 10 ten times faster.
-    #[arg(long, value_name = "X", default_value_t = 1.0, requires = "replay")]
+    #[arg(long, value_name = "X", default_value_t = 1.0, requires = "replay", value_parser = crate::cli::speed)]
     pub speed: f64,
     /// Show a log as it is being written, unpaced (like `tail -f`, until its summary); `-`
     /// reads standard input, e.g. `tracer record ... | tracer tui --follow -`.
@@ -160,7 +160,7 @@ pub fn run_follow(
     opts.source = format!("follow {}", path.display());
     let app = App::new(&opts)?;
     source::spawn_follow(follow, tx, Arc::clone(&app.shared));
-    let r = app.run(header, Input::Numbered(rx), None, opts, 1.0);
+    let r = app.run(header, Input::Numbered(rx), None, opts, 1.0, None);
     // A reader blocked on a pipe cannot be interrupted; it ends with the process.
     quit.store(true, Ordering::Relaxed);
     r
@@ -193,7 +193,7 @@ pub fn run_replay(
         Arc::clone(&quit),
         Arc::clone(&app.shared),
     );
-    let r = app.run(header, Input::Numbered(rx), Some(&pacer), opts, speed);
+    let r = app.run(header, Input::Numbered(rx), Some(&pacer), opts, speed, None);
     quit.store(true, Ordering::Relaxed);
     let _ = reader.join();
     r
@@ -215,7 +215,7 @@ pub fn run_live(
         opts.source = "live".into();
     }
     let app = App::new(&opts)?;
-    app.run(header, Input::Live(rx), None, opts, 1.0)
+    app.run(header, Input::Live(rx), None, opts, 1.0, None)
 }
 
 /// Where records come from: a live session's channel (numbered by record, which is the line
@@ -249,7 +249,14 @@ enum Cmd {
     /// Export to this file in this format, keeping these mms (all when `None`).
     Export(PathBuf, Format, Option<std::collections::HashSet<String>>),
     Stop,
+    /// The person quit a live trace that is being stopped: keep recording until the source
+    /// ends (the recorder stops the workload, drains and sends its summary), so that the
+    /// `--record` file is the same complete log `tracer record` would have written.
+    Finish,
 }
+
+/// How long a quit live trace may take to end before the record is closed without it.
+const FINISH_LIMIT: Duration = Duration::from_secs(15);
 
 struct App {
     shared: Arc<Mutex<Shared>>,
@@ -271,6 +278,8 @@ impl App {
         Ok(App { shared, spool })
     }
 
+    /// Shows `input` until the person quits or it ends. `stop`, for a live trace, stops the
+    /// trace after a quit; the record then runs on until the trace's own end.
     fn run(
         self,
         header: Header,
@@ -278,6 +287,7 @@ impl App {
         pacer: Option<&Pacer>,
         opts: Options,
         speed: f64,
+        stop: Option<Box<dyn FnOnce() + Send>>,
     ) -> Result<ExitCode, TuiError> {
         let App { shared, spool } = self;
         let checker = check::for_header(&header);
@@ -287,7 +297,15 @@ impl App {
             std::thread::spawn(move || consume(header, input, cmd_rx, shared, checker, spool))
         };
         let result = draw_loop(&shared, &cmd_tx, pacer, &opts, speed);
-        let _ = cmd_tx.send(Cmd::Stop);
+        match stop {
+            Some(stop) => {
+                stop();
+                let _ = cmd_tx.send(Cmd::Finish);
+            }
+            None => {
+                let _ = cmd_tx.send(Cmd::Stop);
+            }
+        }
         let _ = consumer.join();
         let s = lock(&shared);
         for m in s
@@ -362,18 +380,37 @@ fn consume(
     // Records pushed since the checker was last flushed.
     let mut dirty = false;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut finishing: Option<tokio::time::Instant> = None;
     rt.block_on(async {
         loop {
             tokio::select! {
                 biased;
-                cmd = cmds.recv() => match cmd {
+                cmd = cmds.recv(), if finishing.is_none() => match cmd {
                     Some(Cmd::Export(path, format, mms)) => {
                         export(&shared, &mut spool, path, format, mms);
                     }
-                    Some(Cmd::Stop) | None => break,
+                    Some(Cmd::Finish) if open => {
+                        finishing = Some(tokio::time::Instant::now() + FINISH_LIMIT);
+                    }
+                    Some(Cmd::Finish | Cmd::Stop) | None => break,
                 },
+                () = async {
+                    match finishing {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    lock(&shared).model.message(format!(
+                        "the trace did not end within {}s of quitting: the record ends here",
+                        FINISH_LIMIT.as_secs()
+                    ));
+                    break;
+                }
                 n = input.next_many(&mut batch, BATCH), if open => {
                     if n == 0 {
+                        if finishing.is_some() {
+                            break;
+                        }
                         open = false;
                         let mut s = lock(&shared);
                         settle(&mut s.model, checker.as_mut(), true);

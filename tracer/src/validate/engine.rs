@@ -171,7 +171,7 @@ pub struct Stats {
     /// `read_retry` loads that differed from their `read_begin` (the seqcount moved).
     pub failed_retries: u64,
     /// Overlaps with a write section that the seqcount caught and the kernel honoured: odd bails
-    /// plus failed retries that backed out (followed by `retry_fail` when that probe exists).
+    /// plus failed retries that backed out (a `retry_fail` followed them).
     pub protected_overlaps: u64,
     /// `cpr_enter`/`cpr_exit` pairs, and how many of them were COW VMAs.
     pub copies: u64,
@@ -521,6 +521,8 @@ struct Coverage {
     unknown: Vec<String>,
     /// The BPF-side filter, when one hid events (`--pid`, `--comm`).
     filter: Option<String>,
+    /// Losses the recorder could not count, and why (header `loss_accounting`).
+    uncounted_losses: Option<String>,
 }
 
 /// The copy function a probe target is (`copy_page_range`, `copy_hugetlb_page_range`, or a
@@ -604,6 +606,17 @@ impl Coverage {
                         "discovery could not classify {symbol} ({reason}): it ran with function-level probes only"
                     ));
                 }
+            }
+        }
+        if let Some(l) = h.extra.get("loss_accounting") {
+            let counted = |k: &str| l.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+            if !(counted("ring") && counted("kprobe_missed") && counted("skipped_runs")) {
+                c.uncounted_losses = Some(
+                    l.get("why_not")
+                        .and_then(|w| w.as_str())
+                        .unwrap_or("the recorder could not count every kind of loss")
+                        .to_owned(),
+                );
             }
         }
         if let Some(f) = h.extra.get("filter") {
@@ -1021,7 +1034,7 @@ impl Validator {
                 || (changed && !c.odd && !c.retry_fail && self.retry_fail_applies());
             if c.unreadable || undecided {
                 self.stats.unsettled += 1;
-            } else if changed && !c.odd {
+            } else if changed && !c.odd && c.retry_fail {
                 self.stats.protected_overlaps += 1;
                 if let (Some((_, bl, _)), Some((_, rl, rts))) = (c.begin, c.retry) {
                     self.keep_overlap(OverlapKind::BackedOut, rl, rts, c.mm, tid, [bl, rl]);
@@ -1167,6 +1180,9 @@ impl Validator {
                 "{} calls or write sections were still open when the log ended, with their outcome undecided",
                 s.unsettled
             ));
+        }
+        if let Some(u) = &self.cov.uncounted_losses {
+            out.push(format!("losses may have gone uncounted: {u}"));
         }
         out.extend(self.cov.unknown.iter().cloned());
         let mut seen_why = BTreeSet::new();
@@ -1792,7 +1808,9 @@ impl Validator {
                         e.line
                     ),
                 );
-            } else {
+            } else if c.retry_fail {
+                // Only a back-out seen in the log is a protection shown: without the
+                // retry_fail site (or with one lost) nothing says the kernel backed out.
                 self.stats.protected_overlaps += 1;
                 self.keep_overlap(OverlapKind::BackedOut, rl, rts, c.mm, e.tid, [bl, rl]);
             }
