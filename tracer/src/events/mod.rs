@@ -7,4 +7,4 @@
 pub mod decode;
 pub mod schema;
 
-pub use schema::{Body, CopyFn, Event, Header, Kind, ProbeInfo, Record, Summary};
+pub use schema::{Body, Bracket, CopyFn, Event, Header, Kind, ProbeInfo, Record, Summary};

@@ -157,6 +157,10 @@ pub struct Model {
     pub pin_calls: Hist,
     /// read_begin → read_retry (instruction-level GUP-fast windows).
     pub read_windows: Hist,
+    /// Tracepoint mode: forks that advanced seq, from the bracket's first read to its second.
+    pub fork_brackets: Hist,
+    /// Tracepoint mode: pinning syscalls, entry to exit.
+    pub pin_syscalls: Hist,
     /// Events per second of trace time: (second since first_ts, count), oldest first.
     rate: VecDeque<(u64, u64)>,
     pub tail: VecDeque<(u64, Event)>,
@@ -461,6 +465,26 @@ impl Model {
                 }
                 _ => {}
             },
+            Body::Fork {
+                ts_before,
+                seq_before,
+                seq_after,
+                ..
+            } => {
+                st.forks += 1;
+                if let (Some(a), Some(b)) = (seq_before, seq_after) {
+                    let d = b.wrapping_sub(*a);
+                    if (d as i32) > 0 {
+                        // One write section (+2) per COW VMA copied.
+                        st.cow_copied += u64::from(d / 2);
+                        self.fork_brackets.add(e.ts.saturating_sub(*ts_before));
+                    }
+                }
+            }
+            Body::PinSyscall { ts_enter, .. } => {
+                st.pin_calls += 1;
+                self.pin_syscalls.add(e.ts.saturating_sub(*ts_enter));
+            }
         }
     }
 

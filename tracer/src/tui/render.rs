@@ -480,6 +480,43 @@ fn event_line(e: &Event, first_ts: u64, foll: Option<&FollFlags>) -> Line<'stati
         }
         Body::GupExit { ret, .. } => format!("ret={ret}"),
         Body::Site { .. } => String::new(),
+        Body::Fork {
+            seq_before,
+            seq_after,
+            bracket,
+            child,
+            child_mm,
+            ret,
+            ..
+        } => {
+            let v = |s: &Option<u32>| s.map_or_else(|| "?".to_owned(), |v| v.to_string());
+            let d = match (seq_before, seq_after) {
+                (Some(a), Some(b)) => format!(" (+{})", b.wrapping_sub(*a) as i32),
+                _ => String::new(),
+            };
+            let who = if *child == 0 {
+                format!("failed ret={ret}")
+            } else {
+                format!("child {child} {}", child_mm.as_deref().unwrap_or("?"))
+            };
+            format!(
+                "{}→{}{d} {who} [{}]",
+                v(seq_before),
+                v(seq_after),
+                bracket.as_str()
+            )
+        }
+        Body::PinSyscall {
+            syscall,
+            fd,
+            op,
+            ret,
+            seq_enter,
+            ..
+        } => format!(
+            "{syscall} fd={fd} op={op} ret={ret} seq at entry {}",
+            seq_enter.map_or_else(|| "?".to_owned(), |v| v.to_string())
+        ),
     };
     let seq_style = if seq.is_some_and(|v| v & 1 == 1) {
         Style::new().fg(Color::Yellow).bold()
