@@ -55,6 +55,8 @@ const IORING_UNREGISTER_BUFFERS: u32 = 1;
 struct Mapping {
     ptr: *mut u8,
     len: usize,
+    /// Bytes of the inaccessible pages before and after it (see `with_flags`).
+    guard: usize,
 }
 
 // SAFETY: the mapping is plain memory; threads only pass its address to the kernel.
@@ -74,24 +76,44 @@ impl Mapping {
     }
 
     fn with_flags(len: usize, extra: i32) -> std::io::Result<Mapping> {
+        // Adjacent anonymous mappings with the same flags merge into one VMA, and fork copies
+        // one VMA in one write section. So a small-page mapping is reserved inaccessible with a
+        // page to spare on each side, and only its middle made writable: the guard pages are
+        // never written (no anon_vma: fork copies them without a write section) and keep the
+        // mapping its own VMA, one write section per mapping. Made writable after the
+        // reservation, the middle cannot merge into a neighbour that already has an anon_vma.
+        let guard = if extra == 0 { PAGE } else { 0 };
+        let prot = if guard > 0 {
+            libc::PROT_NONE
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        };
         // SAFETY: anonymous private mapping with no address hint.
-        let ptr = unsafe {
+        let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                len + 2 * guard,
+                prot,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
                 -1,
                 0,
             )
         };
-        if ptr == libc::MAP_FAILED {
+        if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
         let m = Mapping {
-            ptr: ptr.cast(),
+            // SAFETY: within the reservation.
+            ptr: unsafe { base.cast::<u8>().add(guard) },
             len,
+            guard,
         };
+        // SAFETY: the middle of the mapping's own reservation.
+        if guard > 0
+            && unsafe { libc::mprotect(m.ptr.cast(), len, libc::PROT_READ | libc::PROT_WRITE) } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
         m.dirty();
         Ok(m)
     }
@@ -108,8 +130,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        // SAFETY: unmapping exactly what `with_flags` mapped, guards included.
+        unsafe { libc::munmap(self.ptr.sub(self.guard).cast(), self.len + 2 * self.guard) };
     }
 }
 
