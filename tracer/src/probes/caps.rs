@@ -89,11 +89,23 @@ pub struct Caps {
     pub ringbuf: Result<(), String>,
 }
 
+/// An error and its causes on one line (aya's syscall errors keep the errno in the source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn probe_program(t: ProgramType, what: &str) -> Result<(), String> {
     match aya::sys::is_program_supported(t) {
         Ok(true) => Ok(()),
         Ok(false) => Err(format!("this kernel does not support {what}")),
-        Err(e) => Err(format!("the kernel refused a test {what} ({e})")),
+        Err(e) => Err(format!("the kernel refused a test {what} ({})", chain(&e))),
     }
 }
 
@@ -132,7 +144,10 @@ impl Caps {
             match aya::sys::is_map_supported(MapType::RingBuf) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err("this kernel has no BPF ring buffer (5.8+)".to_owned()),
-                Err(e) => Err(format!("the kernel refused a test ring buffer ({e})")),
+                Err(e) => Err(format!(
+                    "the kernel refused a test ring buffer ({})",
+                    chain(&e)
+                )),
             }
         };
         Caps {

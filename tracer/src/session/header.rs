@@ -30,6 +30,7 @@ pub fn header(plan: &AttachPlan, args: &TraceArgs) -> Header {
     let mut extra = BTreeMap::new();
     extra.insert("minor".to_owned(), serde_json::json!(SCHEMA_MINOR));
     extra.insert("mode".to_owned(), serde_json::json!(plan.mode()));
+    extra.insert("attach".to_owned(), serde_json::json!(plan.attach.as_str()));
     extra.insert(
         "foll".to_owned(),
         serde_json::json!({"pin": f.pin, "fast_only": f.fast_only, "longterm": f.longterm, "source": f.source.as_str()}),

@@ -65,6 +65,37 @@ impl MmStats {
     }
 }
 
+/// Which of the screen's figures the log's attach mode can see at all: the others are greyed
+/// out rather than shown as zeros that look like measurements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Visibility {
+    /// GUP-fast calls (`gup_enter`): pins and bails on an odd value at entry.
+    pub gup_calls: bool,
+    /// Their returns: calls that fell back to the slow path.
+    pub gup_exits: bool,
+    /// The seqcount loads inside GUP-fast (bails, retries).
+    pub read_sites: bool,
+    /// GUP-fast's back-out block.
+    pub retry_fail: bool,
+    /// Tracepoint mode's pinning syscalls (shown in place of GUP-fast calls).
+    pub pin_syscalls: bool,
+}
+
+impl Visibility {
+    pub const ALL: Visibility = Visibility {
+        gup_calls: true,
+        gup_exits: true,
+        read_sites: true,
+        retry_fail: true,
+        pin_syscalls: false,
+    };
+
+    /// Inside GUP-fast at all (calls or loads).
+    pub fn gup(&self) -> bool {
+        self.gup_calls || self.read_sites
+    }
+}
+
 /// Log2 histogram of durations in ns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hist {
@@ -222,6 +253,32 @@ impl Model {
                     "function".into()
                 }
             })
+    }
+
+    /// How the probes were attached (`kprobe`, `fentry`, `tracepoint`), when the header says.
+    pub fn attach(&self) -> Option<String> {
+        self.header
+            .as_ref()?
+            .extra
+            .get("attach")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// What the log's probes can show. A header that lists no probes (a hand-made log) is
+    /// taken to show everything.
+    pub fn visibility(&self) -> Visibility {
+        let Some(h) = self.header.as_ref().filter(|h| !h.probes.is_empty()) else {
+            return Visibility::ALL;
+        };
+        let has = |k: Kind| h.probes.iter().any(|p| p.name == k.as_str());
+        Visibility {
+            gup_calls: has(Kind::GupEnter),
+            gup_exits: has(Kind::GupExit),
+            read_sites: has(Kind::ReadBegin),
+            retry_fail: has(Kind::RetryFail),
+            pin_syscalls: has(Kind::PinSyscall),
+        }
     }
 
     pub fn message(&mut self, m: impl Into<String>) {
