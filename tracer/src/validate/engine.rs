@@ -761,6 +761,7 @@ impl Validator {
                 self.events -= 1;
                 return;
             }
+            // Likewise a pinning syscall: its load at entry is judged at its own time.
             Body::PinSyscall {
                 ts_enter,
                 seq_enter,
@@ -769,18 +770,24 @@ impl Validator {
             } => {
                 let mm = self.intern(mm);
                 self.seen.insert(Kind::PinSyscall);
-                self.push_ev(Ev {
-                    ts,
-                    line,
-                    tid,
-                    mm,
-                    kind: Kind::PinSyscall,
-                    seq: seq_exit,
-                    flag: false,
-                    must: false,
-                    seq2: seq_enter,
-                    ts2: ts_enter,
-                });
+                for (enter, t, v, t2, v2) in [
+                    (true, ts_enter, seq_enter, ts, seq_exit),
+                    (false, ts, seq_exit, ts_enter, seq_enter),
+                ] {
+                    self.push_ev(Ev {
+                        ts: t,
+                        line,
+                        tid,
+                        mm,
+                        kind: Kind::PinSyscall,
+                        seq: v,
+                        flag: enter,
+                        must: false,
+                        seq2: v2,
+                        ts2: t2,
+                    });
+                }
+                self.events -= 1;
                 return;
             }
             _ => {}
@@ -1478,6 +1485,10 @@ impl Validator {
             Kind::RetryFail => self.retry_fail(&e),
             Kind::Fork if e.flag => self.fork_begin(&e),
             Kind::Fork => self.fork_end(&e),
+            Kind::PinSyscall if e.flag => {
+                let (a, b) = self.at_ts(&e);
+                self.observe(&e, "pin_syscall entry", a, b);
+            }
             Kind::PinSyscall => self.pin_syscall(&e),
         }
     }
@@ -1985,7 +1996,13 @@ impl Validator {
                         e.line
                     ),
                 );
-                return;
+                if (d as i32) < 0 {
+                    // Reported once: the mm's history restarts at the fork's second value.
+                    if let Some(m) = self.mms.get_mut(e.mm as usize) {
+                        m.reset();
+                    }
+                    return;
+                }
             }
         }
         if d as i32 <= 0 {
@@ -2070,24 +2087,9 @@ impl Validator {
         }
     }
 
-    /// A pinning syscall (tracepoint mode): two loads of the mm's counter, at entry and exit.
+    /// A pinning syscall's exit (tracepoint mode); its entry was replayed at its own time.
     fn pin_syscall(&mut self, e: &Ev) {
         self.stats.pin_syscalls += 1;
-        let slack = self.opts.slack_ns;
-        if e.seq2.is_none() {
-            self.stats.unreadable_seq += 1;
-        }
-        let enter = Ev {
-            ts: e.ts2,
-            seq: e.seq2,
-            ..*e
-        };
-        self.observe(
-            &enter,
-            "pin_syscall entry",
-            Some(e.ts2.saturating_sub(slack)),
-            e.ts2.saturating_add(slack),
-        );
         let (a, b) = self.at_ts(e);
         self.observe(e, "pin_syscall exit", a, b);
         if let (Some(x), Some(y)) = (e.seq2, e.seq)
