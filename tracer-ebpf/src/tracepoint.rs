@@ -179,7 +179,33 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
     if what.is_none() && !CLONE_SYSCALLS.contains(&nr) {
         return 0;
     }
+    // `--pid` is one helper call away: filter on it before reading anything.
+    let pid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    let want = crate::filter().pid;
+    if want != 0 && want != pid {
+        return 0;
+    }
     let regs: u64 = ctx.arg(0);
+    let arg = |off| read_u64(regs + off).unwrap_or(0);
+    // Reads and writes are the hot case, and only O_DIRECT ones matter: decide that before
+    // anything else is read.
+    let fd = arg(REG_DI);
+    let (op, count) = match what {
+        None => (0, 0),
+        Some(pin_sys::IO_URING_REGISTER) => (arg(REG_SI), arg(REG_R10)),
+        Some(pin_sys::GETSOCKOPT) => {
+            if arg(REG_SI) != SOL_RDS {
+                return 0;
+            }
+            (arg(REG_DX), 0)
+        }
+        Some(_) => {
+            if !is_direct(fd) {
+                return 0;
+            }
+            (0, arg(REG_DX))
+        }
+    };
     let Some(task) = current_if_wanted() else {
         return 0;
     };
@@ -204,23 +230,6 @@ pub fn tp_sys_enter(ctx: RawTracePointContext) -> i32 {
         };
         let _ = FORKING.insert(&task.tid, &st, 0);
         return 0;
-    };
-    let arg = |off| read_u64(regs + off).unwrap_or(0);
-    let fd = arg(REG_DI);
-    let (op, count) = match what {
-        pin_sys::IO_URING_REGISTER => (arg(REG_SI), arg(REG_R10)),
-        pin_sys::GETSOCKOPT => {
-            if arg(REG_SI) != SOL_RDS {
-                return 0;
-            }
-            (arg(REG_DX), 0)
-        }
-        _ => {
-            if !is_direct(fd) {
-                return 0;
-            }
-            (0, arg(REG_DX))
-        }
     };
     let (seq, ts) = seq_now(mm);
     let st = PinState {

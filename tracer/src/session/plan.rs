@@ -74,22 +74,30 @@ fn tracepoint_plan(src: &KernelSource) -> Result<AttachPlan> {
     let found = match Kallsyms::from_file(&src.kallsyms) {
         Ok(ks) => site_probes(&function, &btf, &ks),
         Err(e) => SiteProbes {
-            notes: vec![format!(
-                "the kernel's code was not examined ({e}): proven defects cannot be reported"
-            )],
+            notes: vec![e.to_string()],
             ..SiteProbes::default()
         },
     };
     // Sites found are not attached in this mode; only what discovery concluded is kept.
-    notes.extend(
-        found
+    if found.discovery.is_none() {
+        let why = found
             .notes
-            .into_iter()
-            .filter(|n| !n.contains("function-level probes only")),
-    );
-    if found.discovery.is_none() && !notes.iter().any(|n| n.contains("not examined")) {
-        notes.push(
-            "the kernel's code was not examined: proven defects cannot be reported".to_owned(),
+            .first()
+            .map(|n| {
+                n.trim_start_matches("instruction sites: ")
+                    .trim_end_matches("; function-level probes only")
+                    .to_owned()
+            })
+            .unwrap_or_else(|| "no reason given".to_owned());
+        notes.push(format!(
+            "the kernel's code was not examined ({why}): proven defects cannot be reported"
+        ));
+    } else {
+        notes.extend(
+            found
+                .notes
+                .into_iter()
+                .filter(|n| !n.contains("function-level probes only")),
         );
     }
     Ok(AttachPlan {
