@@ -249,3 +249,56 @@ pub fn select(want: Option<Mode>, btf: &Path) -> Result<Selected, env::EnvError>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps() -> Caps {
+        Caps {
+            root: true,
+            bpf: Ok(()),
+            btf: true,
+            btf_path: env::SYS_BTF.into(),
+            sys_btf: true,
+            kprobes: true,
+            fentry: Ok(()),
+            raw_tracepoint: Ok(()),
+            ringbuf: Ok(()),
+        }
+    }
+
+    #[test]
+    fn the_richest_mode_that_runs_is_best() {
+        let mut c = caps();
+        assert_eq!(c.best(), Some(Mode::Kprobe));
+        // This project's machines: no kprobes, fentry refused.
+        c.kprobes = false;
+        c.fentry = Err("the kernel refused a test fentry program (EPERM)".into());
+        assert_eq!(c.best(), Some(Mode::Tracepoint));
+        assert_eq!(
+            c.missing(Mode::Kprobe),
+            vec!["this kernel cannot attach kprobes (CONFIG_KPROBES is off)".to_owned()]
+        );
+        assert_eq!(c.missing(Mode::Fentry).len(), 1);
+        c.raw_tracepoint = Err("no".into());
+        assert_eq!(c.best(), None);
+    }
+
+    #[test]
+    fn what_every_mode_needs_is_named_first() {
+        let mut c = caps();
+        c.root = false;
+        for m in Mode::ALL {
+            assert!(c.missing(m)[0].contains("needs root"), "{m}");
+        }
+        let mut c = caps();
+        c.btf = false;
+        c.ringbuf = Err("this kernel has no BPF ring buffer (5.8+)".into());
+        let m = c.missing(Mode::Tracepoint);
+        assert!(
+            m[0].contains("no BTF") && m[1].contains("ring buffer"),
+            "{m:?}"
+        );
+    }
+}
