@@ -4,8 +4,9 @@
 //! seqcount is touched, found in machine code) → `probes` (attach plan, eBPF load, ring buffer)
 //! → `events` (decode and the schema-1 log) → `session` (plan, header, the tracing loop) →
 //! `record` (JSON Lines writer) / `model` + `validate` (the protocol, replayed) → `tui` (live
-//! view). `stress` is the workload that makes
-//! the kernel fork and pin.
+//! view). `stress` is the workload that makes the kernel fork and pin; `check` runs it under
+//! the recorder and judges the kernel.
+pub mod check;
 pub mod events;
 pub mod kernel;
 pub mod model;

@@ -31,6 +31,8 @@ enum Command {
     Tui(tracer::tui::Args),
     /// Workload: fork a process with dirty private memory while pinning pages through GUP-fast.
     Stress(tracer::stress::Args),
+    /// Validate this kernel in one command: record `stress`, judge the log, write a report.
+    Check(tracer::check::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Model(a) => tracer::model::main(a),
         Command::Tui(a) => tracer::tui::main(a),
         Command::Stress(a) => tracer::stress::main(a),
+        Command::Check(a) => tracer::check::main(a),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,4 @@
-//! Developer and CI tasks: `cargo xtask setup | run | test | vm | kernel | bench`.
+//! Developer and CI tasks: `cargo xtask setup | run | test | vm | validate-kernel | kernel | bench`.
 mod bench;
 mod build;
 mod cmd;
@@ -6,12 +6,13 @@ mod kernels;
 mod live;
 mod setup;
 mod test;
+mod validate_kernel;
 mod vm;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -30,6 +31,8 @@ enum Cmd {
     Test(test::TestArgs),
     /// Boot kernels under QEMU and run a command as root inside.
     Vm(VmArgs),
+    /// Run `tracer check` in a VM per kernel and summarize the verdicts.
+    ValidateKernel(validate_kernel::Args),
     /// Download (cached) and print the kernel a SPEC resolves to.
     Kernel { spec: Vec<String> },
     /// Build the static tracer binary used in VMs and print its path.
@@ -55,10 +58,11 @@ struct VmArgs {
     /// Modules directory for a kernel given as a path (lib/modules/RELEASE with modules.dep).
     #[arg(long)]
     modules: Option<PathBuf>,
-    /// Modules to load in the guest before COMMAND.
+    /// Modules to load in the guest before COMMAND (built-in ones need nothing).
     #[arg(long = "module", default_values = ["virtio_pci", "virtio_blk", "rds"])]
     module: Vec<String>,
-    /// Where the guest's /out lands, as DIR/<kernel release>/.
+    /// Where the guest's /out lands, as DIR/<id>/ (the release, plus a content hash when two
+    /// images of the run report the same release).
     #[arg(long, default_value = "target/vm-out")]
     out: PathBuf,
     /// Seconds before a boot counts as hung.
@@ -76,12 +80,22 @@ fn vm_cmd(a: VmArgs) -> Result<ExitCode> {
     setup::setup()?;
     let tracer = build::static_tracer()?;
     let mut failed = false;
+    let mut ks = Vec::new();
     for spec in &a.kernels {
-        let kernel = kernels::fetch(spec, a.modules.as_deref())?;
-        let out = a.out.join(&kernel.release);
+        ks.push((spec, kernels::fetch(spec, a.modules.as_deref())?));
+    }
+    let ids = kernels::assign_ids(
+        &ks.iter()
+            .map(|(_, k)| (k.release.clone(), k.image.clone()))
+            .collect::<Vec<_>>(),
+        kernels::content_hash,
+    )?;
+    for ((spec, kernel), id) in ks.iter().zip(&ids) {
+        let out = a.out.join(id);
         let _ = std::fs::remove_dir_all(&out);
         let r = vm::run(&vm::VmOpts {
-            kernel: &kernel,
+            kernel,
+            id,
             tracer: &tracer,
             modules: a.module.clone(),
             script: vm::shell_words(&a.command),
@@ -93,8 +107,7 @@ fn vm_cmd(a: VmArgs) -> Result<ExitCode> {
         })
         .with_context(|| format!("kernel {spec}"))?;
         println!(
-            "vm: {} exited {} after {:.1}s; /out copied to {}",
-            kernel.release,
+            "vm: {id} exited {} after {:.1}s; /out copied to {}",
             r.exit_code,
             r.boot_secs,
             r.out.display()
@@ -109,8 +122,20 @@ fn vm_cmd(a: VmArgs) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Parsed by hand once so validate-kernel can see where each --modules stood.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let r = match cli.cmd {
+        Cmd::ValidateKernel(a) => (|| {
+            let m = matches
+                .subcommand_matches("validate-kernel")
+                .context("clap lost the validate-kernel arguments")?;
+            let modules = validate_kernel::modules_per_kernel(m, &a)?;
+            validate_kernel::run(&a, &modules)
+        })(),
         Cmd::Setup => setup::setup().map(|()| ExitCode::SUCCESS),
         Cmd::Run(a) => test::run(a),
         Cmd::Test(a) => test::test(a),

@@ -5,14 +5,14 @@
 //! under the stress workload, and the validator's verdict on it. The assertions then run on the
 //! host as ordinary `cargo test` integration tests reading `$TRACER_FIXTURES/<release>/`.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, ExitCode},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 
-use crate::{build, cmd, kernels, setup, vm};
+use crate::{build, cmd, kernels, setup, validate_kernel, vm};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -42,22 +42,20 @@ pub struct RunArgs {
     duration: u64,
 }
 
-/// virtio_pci is built in on 6.12 but a module on 6.1; rds provides the 6.1 pin trigger.
-fn guest_modules() -> Vec<String> {
-    ["virtio_pci", "virtio_blk", "rds"]
-        .map(String::from)
-        .to_vec()
-}
-
 /// The newest build of each series (the default kernels) and the oldest one apt still carries,
 /// to show site discovery is not tuned to one build.
 pub const DEFAULT_KERNELS: [&str; 4] = ["6.1", "6.12", "6.1-oldest", "6.12-oldest"];
 
+/// The kernels whose test boot also runs `tracer check` (validate-kernel's in-guest step):
+/// the newest of each series. 20 s of workload each keeps the whole run well inside CI's time.
+const CHECK_KERNELS: [&str; 2] = ["6.1", "6.12"];
+const CHECK_SECS: u64 = 20;
+
 /// The in-guest steps of a test boot. Each step's exit status lands in /out, so one failing
 /// step does not hide the others; the host-side tests judge them. The last block records the
 /// same stress workload in each attach mode (`tracer/tests/vm_modes.rs`): tracepoint mode with
-/// 4 and 9 mappings (the host test's pair), kprobe mode at function level and fentry mode. The validator gets a 50 ms
-/// timestamp slack: under TCG a vCPU can stall for milliseconds between a seqcount access and
+/// 4 and 9 mappings (the host test's pair), kprobe mode at function level and fentry mode.
+/// The validator gets a 50 ms timestamp slack: under TCG a vCPU can stall for milliseconds between a seqcount access and
 /// its probe (values stay exact; only cross-CPU time order blurs). The recording asserts zero
 /// losses, so it gets a 16 MiB ring and a workload that pauses 100 us between forks: under TCG
 /// on 2 host cores the consumer is emulated too, and a flat-out fork loop on both vCPUs once
@@ -79,7 +77,6 @@ for m in tp4:tracepoint:4 tp9:tracepoint:9 kp4:kprobe:4 fe4:fentry:4; do
   tracer record --mode $mode --no-sites -o /out/$n.jsonl --ring-size 16777216 --duration 60 -- tracer stress --duration 2 --mappings $maps --fork-gap-us 100 2> /out/$n.err; echo $? > /out/$n.rc
   tracer validate --json /out/$n.jsonl > /out/$n.validate.json 2>&1; echo $? > /out/$n.validate.rc
 done
-exit 0
 "#;
 
 fn phase(name: &str, t0: Instant) {
@@ -92,19 +89,35 @@ fn cargo() -> Command {
     c
 }
 
-/// Boots each kernel once with the test script; returns (release, fixture dir) pairs.
-fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<(String, PathBuf)>> {
+/// A booted kernel of the matrix.
+struct Booted {
+    release: String,
+    /// Whether its boot ran `tracer check` too.
+    checked: bool,
+}
+
+/// Boots each kernel once with the test script (plus the check on [`CHECK_KERNELS`]).
+fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<Booted>> {
     let root = kernels::cache_dir()?.join("fixtures");
     let mut done = Vec::new();
+    let mut checks = Vec::new();
     for spec in specs {
         let kernel = kernels::fetch(spec, None)?;
         let out = root.join(&kernel.release);
         let _ = std::fs::remove_dir_all(&out);
+        let checked = CHECK_KERNELS.contains(&spec.as_str());
+        let mut script = TEST_SCRIPT.to_owned();
+        if checked {
+            script.push_str(&validate_kernel::guest_step(CHECK_SECS, "/out/check"));
+        }
+        // The steps' statuses are in /out; the boot itself succeeded.
+        script.push_str("exit 0\n");
         let r = vm::run(&vm::VmOpts {
             kernel: &kernel,
+            id: &kernel.release,
             tracer,
-            modules: guest_modules(),
-            script: TEST_SCRIPT.to_owned(),
+            modules: vm::guest_modules(),
+            script,
             out: out.clone(),
             timeout: Duration::from_secs(600),
             nokaslr: true,
@@ -121,8 +134,32 @@ fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<(String
             kernel.release, r.boot_secs, r.exit_code
         );
         phase(&format!("VM {}", kernel.release), t0);
-        done.push((kernel.release, out));
+        if checked {
+            let k = validate_kernel::collect(
+                &kernel.release,
+                &kernel.release,
+                &kernel.image,
+                &out,
+                &out.join("check"),
+            );
+            println!("test: tracer check: {}", k.line());
+            checks.push(k);
+        }
+        done.push(Booted {
+            release: kernel.release,
+            checked,
+        });
     }
+    // validate-kernel's summary of the checks, beside the fixtures; the host-side tests
+    // (vm_check.rs) judge them.
+    std::fs::write(
+        root.join("check-summary.json"),
+        validate_kernel::summary_json(&checks)?,
+    )?;
+    std::fs::write(
+        root.join("check-summary.md"),
+        validate_kernel::summary_md(&checks, &root),
+    )?;
     Ok(done)
 }
 
@@ -155,14 +192,16 @@ pub fn test(a: TestArgs) -> Result<ExitCode> {
         let fixtures = kernels::cache_dir()?.join("fixtures");
         env.push(("TRACER_FIXTURES".into(), fixtures.display().to_string()));
         env.push(("TRACER_REQUIRE_FIXTURES".into(), "1".into()));
-        env.push((
-            "TRACER_VM_KERNELS".into(),
+        let list = |only_checked: bool| {
             booted
                 .iter()
-                .map(|(r, _)| r.as_str())
+                .filter(|b| b.checked || !only_checked)
+                .map(|b| b.release.as_str())
                 .collect::<Vec<_>>()
-                .join(","),
-        ));
+                .join(",")
+        };
+        env.push(("TRACER_VM_KERNELS".into(), list(false)));
+        env.push(("TRACER_CHECK_KERNELS".into(), list(true)));
     }
     // This project's machines (and CI, as root) run the tracepoint mode on their own kernel:
     // the host test of that mode must run there, not skip (tracer/tests/tracepoint_host.rs).
@@ -295,8 +334,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
             };
             let r = vm::run(&vm::VmOpts {
                 kernel: &kernel,
+                id: &kernel.release,
                 tracer: &tracer,
-                modules: guest_modules(),
+                modules: vm::guest_modules(),
                 script,
                 out: out.clone(),
                 timeout: Duration::from_secs(if term.is_some() { 24 * 3600 } else { 600 }),

@@ -16,8 +16,19 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, kernels::Kernel};
 
+/// The modules every boot asks for: virtio_pci and virtio_blk carry /out back (built in on
+/// 6.12, modules on 6.1), rds is the pin method 6.1 offers. Any of them may be built in.
+pub fn guest_modules() -> Vec<String> {
+    ["virtio_pci", "virtio_blk", "rds"]
+        .map(String::from)
+        .to_vec()
+}
+
 pub struct VmOpts<'a> {
     pub kernel: &'a Kernel,
+    /// The kernel's id in this run (its release unless two kernels share one): the console
+    /// prefix.
+    pub id: &'a str,
     /// Static tracer binary, installed as /bin/tracer.
     pub tracer: &'a Path,
     /// Modules to load before the command (dependencies are resolved).
@@ -118,7 +129,14 @@ mount -t debugfs none /sys/kernel/debug 2>/dev/null
 mount -t tracefs none /sys/kernel/tracing 2>/dev/null
 for m in $(cat /etc/modules.order); do insmod /lib/modules/$m.ko || echo "vm: insmod $m failed"; done
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-[ -b /dev/vda ] || echo "vm: no /dev/vda; /out will not reach the host"
+if [ ! -b /dev/vda ]; then
+  # Without the disk nothing can come back: say which driver is missing, and stop.
+  if [ ! -d /sys/bus/pci/drivers/virtio-pci ]; then why="virtio_pci (CONFIG_VIRTIO_PCI)"
+  elif [ ! -d /sys/bus/virtio/drivers/virtio_blk ]; then why="virtio_blk (CONFIG_VIRTIO_BLK)"
+  else why="a virtio disk it can see"; fi
+  echo "vm: no /dev/vda: no $why"
+  poweroff -f
+fi
 echo "vm: init ready $(uname -r)"
 cd /out
 sh /run.sh
@@ -178,7 +196,11 @@ fn initramfs(opts: &VmOpts, path: &Path) -> Result<()> {
     c.file("init", 0o755, INIT.as_bytes());
     c.file("run.sh", 0o755, opts.script.as_bytes());
     let mut order = String::new();
-    for f in crate::kernels::module_files(opts.kernel, &opts.modules)? {
+    let (files, notes) = crate::kernels::module_files(opts.kernel, &opts.modules)?;
+    for n in notes {
+        println!("vm: [{}] {n}", opts.id);
+    }
+    for f in files {
         let name = f
             .file_name()
             .and_then(|n| n.to_str())
@@ -205,6 +227,11 @@ enum Outcome {
     NoInit,
     TimedOut,
     Finished,
+}
+
+/// Whether the console shows /init running (ready, or stopping for want of a disk).
+fn reached_init(console: &str) -> bool {
+    console.contains("vm: init ready") || console.contains("vm: no /dev/vda")
 }
 
 const KVM_INIT_LIMIT: Duration = Duration::from_secs(60);
@@ -271,7 +298,7 @@ fn boot_once(
     kvm: bool,
     log: &Path,
 ) -> Result<(Outcome, String)> {
-    let tag = format!("[{}]", opts.kernel.release);
+    let tag = format!("[{}]", opts.id);
     let mut c = qemu_command(opts, initrd, disk, kvm);
     if opts.interactive {
         let status = c
@@ -334,10 +361,7 @@ fn boot_once(
         // on KVM rather than wait for the whole timeout.
         if kvm
             && start.elapsed() > KVM_INIT_LIMIT
-            && !console
-                .lock()
-                .map(|c| c.contains("vm: init ready"))
-                .unwrap_or(false)
+            && !console.lock().map(|c| reached_init(&c)).unwrap_or(false)
         {
             let _ = child.kill();
             let _ = child.wait();
@@ -354,7 +378,7 @@ fn boot_once(
         .append(true)
         .open(log)?;
     f.write_all(text.as_bytes())?;
-    let outcome = if !text.contains("vm: init ready") {
+    let outcome = if !reached_init(&text) {
         if timed_out {
             Outcome::TimedOut
         } else {
@@ -425,6 +449,16 @@ pub fn run(opts: &VmOpts) -> Result<VmResult> {
         }
     };
     let boot_secs = t0.elapsed().as_secs_f64();
+    if let Some(why) = text
+        .lines()
+        .find_map(|l| l.split("vm: no /dev/vda: no ").nth(1))
+    {
+        bail!(
+            "kernel {} has no {}; the VM cannot return its results",
+            opts.id,
+            why.trim()
+        );
+    }
     if text.contains("Kernel panic") {
         bail!(
             "kernel {} panicked; see {}",

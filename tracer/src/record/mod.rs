@@ -48,7 +48,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
 }
 
 /// Writes schema-1 lines to a file or stdout.
-struct LogWriter {
+pub struct LogWriter {
     out: Box<dyn Write>,
     buf: String,
 }
@@ -75,6 +75,21 @@ impl Sink for LogWriter {
 }
 
 impl LogWriter {
+    /// A sink writing the log to `out` line for line as `tracer record` does (`tracer check`
+    /// records through it too).
+    pub fn new(out: Box<dyn Write>) -> LogWriter {
+        LogWriter {
+            out,
+            buf: String::with_capacity(1 << 17),
+        }
+    }
+
+    /// Writes what is buffered and flushes `out`.
+    pub fn finish(&mut self) -> Result<()> {
+        self.flush_buf()?;
+        self.out.flush().context("writing the event log")
+    }
+
     fn flush_buf(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
             self.out

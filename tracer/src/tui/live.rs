@@ -103,10 +103,11 @@ pub fn run(trace: TraceArgs, opts: super::Options) -> Result<ExitCode> {
     if opts.source.is_empty() {
         opts.source = "live".into();
     }
-    let shown = app.run(header, super::Input::Live(rx), None, opts, 1.0);
-    // The pump stops the workload, detaches and writes its summary (which nobody reads any
-    // more). Without this it would trace on until the process exits.
-    cancel.cancel();
+    // Quitting cancels the session through the handle it shares with the pump: the pump
+    // stops the workload, detaches, drains and sends its summary, all of which still reaches
+    // the `--record` file. A trace that ends on its own needs no cancel; one more is harmless.
+    let stop = Box::new(move || cancel.cancel());
+    let shown = app.run(header, super::Input::Live(rx), None, opts, 1.0, Some(stop));
     let _ = done_rx.recv_timeout(Duration::from_secs(3));
     Ok(shown?)
 }

@@ -139,7 +139,7 @@ pub fn run_follow(path: &std::path::Path, mut opts: Options) -> Result<ExitCode,
     opts.source = format!("follow {}", path.display());
     let app = App::new(&opts)?;
     source::spawn_follow(follow, tx, Arc::clone(&quit), Arc::clone(&app.shared));
-    let r = app.run(header, Input::Live(rx), None, opts, 1.0);
+    let r = app.run(header, Input::Live(rx), None, opts, 1.0, None);
     // A reader blocked on a pipe cannot be interrupted; it ends with the process.
     quit.store(true, Ordering::Relaxed);
     r
@@ -167,7 +167,7 @@ pub fn run_replay(path: PathBuf, speed: f64, mut opts: Options) -> Result<ExitCo
         Arc::clone(&quit),
         Arc::clone(&app.shared),
     );
-    let r = app.run(header, Input::Replay(rx), Some(&pacer), opts, speed);
+    let r = app.run(header, Input::Replay(rx), Some(&pacer), opts, speed, None);
     quit.store(true, Ordering::Relaxed);
     let _ = reader.join();
     r
@@ -189,7 +189,7 @@ pub fn run_live(
         opts.source = "live".into();
     }
     let app = App::new(&opts)?;
-    app.run(header, Input::Live(rx), None, opts, 1.0)
+    app.run(header, Input::Live(rx), None, opts, 1.0, None)
 }
 
 enum Input {
@@ -220,7 +220,14 @@ impl Input {
 enum Cmd {
     Export(PathBuf),
     Stop,
+    /// The person quit a live trace that is being stopped: keep recording until the source
+    /// ends (the recorder stops the workload, drains and sends its summary), so that the
+    /// `--record` file is the same complete log `tracer record` would have written.
+    Finish,
 }
+
+/// How long a quit live trace may take to end before the record is closed without it.
+const FINISH_LIMIT: Duration = Duration::from_secs(15);
 
 struct App {
     shared: Arc<Mutex<Shared>>,
@@ -240,6 +247,8 @@ impl App {
         Ok(App { shared, spool })
     }
 
+    /// Shows `input` until the person quits or it ends. `stop`, for a live trace, stops the
+    /// trace after a quit; the record then runs on until the trace's own end.
     fn run(
         self,
         header: Header,
@@ -247,6 +256,7 @@ impl App {
         pacer: Option<&Pacer>,
         opts: Options,
         speed: f64,
+        stop: Option<Box<dyn FnOnce() + Send>>,
     ) -> Result<ExitCode, TuiError> {
         let App { shared, spool } = self;
         let checker = check::for_header(&header);
@@ -256,7 +266,15 @@ impl App {
             std::thread::spawn(move || consume(header, input, cmd_rx, shared, checker, spool))
         };
         let result = draw_loop(&shared, &cmd_tx, pacer, &opts, speed);
-        let _ = cmd_tx.send(Cmd::Stop);
+        match stop {
+            Some(stop) => {
+                stop();
+                let _ = cmd_tx.send(Cmd::Finish);
+            }
+            None => {
+                let _ = cmd_tx.send(Cmd::Stop);
+            }
+        }
         let _ = consumer.join();
         let s = lock(&shared);
         for m in s
@@ -328,16 +346,35 @@ fn consume(
     // Records pushed since the checker was last flushed.
     let mut dirty = false;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut finishing: Option<tokio::time::Instant> = None;
     rt.block_on(async {
         loop {
             tokio::select! {
                 biased;
-                cmd = cmds.recv() => match cmd {
+                cmd = cmds.recv(), if finishing.is_none() => match cmd {
                     Some(Cmd::Export(path)) => export(&shared, &mut spool, path),
-                    Some(Cmd::Stop) | None => break,
+                    Some(Cmd::Finish) if open => {
+                        finishing = Some(tokio::time::Instant::now() + FINISH_LIMIT);
+                    }
+                    Some(Cmd::Finish | Cmd::Stop) | None => break,
                 },
+                () = async {
+                    match finishing {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    lock(&shared).model.message(format!(
+                        "the trace did not end within {}s of quitting: the record ends here",
+                        FINISH_LIMIT.as_secs()
+                    ));
+                    break;
+                }
                 n = input.next_many(&mut batch, BATCH), if open => {
                     if n == 0 {
+                        if finishing.is_some() {
+                            break;
+                        }
                         open = false;
                         let mut s = lock(&shared);
                         settle(&mut s.model, checker.as_mut(), true);

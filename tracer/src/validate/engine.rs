@@ -138,7 +138,7 @@ pub struct Stats {
     /// `read_retry` loads that differed from their `read_begin` (the seqcount moved).
     pub failed_retries: u64,
     /// Overlaps with a write section that the seqcount caught and the kernel honoured: odd bails
-    /// plus failed retries that backed out (followed by `retry_fail` when that probe exists).
+    /// plus failed retries that backed out (a `retry_fail` followed them).
     pub protected_overlaps: u64,
     /// `cpr_enter`/`cpr_exit` pairs, and how many of them were COW VMAs.
     pub copies: u64,
@@ -1017,7 +1017,7 @@ impl Validator {
                 || (changed && !c.odd && !c.retry_fail && self.retry_fail_applies());
             if c.unreadable || undecided {
                 self.stats.unsettled += 1;
-            } else if changed && !c.odd {
+            } else if changed && !c.odd && c.retry_fail {
                 self.stats.protected_overlaps += 1;
             }
         }
@@ -1835,7 +1835,9 @@ impl Validator {
                         e.line
                     ),
                 );
-            } else {
+            } else if c.retry_fail {
+                // Only a back-out seen in the log is a protection shown: without the
+                // retry_fail site (or with one lost) nothing says the kernel backed out.
                 self.stats.protected_overlaps += 1;
             }
         }

@@ -61,6 +61,44 @@ pub fn all() -> Vec<Fixture> {
     v
 }
 
+/// The kernels whose boot also ran `tracer check` (`$TRACER_CHECK_KERNELS`, the newest 6.1 and
+/// 6.12 in the default matrix), or none after saying why. Under `cargo xtask test` the list
+/// must be given, and each listed kernel must have left its `check/` directory.
+pub fn checked() -> Vec<Fixture> {
+    let required = std::env::var("TRACER_REQUIRE_FIXTURES").is_ok_and(|v| v == "1");
+    let (Ok(root), Ok(kernels)) = (
+        std::env::var("TRACER_FIXTURES"),
+        std::env::var("TRACER_CHECK_KERNELS"),
+    ) else {
+        assert!(
+            !required,
+            "TRACER_REQUIRE_FIXTURES=1 but TRACER_FIXTURES/TRACER_CHECK_KERNELS are unset"
+        );
+        eprintln!("skipping: no `tracer check` fixtures (run `cargo xtask test`)");
+        return Vec::new();
+    };
+    let v: Vec<Fixture> = kernels
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|r| Fixture {
+            release: r.to_owned(),
+            dir: PathBuf::from(&root).join(r),
+        })
+        .collect();
+    if v.is_empty() {
+        eprintln!("skipping: this test matrix ran `tracer check` on no kernel");
+    }
+    for f in &v {
+        assert!(
+            f.dir.join("check").is_dir(),
+            "{}: the check left no {}",
+            f.release,
+            f.dir.join("check").display()
+        );
+    }
+    v
+}
+
 /// `(major, minor)` of a release string.
 pub fn series(release: &str) -> (u32, u32) {
     tracer::kernel::foll::parse_release(release).unwrap()
