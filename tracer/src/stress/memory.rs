@@ -76,8 +76,7 @@ impl Mapping {
         };
         // SAFETY: the middle of the mapping's own reservation.
         if guard > 0
-            && unsafe { libc::mprotect(m.ptr.cast(), len, libc::PROT_READ | libc::PROT_WRITE) }
-                != 0
+            && unsafe { libc::mprotect(m.ptr.cast(), len, libc::PROT_READ | libc::PROT_WRITE) } != 0
         {
             return Err(io::Error::last_os_error());
         }
