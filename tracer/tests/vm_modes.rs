@@ -193,17 +193,22 @@ fn tracepoint_mode_agrees_with_the_host_and_with_the_kprobes() {
             "{}: a fork's tracepoint bracket vs its copies under kprobes: {kp_fork:?}",
             k.release
         );
-        // Pinning syscalls seen: RDS getsockopt everywhere (rds.ko is loaded), io_uring too.
+        // Pinning syscalls seen: RDS getsockopt everywhere (rds.ko is loaded); io_uring
+        // buffer registration where it pins through GUP-fast (6.10+), the only kernels stress
+        // uses it on.
         let pins: BTreeSet<&str> = tp4
             .iter()
             .filter(|e| e["kind"] == "pin_syscall")
             .map(|e| e["syscall"].as_str().unwrap())
             .collect();
-        assert!(
-            pins.contains("getsockopt") && pins.contains("io_uring_register"),
-            "{}: {pins:?}",
-            k.release
-        );
+        assert!(pins.contains("getsockopt"), "{}: {pins:?}", k.release);
+        if kernels::series(&k.release) >= (6, 10) {
+            assert!(
+                pins.contains("io_uring_register"),
+                "{}: {pins:?}",
+                k.release
+            );
+        }
         let (rc, r) = verdict(&k, "tp4");
         assert_eq!(rc, 3, "{}: {r}", k.release);
         assert_eq!(r["stats"]["violations"], 0, "{}: {r}", k.release);
