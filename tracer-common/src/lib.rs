@@ -187,6 +187,14 @@ pub enum Reg {
 /// Number of instruction-level site probe slots compiled into the eBPF object.
 pub const SITE_SLOTS: usize = 8;
 
+/// Programs that count their own runs (`RUNS`): the function-level ones by their `Probe`
+/// discriminant (below `FIRST_SITE`), then one per site slot. Compared with the kernel's hit
+/// count of the kprobe, the difference is runs the kernel skipped.
+pub const PROGRAM_SLOTS: usize = FIRST_SITE as usize + SITE_SLOTS;
+
+/// `RUNS` index of site slot 0 (the function-level probes come first).
+pub const FIRST_SITE: u32 = Probe::WriteBegin as u32;
+
 /// How a site probe obtains the seqcount value.
 pub mod site_mode {
     /// A point in the code (`retry_fail`): read `current->mm->write_protect_seq` at that instant.

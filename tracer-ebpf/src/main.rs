@@ -21,7 +21,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    Filter, Offsets, PROBE_COUNT, Probe, RawEvent, SITE_SLOTS, SiteConfig, anon, site_mode,
+    FIRST_SITE, Filter, Offsets, PROBE_COUNT, PROGRAM_SLOTS, Probe, RawEvent, SITE_SLOTS,
+    SiteConfig, anon, site_mode,
 };
 
 /// Set by userspace before load (aya `override_global`).
@@ -59,6 +60,19 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Failed reservations, per probe and CPU.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_COUNT as u32, 0);
+
+/// Runs of each program (see `tracer_common::PROGRAM_SLOTS`), per CPU, counted first thing,
+/// before any filter: userspace compares them with the kprobes' hit counts.
+#[map]
+static RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAM_SLOTS as u32, 0);
+
+#[inline(always)]
+fn ran(slot: u32) {
+    if let Some(p) = RUNS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, so no concurrent writer.
+        unsafe { *p += 1 };
+    }
+}
 
 /// The source mm of an in-flight `copy_page_range`, by tid, for the return probe.
 #[map]
@@ -258,6 +272,7 @@ pub(crate) fn copy_enter_vma(vma: u64, probe: Probe, stash: &HashMap<u32, u64>) 
 
 #[inline(always)]
 fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u32, u64>) {
+    ran(probe as u32);
     let Some(vma) = arg_at(ctx, vma_arg) else {
         return;
     };
@@ -278,6 +293,7 @@ pub(crate) fn copy_exit_ret(ret: i64, probe: Probe, stash: &HashMap<u32, u64>) {
 
 #[inline(always)]
 fn copy_exit(ctx: &RetProbeContext, probe: Probe, stash: &HashMap<u32, u64>) {
+    ran(probe as u32);
     let ret: i64 = ctx.ret();
     copy_exit_ret(ret, probe, stash);
 }
@@ -348,6 +364,7 @@ pub(crate) fn gup_exit_ret(ret: i64) {
 
 #[kprobe]
 pub fn gup_enter(ctx: ProbeContext) -> u32 {
+    ran(Probe::GupEnter as u32);
     let start: u64 = ctx.arg(0).unwrap_or(0);
     let second: u64 = ctx.arg(1).unwrap_or(0);
     let flags: u64 = ctx.arg(2).unwrap_or(0);
@@ -357,6 +374,7 @@ pub fn gup_enter(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn gup_exit(ctx: RetProbeContext) -> u32 {
+    ran(Probe::GupExit as u32);
     let ret: i64 = ctx.ret();
     gup_exit_ret(ret);
     0
@@ -381,6 +399,7 @@ pub(crate) fn mm_free_addr(mm: u64) {
 /// `__mmdrop(mm)`.
 #[kprobe]
 pub fn mm_free(ctx: ProbeContext) -> u32 {
+    ran(Probe::MmFree as u32);
     let mm: u64 = ctx.arg(0).unwrap_or(0);
     mm_free_addr(mm);
     0
@@ -415,6 +434,7 @@ fn arg_at(ctx: &ProbeContext, n: u32) -> Option<u64> {
 
 #[inline(always)]
 fn site(ctx: &ProbeContext, slot: u32) {
+    ran(FIRST_SITE + slot);
     let Some(cfg) = SITES.get(slot) else {
         return;
     };

@@ -7,6 +7,7 @@
 //! view). `stress` is the workload that makes the kernel fork and pin; `check` runs it under
 //! the recorder and judges the kernel.
 pub mod check;
+pub mod cli;
 pub mod events;
 pub mod kernel;
 pub mod model;

@@ -33,6 +33,10 @@ enum Command {
     Stress(tracer::stress::Args),
     /// Validate this kernel in one command: record `stress`, judge the log, write a report.
     Check(tracer::check::Args),
+    /// Print, as JSON, what a tracer could have left in the kernel (BPF programs and maps,
+    /// kprobes, memory): for tests that attach and detach many times.
+    #[command(hide = true)]
+    Leftovers,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,12 @@ fn main() -> ExitCode {
         Command::Tui(a) => tracer::tui::main(a),
         Command::Stress(a) => tracer::stress::main(a),
         Command::Check(a) => tracer::check::main(a),
+        Command::Leftovers => serde_json::to_string(&tracer::probes::leftovers::collect())
+            .map(|j| {
+                println!("{j}");
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,

@@ -134,6 +134,10 @@ fn not_root_is_named() {
 #[test]
 fn missing_btf_is_named() {
     if !is_root() {
+        assert!(
+            std::env::var("TRACER_REQUIRE_FIXTURES").is_err(),
+            "cargo xtask test runs as root, yet this test is not root"
+        );
         eprintln!("skipping: needs root to get past the root check");
         return;
     }
@@ -199,6 +203,10 @@ fn deny_bpf_syscall() -> std::io::Result<()> {
 #[test]
 fn no_bpf_syscall_is_named() {
     if !is_root() {
+        assert!(
+            std::env::var("TRACER_REQUIRE_FIXTURES").is_err(),
+            "cargo xtask test runs as root, yet this test is not root"
+        );
         eprintln!("skipping: needs root to get past the root check");
         return;
     }

@@ -361,3 +361,33 @@ fn a_real_jump_is_still_caught_with_split_coverage() {
         assert_eq!(rules(&r), vec![Rule::SeqUnexplained], "{sited:?}: {r:#?}");
     }
 }
+
+#[test]
+fn uncounted_losses_keep_a_trace_from_clean() {
+    let mut extra = BTreeMap::from([("discovery".to_owned(), intact_discovery())]);
+    extra.insert(
+        "loss_accounting".into(),
+        serde_json::json!({"ring": true, "kprobe_missed": false, "skipped_runs": false,
+                           "why_not": "tracefs with kprobe_events is not mounted"}),
+    );
+    let mut l = Log::with_extra(ALL_PROBES, extra);
+    evidence(&mut l);
+    l.summary();
+    let r = l.report();
+    assert_eq!(r.verdict, Verdict::Inconclusive);
+    assert!(
+        missing(&r, "kprobe_events is not mounted"),
+        "{:?}",
+        r.missing_evidence
+    );
+    // Everything counted: clean.
+    let mut extra = BTreeMap::from([("discovery".to_owned(), intact_discovery())]);
+    extra.insert(
+        "loss_accounting".into(),
+        serde_json::json!({"ring": true, "kprobe_missed": true, "skipped_runs": true, "why_not": null}),
+    );
+    let mut l = Log::with_extra(ALL_PROBES, extra);
+    evidence(&mut l);
+    l.summary();
+    assert_eq!(l.report().verdict, Verdict::Clean);
+}

@@ -33,6 +33,7 @@ fn events(log: &Log) -> impl Iterator<Item = &Event> {
 }
 
 #[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
 fn record_under_stress_is_complete_and_lossless() {
     for k in kernels::all() {
         assert_eq!(k.rc("record"), 0, "{}: {}", k.release, k.read("record.err"));
@@ -86,6 +87,7 @@ fn record_under_stress_is_complete_and_lossless() {
 }
 
 #[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
 fn copy_page_range_windows_pair_up_and_advance_by_two_for_cow() {
     for k in kernels::all() {
         let log = load(&k, "record.jsonl");
@@ -153,6 +155,7 @@ fn copy_page_range_windows_pair_up_and_advance_by_two_for_cow() {
 }
 
 #[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
 fn the_workload_pins_through_gup_fast_with_foll_pin() {
     for k in kernels::all() {
         let log = load(&k, "record.jsonl");
@@ -179,6 +182,7 @@ fn the_workload_pins_through_gup_fast_with_foll_pin() {
 }
 
 #[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
 fn default_log_has_no_kernel_pointers_and_raw_pointers_adds_them() {
     let kernel_addr = |s: &str| {
         s.match_indices("0xffff").any(|(i, _)| {
@@ -211,6 +215,7 @@ fn default_log_has_no_kernel_pointers_and_raw_pointers_adds_them() {
 }
 
 #[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
 fn mm_names_are_stable_within_a_lifetime() {
     for k in kernels::all() {
         let log = load(&k, "record.jsonl");
@@ -273,6 +278,7 @@ fn site_seq(e: &Event, kind: Kind) -> Option<u32> {
 }
 
 #[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
 fn instruction_sites_observe_the_protocol_exactly() {
     for k in kernels::all() {
         let log = load(&k, "record.jsonl");
@@ -401,6 +407,7 @@ fn instruction_sites_observe_the_protocol_exactly() {
 }
 
 #[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
 fn hugetlb_copies_take_their_own_write_section() {
     // The guest reserves huge pages and `tracer stress` forks a private hugetlb mapping, so
     // copy_page_range hands it to copy_hugetlb_page_range, whose write section (5.19+) has its

@@ -124,10 +124,13 @@ pub fn main(args: Args) -> Result<ExitCode> {
     // The plan first: a machine that cannot trace is told so before anything is written.
     let mut trace = TraceArgs {
         mode: args.mode,
-        duration: Some(args.duration + GRACE_SECS),
+        duration: Some(std::time::Duration::from_secs_f64(
+            args.duration + GRACE_SECS,
+        )),
         pid: None,
         comm: None,
         ring_size: RING_SIZE,
+        maxactive: crate::probes::kprobe_events::MAXACTIVE,
         btf: None,
         no_sites: false,
         command: Vec::new(),

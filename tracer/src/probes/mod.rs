@@ -2,9 +2,14 @@
 //! tracepoints: [`caps::Mode`]), and draining its ring buffer.
 pub mod caps;
 pub mod env;
+pub mod kprobe_events;
+pub mod leftovers;
 pub mod placement;
 
-use std::{os::fd::AsRawFd as _, path::PathBuf};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,8 +19,8 @@ use aya::{
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tracer_common::{
-    Filter, PROBE_COUNT, Probe, RawEvent, RawTail, RawWide, Reg, SITE_SLOTS, SiteConfig, TpConfig,
-    site_mode,
+    FIRST_SITE, Filter, PROBE_COUNT, PROGRAM_SLOTS, Probe, RawEvent, RawTail, RawWide, Reg,
+    SITE_SLOTS, SiteConfig, TpConfig, site_mode,
 };
 
 use crate::{
@@ -78,6 +83,8 @@ pub enum ProbeError {
     KernelBtf(String),
     #[error("the tracepoint mode's plan is missing (a tracer bug)")]
     NoTracepointPlan,
+    #[error(transparent)]
+    KprobeEvents(#[from] kprobe_events::KprobeEventsError),
 }
 
 /// One instruction-level probe to attach at `symbol+offset`.
@@ -215,13 +222,55 @@ pub struct Options {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub ring_size: u32,
+    /// Instances of each return probe (tracefs-attached ones).
+    pub maxactive: u32,
 }
 
-/// Loaded and attached programs; dropping it detaches everything.
+/// One attached kprobe and what its counts mean.
+struct Attachment {
+    probe: Probe,
+    /// Index into `RUNS`.
+    slot: u32,
+    /// The tracefs kprobe (`None` when attached through aya's kprobe PMU).
+    tracefs: Option<kprobe_events::Attached>,
+    /// The event name in `kprobe_profile`.
+    event: String,
+}
+
+/// Events the kernel could not deliver, per probe, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// Failed ring-buffer reservations (the ring was full).
+    pub ring: [u64; PROBE_COUNT],
+    /// Kprobe hits the kernel could not handle: a kprobe already running on that CPU, or a
+    /// return probe out of instances.
+    pub missed: [u64; PROBE_COUNT],
+    /// Kprobe hits whose program the kernel skipped (another BPF program running on that CPU).
+    pub skipped: [u64; PROBE_COUNT],
+}
+
+impl Losses {
+    pub fn total(&self, p: Probe) -> u64 {
+        let i = p as usize;
+        self.ring[i] + self.missed[i] + self.skipped[i]
+    }
+}
+
+/// Loaded and attached programs; dropping it detaches everything (and removes its kprobes).
 pub struct Session {
+    // Detach before the programs and maps go: the attachments are dropped first.
+    attachments: Vec<Attachment>,
+    events: Option<kprobe_events::KprobeEvents>,
+    /// Hits and runs when everything was attached: what happened before is not a loss.
+    baseline: Vec<(u64, u64, u64)>,
     _ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
+    runs: PerCpuArray<MapData, u64>,
+    /// Why kprobe misses and skipped runs cannot be counted, when they cannot.
+    pub uncounted: Option<String>,
+    /// Kprobe groups of dead tracers removed at start.
+    pub removed_stale: Vec<String>,
 }
 
 fn filter(opts: &Options) -> Result<Filter, ProbeError> {
@@ -315,16 +364,37 @@ impl Session {
             }
         }
 
-        match plan.attach {
-            Mode::Kprobe => attach_kprobes(&mut ebpf, plan)?,
-            Mode::Fentry => attach_fentry(&mut ebpf, plan)?,
-            Mode::Tracepoint => attach_tracepoints(
-                &mut ebpf,
-                plan.tracepoints
-                    .as_ref()
-                    .ok_or(ProbeError::NoTracepointPlan)?,
-            )?,
-        }
+        let (events, uncounted, removed_stale, attachments) = match plan.attach {
+            Mode::Kprobe => attach_kprobes(&mut ebpf, plan, opts)?,
+            // Ring-buffer losses are counted in every mode; runs the kernel skipped are only
+            // countable for kprobes (their hit counts in kprobe_profile).
+            Mode::Fentry => {
+                attach_fentry(&mut ebpf, plan)?;
+                (
+                    None,
+                    Some(
+                        "fentry mode: programs the kernel skipped (recursion) cannot be counted"
+                            .to_owned(),
+                    ),
+                    Vec::new(),
+                    Vec::new(),
+                )
+            }
+            Mode::Tracepoint => {
+                attach_tracepoints(
+                    &mut ebpf,
+                    plan.tracepoints
+                        .as_ref()
+                        .ok_or(ProbeError::NoTracepointPlan)?,
+                )?;
+                (
+                    None,
+                    Some("tracepoint mode: programs the kernel skipped (recursion) cannot be counted".to_owned()),
+                    Vec::new(),
+                    Vec::new(),
+                )
+            }
+        };
 
         let ring = ebpf
             .take_map("EVENTS")
@@ -342,11 +412,90 @@ impl Session {
             name: "LOST",
             source: Box::new(source),
         })?;
-        Ok(Session {
+        let runs = ebpf.take_map("RUNS").ok_or(ProbeError::Missing("RUNS"))?;
+        let runs = PerCpuArray::try_from(runs).map_err(|source| ProbeError::Map {
+            name: "RUNS",
+            source: Box::new(source),
+        })?;
+        let mut s = Session {
+            attachments,
+            events,
+            baseline: Vec::new(),
             _ebpf: ebpf,
             ring,
             lost,
+            runs,
+            uncounted,
+            removed_stale,
+        };
+        // Runs first, hits second: hits that land in between make the baseline's "skipped"
+        // too high, so later counts can only err low, never report a loss that did not happen.
+        let runs = s.runs_now()?;
+        let hits = s.profile_now()?;
+        s.baseline = s
+            .attachments
+            .iter()
+            .map(|a| {
+                let (h, m) = hits.get(&a.event).copied().unwrap_or((0, 0));
+                (h, m, runs.get(a.slot as usize).copied().unwrap_or(0))
+            })
+            .collect();
+        Ok(s)
+    }
+
+    fn runs_now(&self) -> Result<[u64; PROGRAM_SLOTS], ProbeError> {
+        let mut out = [0u64; PROGRAM_SLOTS];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let v = self
+                .runs
+                .get(&(i as u32), 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "RUNS",
+                    source: Box::new(source),
+                })?;
+            *slot = v.iter().sum();
+        }
+        Ok(out)
+    }
+
+    fn profile_now(&self) -> Result<std::collections::BTreeMap<String, (u64, u64)>, ProbeError> {
+        Ok(match &self.events {
+            Some(k) => k.profile()?,
+            None => Default::default(),
         })
+    }
+
+    /// Stops every program from running (the kprobes stay until drop, with their counts), so
+    /// that the final [`Session::losses`] is exact.
+    pub fn disable(&self) {
+        for a in &self.attachments {
+            if let Some(t) = &a.tracefs {
+                t.disable();
+            }
+        }
+    }
+
+    /// Every loss so far, per probe: ring-buffer reservations that failed, kprobe misses, and
+    /// program runs the kernel skipped (kprobe hits minus the program's own runs). While
+    /// tracing, hits are read before runs, so a count can be low, never high.
+    pub fn losses(&self) -> Result<Losses, ProbeError> {
+        let mut l = Losses {
+            ring: self.lost()?,
+            ..Losses::default()
+        };
+        if self.events.is_none() {
+            return Ok(l);
+        }
+        let hits = self.profile_now()?;
+        let runs = self.runs_now()?;
+        for (a, &(h0, m0, r0)) in self.attachments.iter().zip(&self.baseline) {
+            let (h, m) = hits.get(&a.event).copied().unwrap_or((h0, m0));
+            let r = runs.get(a.slot as usize).copied().unwrap_or(r0);
+            let i = a.probe as usize;
+            l.missed[i] += m.saturating_sub(m0);
+            l.skipped[i] += h.saturating_sub(h0).saturating_sub(r.saturating_sub(r0));
+        }
+        Ok(l)
     }
 
     /// Waits until the ring buffer has data, then appends every record to `out`. Returns how
@@ -423,31 +572,95 @@ fn load_err(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeErro
     }
 }
 
+/// What attaching the kprobes left for loss accounting: the tracefs handle (when it was
+/// there), why losses cannot all be counted (when not), the stale groups removed, and each
+/// attached program.
+type KprobeAttach = (
+    Option<kprobe_events::KprobeEvents>,
+    Option<String>,
+    Vec<String>,
+    Vec<Attachment>,
+);
+
 /// Function probes as kprobes/kretprobes, and the instruction sites.
-fn attach_kprobes(ebpf: &mut Ebpf, plan: &AttachPlan) -> Result<(), ProbeError> {
-    for p in &plan.function.probes {
-        let name = program_for(p.probe);
+fn attach_kprobes(
+    ebpf: &mut Ebpf,
+    plan: &AttachPlan,
+    opts: &Options,
+) -> Result<KprobeAttach, ProbeError> {
+    // Attach through tracefs when it is there, so that every loss can be counted.
+    let (events, uncounted) = match kprobe_events::KprobeEvents::open() {
+        Ok(k) => (Some(k), None),
+        Err(e) => (
+            None,
+            Some(format!(
+                "{e}: kprobe misses and skipped program runs cannot be counted"
+            )),
+        ),
+    };
+    let removed_stale = events
+        .as_ref()
+        .map(|k| k.removed_stale.clone())
+        .unwrap_or_default();
+    let mut attachments = Vec::new();
+    let targets = plan
+        .function
+        .probes
+        .iter()
+        .map(|p| {
+            (
+                program_for(p.probe),
+                p.probe,
+                p.probe as u32,
+                p.symbol.as_str(),
+                0,
+                p.ret,
+                p.probe.name().to_owned(),
+            )
+        })
+        .chain(plan.sites.iter().enumerate().map(|(i, s)| {
+            (
+                SITE_PROGRAMS[i],
+                s.probe,
+                FIRST_SITE + i as u32,
+                s.symbol.as_str(),
+                s.offset,
+                false,
+                format!("{}+{:#x}", s.symbol, s.offset),
+            )
+        }));
+    for (name, probe, slot, symbol, offset, ret, what) in targets {
         let prog = kprobe(ebpf, name)?;
-        prog.load().map_err(load_err(name))?;
-        prog.attach(&p.symbol, 0)
-            .map_err(|source| ProbeError::Attach {
-                what: p.probe.name().to_owned(),
-                target: p.symbol.clone(),
-                source: Box::new(source),
-            })?;
+        prog.load().map_err(|source| ProbeError::Program {
+            name: name.to_owned(),
+            source: Box::new(source),
+        })?;
+        let tracefs = match &events {
+            Some(k) => {
+                let fd = prog.fd().map_err(|source| ProbeError::Program {
+                    name: name.to_owned(),
+                    source: Box::new(source),
+                })?;
+                Some(k.attach(name, symbol, offset, ret, opts.maxactive, fd.as_fd())?)
+            }
+            None => {
+                prog.attach(symbol, offset)
+                    .map_err(|source| ProbeError::Attach {
+                        what: format!("{} ({what})", probe.name()),
+                        target: format!("{symbol}+{offset:#x}"),
+                        source: Box::new(source),
+                    })?;
+                None
+            }
+        };
+        attachments.push(Attachment {
+            probe,
+            slot,
+            tracefs,
+            event: name.to_owned(),
+        });
     }
-    for (i, s) in plan.sites.iter().enumerate() {
-        let name = SITE_PROGRAMS[i];
-        let prog = kprobe(ebpf, name)?;
-        prog.load().map_err(load_err(name))?;
-        prog.attach(&s.symbol, s.offset)
-            .map_err(|source| ProbeError::Attach {
-                what: s.probe.name().to_owned(),
-                target: format!("{}+{:#x}", s.symbol, s.offset),
-                source: Box::new(source),
-            })?;
-    }
-    Ok(())
+    Ok((events, uncounted, removed_stale, attachments))
 }
 
 /// The fentry/fexit program of a function-level probe (tracer-ebpf/src/fentry.rs).

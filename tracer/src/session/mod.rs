@@ -57,8 +57,8 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = ModeArg::Kprobe)]
     pub mode: ModeArg,
     /// Stop after this many seconds.
-    #[arg(long)]
-    pub duration: Option<f64>,
+    #[arg(long, value_parser = crate::cli::seconds)]
+    pub duration: Option<std::time::Duration>,
     /// Only events of this process (tgid).
     #[arg(long)]
     pub pid: Option<u32>,
@@ -66,8 +66,12 @@ pub struct TraceArgs {
     #[arg(long)]
     pub comm: Option<String>,
     /// Ring buffer size in bytes (a power of two, at least 4096).
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = 4 << 20, value_parser = crate::cli::ring_size)]
     pub ring_size: u32,
+    /// Instances of each return probe: how many threads may be inside a probed function at
+    /// once before its returns go uncounted (counted as missed).
+    #[arg(long, default_value_t = crate::probes::kprobe_events::MAXACTIVE, value_parser = crate::cli::maxactive)]
+    pub maxactive: u32,
     /// BTF of the traced kernel (default /sys/kernel/btf/vmlinux).
     #[arg(long)]
     pub btf: Option<PathBuf>,

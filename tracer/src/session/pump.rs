@@ -15,7 +15,7 @@ use crate::{
         Body, CopyFn, Record, Summary,
         decode::{Decoded, Decoder},
     },
-    probes::{AttachPlan, Options, Raw, Session},
+    probes::{AttachPlan, Losses, Options, Raw, Session},
 };
 
 /// Where decoded output goes. `put` may wait (backpressure): the ring buffer then fills and
@@ -77,24 +77,26 @@ async fn take<S: Sink>(
     Ok(())
 }
 
+/// Sends a `lost` record for every probe whose losses (of any cause) grew since `seen`, and
+/// returns the latest counts.
 async fn report_lost<S: Sink>(
     session: &Session,
     seen: &mut [u64; PROBE_COUNT],
     sink: &mut S,
-) -> Result<()> {
-    let now = session.lost()?;
-    for (i, (&n, s)) in now.iter().zip(seen.iter_mut()).enumerate() {
+) -> Result<Losses> {
+    let now = session.losses()?;
+    for (p, s) in Probe::ALL.iter().zip(seen.iter_mut()) {
+        let n = now.total(*p);
         if n > *s {
-            let probe = Probe::from_u8(i as u8).map_or("unknown", Probe::name);
             sink.put(Record::Lost {
-                probe: probe.to_owned(),
+                probe: p.name().to_owned(),
                 count: n - *s,
             })
             .await?;
             *s = n;
         }
     }
-    Ok(())
+    Ok(now)
 }
 
 /// Attaches `plan`, sends the header, every event, `lost` records and the summary to `sink`.
@@ -113,9 +115,28 @@ pub async fn pump<S: Sink>(
         pid: args.pid,
         comm: args.comm.clone(),
         ring_size: args.ring_size,
+        maxactive: args.maxactive,
     };
     let mut session = Session::attach(plan, &opts)?;
-    sink.put(Record::Header(header(plan, args))).await?;
+    for g in &session.removed_stale {
+        eprintln!("tracer: removed kprobe {g}, left behind by a tracer that is gone");
+    }
+    let mut h = header(plan, args);
+    // Which losses this trace can count: the validator cannot call a trace complete whose
+    // kprobe misses went uncounted.
+    h.extra.insert(
+        "loss_accounting".to_owned(),
+        serde_json::json!({
+            "ring": true,
+            "kprobe_missed": session.uncounted.is_none(),
+            "skipped_runs": session.uncounted.is_none(),
+            "why_not": session.uncounted,
+        }),
+    );
+    if let Some(u) = &session.uncounted {
+        eprintln!("tracer: {u}");
+    }
+    sink.put(Record::Header(h)).await?;
     let mut decoder = Decoder::new(plan.function.foll, raw_pointers);
     let mut counts = Counts {
         events: 0,
@@ -139,9 +160,7 @@ pub async fn pump<S: Sink>(
     };
 
     let started = Instant::now();
-    let deadline = args
-        .duration
-        .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The kernel side wakes us only when the ring is an eighth full; below that, this timer
     // collects what is waiting (and bounds the latency the TUI sees).
@@ -192,12 +211,14 @@ pub async fn pump<S: Sink>(
         }
     }
     // Records already reserved in the kernel are delivered; take them before the summary.
+    // With the programs stopped first, the loss counts below are final and exact.
+    session.disable();
     tokio::time::sleep(Duration::from_millis(50)).await;
     session.drain_now(&mut batch);
     for raw in batch.drain(..) {
         take(&mut decoder, &mut counts, &raw, sink).await?;
     }
-    report_lost(&session, &mut lost_seen, sink).await?;
+    let losses = report_lost(&session, &mut lost_seen, sink).await?;
 
     let mut lost = BTreeMap::new();
     for (i, n) in lost_seen.iter().enumerate() {
@@ -222,6 +243,15 @@ pub async fn pump<S: Sink>(
     if let Some(s) = &command_status {
         extra.insert("command_status".to_owned(), serde_json::json!(s));
     }
+    let by_cause = |v: &[u64; PROBE_COUNT]| -> u64 { v.iter().sum() };
+    extra.insert(
+        "lost_by_cause".to_owned(),
+        serde_json::json!({
+            "ring_full": by_cause(&losses.ring),
+            "kprobe_missed": by_cause(&losses.missed),
+            "runs_skipped": by_cause(&losses.skipped),
+        }),
+    );
     let duration = started.elapsed();
     sink.put(Record::Summary(Summary {
         events: counts.events,

@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub replay: Option<PathBuf>,
     /// Replay speed: 1 plays in real time (paced by the events' ts), 10 ten times faster.
-    #[arg(long, value_name = "X", default_value_t = 1.0, requires = "replay")]
+    #[arg(long, value_name = "X", default_value_t = 1.0, requires = "replay", value_parser = crate::cli::speed)]
     pub speed: f64,
     /// Show a log as it is being written, unpaced (like `tail -f`, until its summary); `-`
     /// reads standard input, e.g. `tracer record ... | tracer tui --follow -`.

@@ -502,6 +502,8 @@ struct Coverage {
     unknown: Vec<String>,
     /// The BPF-side filter, when one hid events (`--pid`, `--comm`).
     filter: Option<String>,
+    /// Losses the recorder could not count, and why (header `loss_accounting`).
+    uncounted_losses: Option<String>,
 }
 
 /// The copy function a probe target is (`copy_page_range`, `copy_hugetlb_page_range`, or a
@@ -585,6 +587,17 @@ impl Coverage {
                         "discovery could not classify {symbol} ({reason}): it ran with function-level probes only"
                     ));
                 }
+            }
+        }
+        if let Some(l) = h.extra.get("loss_accounting") {
+            let counted = |k: &str| l.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+            if !(counted("ring") && counted("kprobe_missed") && counted("skipped_runs")) {
+                c.uncounted_losses = Some(
+                    l.get("why_not")
+                        .and_then(|w| w.as_str())
+                        .unwrap_or("the recorder could not count every kind of loss")
+                        .to_owned(),
+                );
             }
         }
         if let Some(f) = h.extra.get("filter") {
@@ -1201,6 +1214,9 @@ impl Validator {
                 "{} calls or write sections were still open when the log ended, with their outcome undecided",
                 s.unsettled
             ));
+        }
+        if let Some(u) = &self.cov.uncounted_losses {
+            out.push(format!("losses may have gone uncounted: {u}"));
         }
         out.extend(self.cov.unknown.iter().cloned());
         let mut seen_why = BTreeSet::new();

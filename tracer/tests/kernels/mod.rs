@@ -1,7 +1,8 @@
 //! Kernel fixtures for integration tests: `$TRACER_FIXTURES/<release>/` as left by the VM test
 //! boots of `cargo xtask test` (kallsyms under nokaslr, BTF, vmlinuz, config, and the logs the
-//! guest recorded). Under `cargo xtask test` (`TRACER_REQUIRE_FIXTURES=1`) a missing fixture
-//! fails; under a plain `cargo test` the tests say they skip.
+//! guest recorded). The tests that read them are `#[ignore]`d with the reason, so a plain
+//! `cargo test` lists them as ignored; `cargo xtask test` runs them with `--include-ignored`
+//! after the boots, and a missing fixture then fails them.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -27,22 +28,15 @@ impl Fixture {
     }
 }
 
-/// The kernels booted by `cargo xtask test`, or none (after printing why) when run outside it.
-pub fn all() -> Vec<Fixture> {
-    let required = std::env::var("TRACER_REQUIRE_FIXTURES").is_ok_and(|v| v == "1");
-    let (Ok(root), Ok(kernels)) = (
-        std::env::var("TRACER_FIXTURES"),
-        std::env::var("TRACER_VM_KERNELS"),
-    ) else {
-        assert!(
-            !required,
-            "TRACER_REQUIRE_FIXTURES=1 but TRACER_FIXTURES/TRACER_VM_KERNELS are unset"
-        );
-        eprintln!(
-            "skipping: no kernel fixtures (run `cargo xtask test` to boot the kernel matrix)"
-        );
-        return Vec::new();
-    };
+/// The kernels named by `list_var` under `$TRACER_FIXTURES`; fails if either is unset, the
+/// list is empty, or a fixture directory is missing.
+fn listed(list_var: &str) -> Vec<Fixture> {
+    let root = std::env::var("TRACER_FIXTURES").unwrap_or_else(|_| {
+        panic!("TRACER_FIXTURES is unset: run `cargo xtask test`, which boots the kernels")
+    });
+    let kernels = std::env::var(list_var).unwrap_or_else(|_| {
+        panic!("{list_var} is unset: run `cargo xtask test`, which boots the kernels")
+    });
     let v: Vec<Fixture> = kernels
         .split(',')
         .filter(|s| !s.is_empty())
@@ -51,43 +45,23 @@ pub fn all() -> Vec<Fixture> {
             dir: PathBuf::from(&root).join(r),
         })
         .collect();
+    assert!(!v.is_empty(), "{list_var} names no kernel");
     for f in &v {
         assert!(f.dir.is_dir(), "fixture {} is missing", f.dir.display());
     }
-    assert!(
-        !required || !v.is_empty(),
-        "no kernels in TRACER_VM_KERNELS"
-    );
     v
 }
 
-/// The kernels whose boot also ran `tracer check` (`$TRACER_CHECK_KERNELS`, the newest 6.1 and
-/// 6.12 in the default matrix), or none after saying why. Under `cargo xtask test` the list
-/// must be given, and each listed kernel must have left its `check/` directory.
+/// The kernels booted by `cargo xtask test`.
+pub fn all() -> Vec<Fixture> {
+    listed("TRACER_VM_KERNELS")
+}
+
+/// The kernels whose boot also ran `tracer check` and the reliability steps
+/// (`$TRACER_CHECK_KERNELS`, the newest 6.1 and 6.12 in the default matrix); each must have left
+/// its `check/` directory.
 pub fn checked() -> Vec<Fixture> {
-    let required = std::env::var("TRACER_REQUIRE_FIXTURES").is_ok_and(|v| v == "1");
-    let (Ok(root), Ok(kernels)) = (
-        std::env::var("TRACER_FIXTURES"),
-        std::env::var("TRACER_CHECK_KERNELS"),
-    ) else {
-        assert!(
-            !required,
-            "TRACER_REQUIRE_FIXTURES=1 but TRACER_FIXTURES/TRACER_CHECK_KERNELS are unset"
-        );
-        eprintln!("skipping: no `tracer check` fixtures (run `cargo xtask test`)");
-        return Vec::new();
-    };
-    let v: Vec<Fixture> = kernels
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|r| Fixture {
-            release: r.to_owned(),
-            dir: PathBuf::from(&root).join(r),
-        })
-        .collect();
-    if v.is_empty() {
-        eprintln!("skipping: this test matrix ran `tracer check` on no kernel");
-    }
+    let v = listed("TRACER_CHECK_KERNELS");
     for f in &v {
         assert!(
             f.dir.join("check").is_dir(),

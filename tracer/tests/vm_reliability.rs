@@ -1,0 +1,127 @@
+//! What the reliability steps of the VM test boots left (xtask/src/test.rs RELIABILITY_SCRIPT):
+//! every loss the kernel could not deliver is counted, and attaching and detaching a hundred
+//! times leaves the kernel as it was found.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod kernels;
+
+use tracer::{
+    events::Record,
+    validate::{Options, Verdict, validate_reader},
+};
+
+fn summary(k: &kernels::Fixture, name: &str) -> tracer::events::Summary {
+    let text = k.read(name);
+    let last = text.lines().last().unwrap();
+    match Record::parse(last).unwrap() {
+        Record::Summary(s) => s,
+        r => panic!("{}: {name} ends with {r:?}", k.release),
+    }
+}
+
+fn by_cause(s: &tracer::events::Summary, cause: &str) -> u64 {
+    s.extra["lost_by_cause"][cause].as_u64().unwrap()
+}
+
+fn verdict(k: &kernels::Fixture, name: &str) -> tracer::validate::Report {
+    validate_reader(k.read(name).as_bytes(), Options::default()).unwrap()
+}
+
+#[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
+fn a_full_ring_is_counted_and_the_verdict_is_inconclusive() {
+    for k in kernels::checked() {
+        assert_eq!(
+            k.rc("tiny_ring"),
+            0,
+            "{}: {}",
+            k.release,
+            k.read("tiny_ring.err")
+        );
+        let s = summary(&k, "tiny_ring.jsonl");
+        let ring = by_cause(&s, "ring_full");
+        assert!(ring > 0, "{}: a one-page ring lost nothing?", k.release);
+        // The per-probe totals add up to the causes, and `lost` lines carried them.
+        let total: u64 = s.lost.values().sum();
+        assert_eq!(
+            total,
+            ring + by_cause(&s, "kprobe_missed") + by_cause(&s, "runs_skipped"),
+            "{}",
+            k.release
+        );
+        let r = verdict(&k, "tiny_ring.jsonl");
+        assert_ne!(r.verdict, Verdict::Clean, "{}", k.release);
+        assert_eq!(r.stats.lost, total, "{}", k.release);
+        eprintln!("{}: one-page ring: {ring} events lost, counted", k.release);
+    }
+}
+
+#[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
+fn exhausted_return_probes_are_counted_as_missed() {
+    for k in kernels::checked() {
+        assert_eq!(
+            k.rc("maxactive"),
+            0,
+            "{}: {}",
+            k.release,
+            k.read("maxactive.err")
+        );
+        let s = summary(&k, "maxactive.jsonl");
+        let missed = by_cause(&s, "kprobe_missed");
+        assert!(
+            missed > 0,
+            "{}: one return-probe instance for four pinning threads, yet nothing missed",
+            k.release
+        );
+        // Only return probes run out of instances.
+        for (probe, n) in &s.lost {
+            if *n > 0 {
+                assert!(
+                    probe.ends_with("_exit") || by_cause(&s, "ring_full") > 0,
+                    "{}: {probe} lost {n}",
+                    k.release
+                );
+            }
+        }
+        let r = verdict(&k, "maxactive.jsonl");
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{}", k.release);
+        assert!(r.violations.is_empty(), "{}: {:?}", k.release, r.violations);
+        eprintln!(
+            "{}: maxactive 1: {missed} returns missed, counted",
+            k.release
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
+fn attaching_and_detaching_leaves_nothing_behind() {
+    for k in kernels::checked() {
+        let err = k.read("cycles.err");
+        assert!(!err.contains("failed"), "{}: {err}", k.release);
+        let before: serde_json::Value =
+            serde_json::from_str(&k.read("leftovers_before.json")).unwrap();
+        let after: serde_json::Value =
+            serde_json::from_str(&k.read("leftovers_after.json")).unwrap();
+        for key in ["bpf_programs", "bpf_maps", "kprobe_events", "kprobes"] {
+            assert_eq!(
+                after[key], before[key],
+                "{}: {key} after 103 attach/detach cycles",
+                k.release
+            );
+            assert_eq!(after[key], serde_json::json!([]), "{}: {key}", k.release);
+        }
+        let (b, a) = (
+            before["mem_available_kib"].as_u64().unwrap(),
+            after["mem_available_kib"].as_u64().unwrap(),
+        );
+        // Page cache and the slab settle; a leak of a ring buffer (4 MiB) per cycle would be
+        // hundreds of MiB.
+        assert!(
+            a + 64 * 1024 > b,
+            "{}: MemAvailable {b} KiB before, {a} KiB after",
+            k.release
+        );
+        eprintln!("{}: 103 cycles, MemAvailable {b} -> {a} KiB", k.release);
+    }
+}
