@@ -126,7 +126,19 @@ fn not_root_is_named() {
             Ok(())
         });
     }
-    let o = c.output().unwrap();
+    // Another test of this binary forking while the copy's write descriptor was open leaves
+    // the child a copy of it until it execs: the kernel then refuses to run the file for a
+    // moment (ETXTBSY). Wait that out.
+    let mut tries = 0;
+    let o = loop {
+        match c.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r => break r.unwrap(),
+        }
+    };
     let _ = std::fs::remove_dir_all(&dir);
     assert_one_sentence_exit_2(&o, "needs root");
 }
