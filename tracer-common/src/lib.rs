@@ -25,10 +25,14 @@ pub enum Probe {
     ReadBegin = 9,
     ReadRetry = 10,
     RetryFail = 11,
+    /// Tracepoint mode: one fork's bracket of the parent's seqcount (a [`RawWide`] record).
+    Fork = 12,
+    /// Tracepoint mode: one pinning system call, entry to exit (a [`RawWide`] record).
+    PinSyscall = 13,
 }
 
 /// Number of probes, i.e. of loss counters.
-pub const PROBE_COUNT: usize = 12;
+pub const PROBE_COUNT: usize = 14;
 
 impl Probe {
     pub const ALL: [Probe; PROBE_COUNT] = [
@@ -44,6 +48,8 @@ impl Probe {
         Probe::ReadBegin,
         Probe::ReadRetry,
         Probe::RetryFail,
+        Probe::Fork,
+        Probe::PinSyscall,
     ];
 
     /// The probe with this discriminant. A `match`, not an index into [`Probe::ALL`]: the eBPF
@@ -63,6 +69,8 @@ impl Probe {
             9 => Probe::ReadBegin,
             10 => Probe::ReadRetry,
             11 => Probe::RetryFail,
+            12 => Probe::Fork,
+            13 => Probe::PinSyscall,
             _ => return None,
         })
     }
@@ -86,6 +94,8 @@ impl Probe {
             (10, b'r', b'n') => Probe::ReadBegin,
             (10, b'r', b'y') => Probe::ReadRetry,
             (10, b'r', b'l') => Probe::RetryFail,
+            (4, b'f', b'k') => Probe::Fork,
+            (11, b'p', b'l') => Probe::PinSyscall,
             _ => return None,
         };
         let n = p.name().as_bytes();
@@ -108,6 +118,8 @@ impl Probe {
             Probe::ReadBegin => "read_begin",
             Probe::ReadRetry => "read_retry",
             Probe::RetryFail => "retry_fail",
+            Probe::Fork => "fork",
+            Probe::PinSyscall => "pin_syscall",
         }
     }
 }
@@ -267,6 +279,147 @@ pub struct SiteConfig {
     pub disp: i32,
 }
 
+/// What a tracepoint-mode record carries besides its [`RawEvent`]; both travel as one
+/// [`RawWide`] ring-buffer record. Field meaning depends on the probe:
+///
+/// | probe         | `ts0`                 | `seq0`      | `c`      | `x`       | `what`          |
+/// |---------------|-----------------------|-------------|----------|-----------|-----------------|
+/// | `Fork`        | when `seq0` was read  | seq before  | child mm | child pid | a [`bracket`]   |
+/// | `PinSyscall`  | syscall entry         | seq at entry| -        | fd        | a [`pin_sys`]   |
+///
+/// The event's own `ts`/`seq` are the other end (after the copy, at syscall exit). For
+/// `PinSyscall`, the event's `a` is the return value, `b` the count argument and `flags` the
+/// operation (io_uring opcode, getsockopt optname); for `Fork`, `a` is the return value of a
+/// fork that failed after copying (0 otherwise).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawTail {
+    pub ts0: u64,
+    pub c: u64,
+    pub seq0: u32,
+    pub x: u32,
+    /// 0 when `seq0` could not be read.
+    pub seq0_ok: u8,
+    pub what: u8,
+    pub _pad: [u8; 6],
+}
+
+/// A ring-buffer record of the tracepoint-mode probes: longer than a [`RawEvent`], which it
+/// starts with, so the reader tells the two apart by length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawWide {
+    pub ev: RawEvent,
+    pub tail: RawTail,
+}
+
+/// How a fork's `seq_before`/`seq_after` were read ([`RawTail::what`] of a `Fork`).
+pub mod bracket {
+    /// At the parent's `mmap_lock` write acquisition and release in `dup_mmap`: exactly the
+    /// copy, and no other fork of the mm can write the counter in between.
+    pub const MMAP_LOCK: u8 = 0;
+    /// At the clone syscall's entry and `sched_process_fork`: a wider window, which another
+    /// thread's fork of the same mm may share.
+    pub const SYSCALL: u8 = 1;
+}
+
+/// The pinning system calls tracepoint mode watches ([`RawTail::what`] of a `PinSyscall`),
+/// and their x86-64 numbers. Reads and writes count only on a file opened with `O_DIRECT`;
+/// `getsockopt` only at level `SOL_RDS`.
+pub mod pin_sys {
+    pub const READ: u8 = 0;
+    pub const PREAD64: u8 = 1;
+    pub const READV: u8 = 2;
+    pub const PREADV: u8 = 3;
+    pub const PREADV2: u8 = 4;
+    pub const WRITE: u8 = 5;
+    pub const PWRITE64: u8 = 6;
+    pub const WRITEV: u8 = 7;
+    pub const PWRITEV: u8 = 8;
+    pub const PWRITEV2: u8 = 9;
+    pub const IO_URING_REGISTER: u8 = 10;
+    pub const GETSOCKOPT: u8 = 11;
+    /// Number of values.
+    pub const COUNT: usize = 12;
+
+    /// (x86-64 syscall number, value) for every watched syscall.
+    pub const NUMBERS: [(u64, u8); COUNT] = [
+        (0, READ),
+        (17, PREAD64),
+        (19, READV),
+        (295, PREADV),
+        (327, PREADV2),
+        (1, WRITE),
+        (18, PWRITE64),
+        (20, WRITEV),
+        (296, PWRITEV),
+        (328, PWRITEV2),
+        (427, IO_URING_REGISTER),
+        (55, GETSOCKOPT),
+    ];
+
+    pub const fn name(v: u8) -> &'static str {
+        match v {
+            READ => "read",
+            PREAD64 => "pread64",
+            READV => "readv",
+            PREADV => "preadv",
+            PREADV2 => "preadv2",
+            WRITE => "write",
+            PWRITE64 => "pwrite64",
+            WRITEV => "writev",
+            PWRITEV => "pwritev",
+            PWRITEV2 => "pwritev2",
+            IO_URING_REGISTER => "io_uring_register",
+            GETSOCKOPT => "getsockopt",
+            _ => "unknown",
+        }
+    }
+
+    /// The value of a watched syscall number.
+    pub const fn of(nr: u64) -> Option<u8> {
+        let mut i = 0;
+        while i < COUNT {
+            if NUMBERS[i].0 == nr {
+                return Some(NUMBERS[i].1);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+/// x86-64 numbers of the syscalls that create tasks (`clone`, `fork`, `vfork`, `clone3`).
+pub const CLONE_SYSCALLS: [u64; 4] = [56, 57, 58, 435];
+/// `SOL_RDS` (include/linux/socket.h).
+pub const SOL_RDS: u64 = 276;
+/// `O_DIRECT` on x86-64 (include/uapi/asm-generic/fcntl.h).
+pub const O_DIRECT: u32 = 0o40000;
+
+/// Layouts and tracepoint argument positions the tracepoint-mode programs need besides
+/// [`Offsets`], resolved from BTF in userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TpConfig {
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.fd`
+    pub fdt_fd: u32,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u32,
+    /// `file.f_flags`
+    pub file_flags: u32,
+    /// Index of the `bool write` argument of the `mmap_lock_acquire_returned` and
+    /// `mmap_lock_released` tracepoints (2 while they carried a memcg path, 1 since); `success`
+    /// follows `write` in the first.
+    pub lock_write_arg: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all these are repr(C) plain old data with explicit padding and no pointers.
@@ -274,6 +427,7 @@ mod user {
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::Filter {}
     unsafe impl aya::Pod for super::SiteConfig {}
+    unsafe impl aya::Pod for super::TpConfig {}
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Kernel side of the tracer: kprobes on fork's page-table copy, GUP-fast, mm teardown and the
-//! seqcount's own instruction sites, all feeding one ring buffer of `RawEvent`s.
+//! seqcount's own instruction sites, all feeding one ring buffer of `RawEvent`s. The same
+//! function-level probes as fentry/fexit programs are in [`fentry`]; the tracepoint mode's
+//! programs (fork brackets, pinning syscalls) in [`tracepoint`].
 //!
 //! Layouts come from userspace (BTF) through the `OFFSETS` global; nothing here knows a kernel
 //! version. Every failed ring-buffer reservation is counted per probe in `LOST`.
@@ -11,6 +13,9 @@
 //! pairing map), never one per event.
 #![no_std]
 #![no_main]
+
+mod fentry;
+mod tracepoint;
 
 use aya_ebpf::{
     helpers::{
@@ -57,7 +62,7 @@ static WAKEUP_BYTES: u64 = 0;
 
 /// Userspace sets the size with `set_max_entries` before load.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Failed reservations, per probe and CPU.
 #[map]
@@ -78,11 +83,11 @@ fn ran(slot: u32) {
 
 /// The source mm of an in-flight `copy_page_range`, by tid, for the return probe.
 #[map]
-static CPR_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+pub(crate) static CPR_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 
 /// Same for `copy_hugetlb_page_range`, which runs inside `copy_page_range`.
 #[map]
-static HUGETLB_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+pub(crate) static HUGETLB_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 
 /// Diagnostics seen, per kind (`tracer_common::diag`) and CPU.
 #[map]
@@ -148,7 +153,7 @@ fn diag(kind: u32, probe: Probe, tid: u32, mm: u64) {
 static SITES: Array<SiteConfig> = Array::with_max_entries(SITE_SLOTS as u32, 0);
 
 #[inline(always)]
-fn offsets() -> Offsets {
+pub(crate) fn offsets() -> Offsets {
     // SAFETY: a plain read of a global that userspace fills in before load; volatile so the
     // compiler does not constant-fold the placeholder value.
     unsafe { core::ptr::read_volatile(&OFFSETS) }
@@ -160,7 +165,7 @@ fn filter() -> Filter {
     unsafe { core::ptr::read_volatile(&FILTER) }
 }
 
-struct Task {
+pub(crate) struct Task {
     pid: u32,
     tid: u32,
     comm: [u8; 16],
@@ -168,7 +173,7 @@ struct Task {
 
 /// Applies `--pid`/`--comm`; `None` means the event is filtered out.
 #[inline(always)]
-fn current_if_wanted() -> Option<Task> {
+pub(crate) fn current_if_wanted() -> Option<Task> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -193,26 +198,26 @@ fn current_if_wanted() -> Option<Task> {
 }
 
 #[inline(always)]
-fn read_u64(addr: u64) -> Option<u64> {
+pub(crate) fn read_u64(addr: u64) -> Option<u64> {
     // SAFETY: bpf_probe_read_kernel tolerates any address and fails cleanly.
     unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
 }
 
 #[inline(always)]
-fn read_u32(addr: u64) -> Option<u32> {
+pub(crate) fn read_u32(addr: u64) -> Option<u32> {
     // SAFETY: as above.
     unsafe { bpf_probe_read_kernel(addr as *const u32) }.ok()
 }
 
 #[inline(always)]
-fn current_mm() -> u64 {
+pub(crate) fn current_mm() -> u64 {
     // SAFETY: helper with no preconditions.
     let task = unsafe { bpf_get_current_task() };
     read_u64(task + offsets().task_mm as u64).unwrap_or(0)
 }
 
 #[inline(always)]
-fn lost(probe: Probe) {
+pub(crate) fn lost(probe: Probe) {
     if let Some(p) = LOST.get_ptr_mut(probe as u32) {
         // SAFETY: per-CPU slot, so no concurrent writer.
         unsafe { *p += 1 };
@@ -222,7 +227,7 @@ fn lost(probe: Probe) {
 /// Reads the seqcount and the clock back to back, so that `ts` says when `seq` was read (the
 /// validator orders reads of different CPUs by it); the ring-buffer reservation comes after.
 #[inline(always)]
-fn seq_now(mm: u64) -> (Option<u32>, u64) {
+pub(crate) fn seq_now(mm: u64) -> (Option<u32>, u64) {
     let seq = seq_of(mm);
     // SAFETY: helper with no preconditions.
     (seq, unsafe { bpf_ktime_get_ns() })
@@ -238,7 +243,7 @@ fn read_now(addr: u64) -> (Option<u32>, u64) {
 /// Reserves and submits one record; counts a loss when the ring buffer is full.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn emit(
+pub(crate) fn emit(
     task: &Task,
     probe: Probe,
     mm: u64,
@@ -297,23 +302,21 @@ fn emit(
 }
 
 #[inline(always)]
-fn seq_of(mm: u64) -> Option<u32> {
+pub(crate) fn seq_of(mm: u64) -> Option<u32> {
     if mm == 0 {
         return None;
     }
     read_u32(mm + offsets().mm_seq as u64)
 }
 
+/// Entry of a page-table copy function: `vma` is its `src_vma` argument. Shared by the kprobe
+/// and fentry programs.
 #[inline(always)]
-fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u32, u64>) {
-    ran(probe as u32);
+pub(crate) fn copy_enter_vma(vma: u64, probe: Probe, stash: &HashMap<u32, u64>) {
     let Some(task) = current_if_wanted() else {
         return;
     };
     let off = offsets();
-    let Some(vma) = arg_at(ctx, vma_arg) else {
-        return;
-    };
     let mm = read_u64(vma + off.vma_mm as u64).unwrap_or(0);
     let start = read_u64(vma + off.vma_start as u64).unwrap_or(0);
     let end = read_u64(vma + off.vma_end as u64).unwrap_or(0);
@@ -340,16 +343,31 @@ fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u3
 }
 
 #[inline(always)]
-fn copy_exit(ctx: &RetProbeContext, probe: Probe, stash: &HashMap<u32, u64>) {
+fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u32, u64>) {
     ran(probe as u32);
+    let Some(vma) = arg_at(ctx, vma_arg) else {
+        return;
+    };
+    copy_enter_vma(vma, probe, stash);
+}
+
+/// Return of a page-table copy function. Shared by the kretprobe and fexit programs.
+#[inline(always)]
+pub(crate) fn copy_exit_ret(ret: i64, probe: Probe, stash: &HashMap<u32, u64>) {
     let Some(task) = current_if_wanted() else {
         return;
     };
     // SAFETY: the value is copied out before the entry is removed.
     let mm = unsafe { stash.get(&task.tid) }.copied().unwrap_or(0);
     let _ = stash.remove(&task.tid);
-    let ret: i64 = ctx.ret();
     emit(&task, probe, mm, seq_now(mm), ret as u64, 0, 0, 0);
+}
+
+#[inline(always)]
+fn copy_exit(ctx: &RetProbeContext, probe: Probe, stash: &HashMap<u32, u64>) {
+    ran(probe as u32);
+    let ret: i64 = ctx.ret();
+    copy_exit_ret(ret, probe, stash);
 }
 
 #[kprobe]
@@ -381,15 +399,13 @@ pub fn hugetlb_exit(ctx: RetProbeContext) -> u32 {
     0
 }
 
-#[kprobe]
-pub fn gup_enter(ctx: ProbeContext) -> u32 {
-    ran(Probe::GupEnter as u32);
+/// Entry of the GUP-fast function, from its first three arguments. Shared by the kprobe and
+/// fentry programs.
+#[inline(always)]
+pub(crate) fn gup_enter_args(start: u64, second: u64, flags: u64) {
     let Some(task) = current_if_wanted() else {
-        return 0;
+        return;
     };
-    let start: u64 = ctx.arg(0).unwrap_or(0);
-    let second: u64 = ctx.arg(1).unwrap_or(0);
-    let flags: u64 = ctx.arg(2).unwrap_or(0);
     let nr_pages = if offsets().gup_arg_is_end != 0 {
         second.saturating_sub(start) >> 12
     } else {
@@ -406,28 +422,41 @@ pub fn gup_enter(ctx: ProbeContext) -> u32 {
         flags as u32,
         0,
     );
+}
+
+/// Return of the GUP-fast function. Shared by the kretprobe and fexit programs.
+#[inline(always)]
+pub(crate) fn gup_exit_ret(ret: i64) {
+    let Some(task) = current_if_wanted() else {
+        return;
+    };
+    let mm = current_mm();
+    emit(&task, Probe::GupExit, mm, seq_now(mm), ret as u64, 0, 0, 0);
+}
+
+#[kprobe]
+pub fn gup_enter(ctx: ProbeContext) -> u32 {
+    ran(Probe::GupEnter as u32);
+    let start: u64 = ctx.arg(0).unwrap_or(0);
+    let second: u64 = ctx.arg(1).unwrap_or(0);
+    let flags: u64 = ctx.arg(2).unwrap_or(0);
+    gup_enter_args(start, second, flags);
     0
 }
 
 #[kretprobe]
 pub fn gup_exit(ctx: RetProbeContext) -> u32 {
     ran(Probe::GupExit as u32);
-    let Some(task) = current_if_wanted() else {
-        return 0;
-    };
     let ret: i64 = ctx.ret();
-    let mm = current_mm();
-    emit(&task, Probe::GupExit, mm, seq_now(mm), ret as u64, 0, 0, 0);
+    gup_exit_ret(ret);
     0
 }
 
-/// `__mmdrop(mm)`: the mm is about to be freed, so its address may be reused. Not filtered:
-/// the last reference is often dropped by an unrelated task, and userspace needs every free to
-/// keep mm names unique.
-#[kprobe]
-pub fn mm_free(ctx: ProbeContext) -> u32 {
-    ran(Probe::MmFree as u32);
-    let mm: u64 = ctx.arg(0).unwrap_or(0);
+/// The mm at `mm` is about to be freed (or, in tracepoint mode, torn down for good), so its
+/// address may be reused. Not filtered: the last reference is often dropped by an unrelated
+/// task, and userspace needs every free to keep mm names unique.
+#[inline(always)]
+pub(crate) fn mm_free_addr(mm: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let task = Task {
         pid: (pid_tgid >> 32) as u32,
@@ -437,6 +466,14 @@ pub fn mm_free(ctx: ProbeContext) -> u32 {
     // SAFETY: helper with no preconditions.
     let ts = unsafe { bpf_ktime_get_ns() };
     emit(&task, Probe::MmFree, mm, (None, ts), 0, 0, 0, 0);
+}
+
+/// `__mmdrop(mm)`.
+#[kprobe]
+pub fn mm_free(ctx: ProbeContext) -> u32 {
+    ran(Probe::MmFree as u32);
+    let mm: u64 = ctx.arg(0).unwrap_or(0);
+    mm_free_addr(mm);
     0
 }
 

@@ -48,7 +48,52 @@ fn no_kprobes_on_this_host_is_named() {
         .args(["record", "--duration", "1"])
         .output()
         .unwrap();
+    // The default mode refuses rather than take a lesser trace, and says what would run.
     assert_one_sentence_exit_2(&o, "cannot attach kprobes");
+    assert!(stderr(&o).contains("--mode auto"), "{}", stderr(&o));
+}
+
+/// A mode this kernel cannot run is refused in one sentence naming why; `auto` falls back to
+/// the richest one that runs and says which it skipped.
+#[test]
+fn modes_this_kernel_lacks_are_refused_and_auto_falls_back() {
+    use tracer::probes::caps::{Caps, Mode};
+    if !is_root() || host_has_kprobes() {
+        eprintln!("skipping: this host can attach kprobes (or we are not root)");
+        return;
+    }
+    let caps = Caps::detect(Path::new("/sys/kernel/btf/vmlinux"));
+    if !caps.missing(Mode::Fentry).is_empty() {
+        let o = tracer()
+            .args(["record", "--mode", "fentry", "--duration", "1"])
+            .output()
+            .unwrap();
+        assert_one_sentence_exit_2(&o, "--mode fentry cannot run on this kernel");
+    }
+    let Some(best) = caps.best() else {
+        eprintln!("skipping the auto half: no mode runs here");
+        return;
+    };
+    let o = tracer()
+        .args(["record", "--mode", "auto", "--dry-run"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("not kprobe: "), "{err}");
+    assert!(err.contains(&format!("tracing in {best} mode")), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("(attach: {best})")), "{out}");
+    // `tracer sites` lists every mode with what it sees, even where discovery cannot run.
+    let o = tracer().arg("sites").output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    for m in Mode::ALL {
+        assert!(out.contains(&format!("  {:<10} ", m.as_str())), "{out}");
+    }
+    assert!(
+        out.contains(&format!("  {:<10} works", best.as_str())),
+        "{out}"
+    );
 }
 
 #[test]
@@ -81,7 +126,19 @@ fn not_root_is_named() {
             Ok(())
         });
     }
-    let o = c.output().unwrap();
+    // Another test of this binary forking while the copy's write descriptor was open leaves
+    // the child a copy of it until it execs: the kernel then refuses to run the file for a
+    // moment (ETXTBSY). Wait that out.
+    let mut tries = 0;
+    let o = loop {
+        match c.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r => break r.unwrap(),
+        }
+    };
     let _ = std::fs::remove_dir_all(&dir);
     assert_one_sentence_exit_2(&o, "needs root");
 }

@@ -93,6 +93,26 @@ fn clean_small() {
     insta::assert_snapshot!(t.backend());
 }
 
+/// A tracepoint-mode log recorded on this project's 6.18 machine (no kprobes): the header
+/// names the reduced mode, the columns it cannot see are greyed with `-`, the pins column
+/// counts pinning syscalls, and the GUP-fast pane says it sees nothing.
+#[test]
+fn tracepoint_mode_greys_what_it_cannot_see() {
+    let (m, c) = load("tracepoint.jsonl", None);
+    let t = draw(&m, &View::default(), &status(&m, c), 120, 36);
+    let text = screen(&t);
+    assert!(text.contains("tracepoint mode: reduced view"), "{text}");
+    assert!(text.contains("psys"), "{text}");
+    assert!(text.contains("not seen in this mode"), "{text}");
+    // The workload's row: forks and write sections counted, GUP-fast columns unseen.
+    let row = text
+        .lines()
+        .find(|l| l.contains("tracer ") && l.contains(" - "))
+        .unwrap_or_else(|| panic!("no tracer row with greyed columns: {text}"));
+    assert!(row.matches(" - ").count() >= 3, "{row}");
+    insta::assert_snapshot!(t.backend());
+}
+
 #[test]
 fn clean_large() {
     let (m, c) = load("clean.jsonl", None);

@@ -30,6 +30,10 @@ pub struct TestArgs {
 
 #[derive(clap::Args)]
 pub struct RunArgs {
+    /// Trace this machine's own kernel in the richest attach mode it has (`--mode auto`:
+    /// kprobe, else fentry, else tracepoint, which sees less), never a VM.
+    #[arg(long)]
+    host: bool,
     /// Kernel to boot when the host cannot run kprobes.
     #[arg(long, default_value = "6.12")]
     kernel: String,
@@ -48,8 +52,10 @@ const CHECK_KERNELS: [&str; 2] = ["6.1", "6.12"];
 const CHECK_SECS: u64 = 20;
 
 /// The in-guest steps of a test boot. Each step's exit status lands in /out, so one failing
-/// step does not hide the others; the host-side tests judge them. The validator gets a 50 ms
-/// timestamp slack: under TCG a vCPU can stall for milliseconds between a seqcount access and
+/// step does not hide the others; the host-side tests judge them. The last block records the
+/// same stress workload in each attach mode (`tracer/tests/vm_modes.rs`): tracepoint mode with
+/// 4 and 9 mappings (the host test's pair), kprobe mode at function level and fentry mode.
+/// The validator gets a 50 ms timestamp slack: under TCG a vCPU can stall for milliseconds between a seqcount access and
 /// its probe (values stay exact; only cross-CPU time order blurs). The recording asserts zero
 /// losses, so it gets a 16 MiB ring and a workload that pauses 100 us between forks: under TCG
 /// on 2 host cores the consumer is emulated too, and a flat-out fork loop on both vCPUs once
@@ -73,6 +79,11 @@ TRACER_TEST_FULL_PAIRING_MAP=1 tracer record -o /out/diag.jsonl --duration 30 --
 TRACER_TEST_FULL_PAIRING_MAP=1 setsid -c tracer tui --duration 3 -- tracer stress --duration 2 </dev/tty1 >/dev/tty1 2>/out/diag-tui.err & t=$!
 i=0; while [ $i -lt 120 ] && ! grep -q 'pairing map full' /dev/vcs1; do sleep 0.5; i=$((i+1)); done
 cat /dev/vcs1 > /out/diag-tui.screen; kill -TERM $t; wait $t; echo $? > /out/diag-tui.rc
+for m in tp4:tracepoint:4 tp9:tracepoint:9 kp4:kprobe:4 fe4:fentry:4; do
+  n=${m%%:*}; r=${m#*:}; mode=${r%%:*}; maps=${r#*:}
+  tracer record --mode $mode --no-sites -o /out/$n.jsonl --ring-size 16777216 --duration 60 -- tracer stress --duration 2 --mappings $maps --fork-gap-us 100 2> /out/$n.err; echo $? > /out/$n.rc
+  tracer validate --json /out/$n.jsonl > /out/$n.validate.json 2>&1; echo $? > /out/$n.validate.rc
+done
 "#;
 
 /// Reliability steps (RELIABILITY.md), on the kernels that also run the check: each kind of
@@ -213,6 +224,11 @@ pub fn test(a: TestArgs) -> Result<ExitCode> {
         env.push(("TRACER_VM_KERNELS".into(), list(false)));
         env.push(("TRACER_CHECK_KERNELS".into(), list(true)));
     }
+    // This project's machines (and CI, as root) run the tracepoint mode on their own kernel:
+    // the host test of that mode must run there, not skip (tracer/tests/tracepoint_host.rs).
+    if setup::is_root() {
+        env.push(("TRACER_REQUIRE_HOST_TRACE".into(), "1".into()));
+    }
     let mut c = cargo();
     c.arg("test");
     // The fixture tests are #[ignore]d in a plain `cargo test` (they say why); here their
@@ -264,23 +280,34 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     let dur = a.duration.to_string();
     let stress_dur = a.duration.saturating_sub(1).max(1).to_string();
     let out_root = build::workspace().join("target/run");
-    match host_can_trace() {
+    let host = if a.host {
+        if !setup::is_root() {
+            anyhow::bail!("--host traces this machine's kernel, which needs root");
+        }
+        Ok(true)
+    } else {
+        host_can_trace()
+    };
+    // `--host` takes whatever this kernel offers; without it the host is only traced when it
+    // gives the full (kprobe) view.
+    let mode = if a.host { "auto" } else { "kprobe" };
+    match host {
         Ok(_) => {
-            println!("run: tracing the host kernel");
+            println!("run: tracing the host kernel (--mode {mode})");
             std::fs::create_dir_all(&out_root)?;
             let log = out_root.join("trace.jsonl");
             let t = tracer.to_string_lossy().into_owned();
             if term.is_some() {
                 cmd::run(
                     Command::new(&tracer)
-                        .args(["tui", "--record"])
+                        .args(["tui", "--mode", mode, "--record"])
                         .arg(&log)
                         .args(["--", &t, "stress", "--duration", "3600"]),
                 )?;
             } else {
                 cmd::run(
                     Command::new(&tracer)
-                        .args(["record", "-o"])
+                        .args(["record", "--mode", mode, "-o"])
                         .arg(&log)
                         .args(["--duration", &dur, "--", &t])
                         .args(["stress", "--duration", &stress_dur]),
@@ -288,15 +315,21 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
             }
             let status = Command::new(&tracer).arg("validate").arg(&log).status()?;
             println!("run: log at {}", log.display());
-            Ok(if status.success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+            Ok(match status.code() {
+                Some(0) => ExitCode::SUCCESS,
+                // A mode short of kprobe cannot check every rule: inconclusive is its best.
+                Some(3) if a.host => {
+                    println!(
+                        "run: inconclusive, as a reduced attach mode must be (the verdict names what it could not check); `cargo xtask run` boots a VM for the full view"
+                    );
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::FAILURE,
             })
         }
         Err(why) => {
             println!(
-                "run: {why}; booting Debian {} under QEMU to trace a real kernel",
+                "run: {why}; booting Debian {} under QEMU for the full view (`cargo xtask run --host` traces this machine's kernel in the best mode it has, which sees less)",
                 a.kernel
             );
             let kernel = kernels::fetch(&a.kernel, None)?;

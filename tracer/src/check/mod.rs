@@ -22,7 +22,8 @@ use thiserror::Error;
 
 use crate::{
     events::Record,
-    record::{LogWriter, Sink, TraceArgs},
+    record::LogWriter,
+    session::{self, Cancel, ModeArg, Sink, TraceArgs},
     validate::{Options, validate_reader},
 };
 
@@ -34,6 +35,11 @@ pub struct Args {
     /// Directory for the results [default: a new ./tracer-check-<release>-<timestamp>].
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    /// How to attach, as for `tracer record`: the default, kprobe, refuses a kernel without
+    /// kprobes; `auto` takes the richest mode that works, whose verdict then names what it could
+    /// not check.
+    #[arg(long, value_enum, default_value_t = ModeArg::Kprobe)]
+    pub mode: ModeArg,
 }
 
 #[derive(Debug, Error)]
@@ -116,7 +122,20 @@ pub fn main(args: Args) -> Result<ExitCode> {
         return Err(CheckError::Duration(args.duration).into());
     }
     // The plan first: a machine that cannot trace is told so before anything is written.
-    let plan = crate::record::plan(None, true)?;
+    let mut trace = TraceArgs {
+        mode: args.mode,
+        duration: Some(std::time::Duration::from_secs_f64(
+            args.duration + GRACE_SECS,
+        )),
+        pid: None,
+        comm: None,
+        ring_size: RING_SIZE,
+        maxactive: crate::probes::kprobe_events::MAXACTIVE,
+        btf: None,
+        no_sites: false,
+        command: Vec::new(),
+    };
+    let plan = session::plan(&trace)?;
     let release = plan.function.release.clone();
     let notes: Vec<String> = plan
         .defects
@@ -140,7 +159,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         eprintln!("tracer: missing: {m}");
     }
     // Defects and whatever discovery could not prove, as `tracer record` says them.
-    crate::record::warn_plan(&plan);
+    session::warn_plan(&plan);
     let (dir_path, fresh) = match &args.report {
         Some(d) => (d.clone(), false),
         None => (
@@ -165,26 +184,15 @@ pub fn main(args: Args) -> Result<ExitCode> {
     }
 
     dir.remove("workload.json");
-    let trace = TraceArgs {
-        duration: Some(std::time::Duration::from_secs_f64(
-            args.duration + GRACE_SECS,
-        )),
-        pid: None,
-        comm: None,
-        ring_size: RING_SIZE,
-        maxactive: crate::probes::kprobe_events::MAXACTIVE,
-        btf: None,
-        no_sites: false,
-        command: vec![
-            exe.display().to_string(),
-            "stress".into(),
-            "--duration".into(),
-            args.duration.to_string(),
-            "--summary".into(),
-            dir.join("workload.json").display().to_string(),
-        ],
-    };
-    let header = crate::record::header(&plan, &trace);
+    trace.command = vec![
+        exe.display().to_string(),
+        "stress".into(),
+        "--duration".into(),
+        args.duration.to_string(),
+        "--summary".into(),
+        dir.join("workload.json").display().to_string(),
+    ];
+    let header = session::header(&plan, &trace);
     eprintln!(
         "check: recording while `tracer stress --duration {}` forks and pins",
         args.duration
@@ -200,7 +208,14 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let stats = rt.block_on(crate::record::pump(&plan, &trace, false, true, &mut sink))?;
+    // Ctrl-C and SIGTERM stop the recording through the session's one stop path.
+    let cancel = Cancel::new();
+    let stats = rt.block_on(async {
+        cancel
+            .on_signals()
+            .context("installing the SIGINT/SIGTERM handlers")?;
+        session::pump(&plan, &trace, false, true, &mut sink, &cancel).await
+    })?;
     sink.log.finish()?;
     drop(sink);
     eprintln!(

@@ -59,7 +59,17 @@ pub fn render(f: &Facts) -> String {
     let verdict = f.verdict.get("verdict").map_or("unknown".into(), scalar);
     let _ = writeln!(o, "# tracer check: {}\n", f.release);
     let _ = writeln!(o, "- verdict: **{verdict}** ({})", verdict_exit(&verdict));
-    if let Some(p) = num(f.verdict, &["stats", "protected_overlaps"]) {
+    let forks = num(f.verdict, &["stats", "forks"]).unwrap_or(0);
+    if forks > 0 {
+        // Tracepoint mode: GUP-fast's overlaps are not seen; the forks and the pinning
+        // syscalls around them are.
+        let _ = writeln!(
+            o,
+            "- tracepoint mode: {forks} forks, {} pinning syscalls ({} during a fork of their mm); protected overlaps are inside GUP-fast, which this mode does not see",
+            num(f.verdict, &["stats", "pin_syscalls"]).unwrap_or(0),
+            num(f.verdict, &["stats", "pin_syscalls_during_fork"]).unwrap_or(0)
+        );
+    } else if let Some(p) = num(f.verdict, &["stats", "protected_overlaps"]) {
         let _ = writeln!(
             o,
             "- protected overlaps: {p} (GUP-fast calls that met a write section and backed out as the protocol requires)"

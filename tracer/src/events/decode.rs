@@ -2,9 +2,9 @@
 //! COW test, and keeps raw kernel addresses out of the log unless asked.
 use std::collections::HashMap;
 
-use tracer_common::{Probe, RawEvent, anon};
+use tracer_common::{Probe, RawEvent, RawTail, anon, bracket, pin_sys};
 
-use super::schema::{Body, CopyFn, Event, Kind};
+use super::schema::{Body, Bracket, CopyFn, Event, Kind};
 use crate::kernel::foll::FollFlags;
 
 /// `VM_SHARED` and `VM_MAYWRITE` (include/linux/mm.h), unchanged since 2.6.
@@ -141,6 +141,8 @@ impl Decoder {
                 Err(_) => return Decoded::Invalid(raw.probe),
             },
             Probe::MmFree => return Decoded::MmFreed,
+            // Only wide records (`decode_wide`) carry these.
+            Probe::Fork | Probe::PinSyscall => return Decoded::Invalid(raw.probe),
         };
         Decoded::Event(Event {
             ts: raw.ts,
@@ -149,6 +151,60 @@ impl Decoder {
             tid: raw.tid,
             comm: comm(&raw.comm),
             mm: self.names.name(raw.mm),
+            mm_addr: self.raw_pointers.then_some(raw.mm),
+            body,
+        })
+    }
+}
+
+impl Decoder {
+    /// A tracepoint-mode record: a [`RawEvent`] followed by its [`RawTail`].
+    pub fn decode_wide(&mut self, raw: &RawEvent, tail: &RawTail) -> Decoded {
+        let seq = |ok: u8, v: u32| (ok != 0).then_some(v);
+        let after = seq(raw.seq_ok, raw.seq);
+        let before = seq(tail.seq0_ok, tail.seq0);
+        // The parent's mm is named before the child's.
+        let mm = self.names.name(raw.mm);
+        let body = match Probe::from_u8(raw.probe) {
+            Some(Probe::Fork) => {
+                let Some(bracket) = (match tail.what {
+                    bracket::MMAP_LOCK => Some(Bracket::MmapLock),
+                    bracket::SYSCALL => Some(Bracket::Syscall),
+                    _ => None,
+                }) else {
+                    return Decoded::Invalid(raw.probe);
+                };
+                Body::Fork {
+                    ts_before: tail.ts0,
+                    seq_before: before,
+                    seq_after: after,
+                    bracket,
+                    child: tail.x,
+                    child_mm: (tail.c != 0).then(|| self.names.name(tail.c)),
+                    ret: raw.a as i64,
+                }
+            }
+            Some(Probe::PinSyscall) => Body::PinSyscall {
+                syscall: pin_sys::name(tail.what).to_owned(),
+                fd: i64::from(tail.x as i32),
+                op: raw.flags,
+                count: raw.b,
+                ret: raw.a as i64,
+                ts_enter: tail.ts0,
+                seq_enter: before,
+                seq_exit: after,
+            },
+            // Every other probe writes a plain RawEvent; a wide one is a version mismatch.
+            _ => return Decoded::Invalid(raw.probe),
+        };
+        self.unreadable_seq += u64::from(after.is_none()) + u64::from(before.is_none());
+        Decoded::Event(Event {
+            ts: raw.ts,
+            cpu: raw.cpu,
+            pid: raw.pid,
+            tid: raw.tid,
+            comm: comm(&raw.comm),
+            mm,
             mm_addr: self.raw_pointers.then_some(raw.mm),
             body,
         })
@@ -250,5 +306,83 @@ mod tests {
         let mut s = String::new();
         e.write_json(&mut s);
         assert!(s.ends_with("\"seq\":null}"), "{s}");
+    }
+
+    #[test]
+    fn wide_records_become_fork_and_pin_syscall_events() {
+        let mut d = Decoder::new(FollFlags::FROM_6_3, false);
+        let fork = RawEvent {
+            probe: Probe::Fork as u8,
+            seq: 20,
+            a: 0,
+            ..raw(Probe::CprEnter, 0x1000)
+        };
+        let tail = RawTail {
+            ts0: 3,
+            c: 0x2000,
+            seq0: 4,
+            x: 99,
+            seq0_ok: 1,
+            what: bracket::MMAP_LOCK,
+            _pad: [0; 6],
+        };
+        let Decoded::Event(e) = d.decode_wide(&fork, &tail) else {
+            panic!()
+        };
+        assert_eq!(e.mm, "mm1", "the parent's mm is named first");
+        assert_eq!(
+            e.body,
+            Body::Fork {
+                ts_before: 3,
+                seq_before: Some(4),
+                seq_after: Some(20),
+                bracket: Bracket::MmapLock,
+                child: 99,
+                child_mm: Some("mm2".into()),
+                ret: 0,
+            }
+        );
+        let pin = RawEvent {
+            probe: Probe::PinSyscall as u8,
+            a: (-5i64) as u64,
+            b: 4096,
+            flags: 0,
+            seq_ok: 0,
+            ..raw(Probe::CprEnter, 0x1000)
+        };
+        let tail = RawTail {
+            ts0: 2,
+            c: 0,
+            seq0: 6,
+            x: u32::MAX,
+            seq0_ok: 1,
+            what: pin_sys::PREAD64,
+            _pad: [0; 6],
+        };
+        let Decoded::Event(e) = d.decode_wide(&pin, &tail) else {
+            panic!()
+        };
+        assert_eq!(
+            e.body,
+            Body::PinSyscall {
+                syscall: "pread64".into(),
+                fd: -1,
+                op: 0,
+                count: 4096,
+                ret: -5,
+                ts_enter: 2,
+                seq_enter: Some(6),
+                seq_exit: None,
+            }
+        );
+        assert_eq!(d.unreadable_seq, 1);
+        assert_eq!(
+            d.decode(&RawEvent {
+                probe: Probe::Fork as u8,
+                ..raw(Probe::CprEnter, 1)
+            }),
+            Decoded::Invalid(Probe::Fork as u8),
+            "a fork record without its tail is a version mismatch"
+        );
     }
 }

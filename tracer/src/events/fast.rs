@@ -411,6 +411,8 @@ pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
                 seq: c.seq()?,
             }
         }
+        // As in `parse_event`: the general reader takes these.
+        Kind::Fork | Kind::PinSyscall => return None,
     };
     c.lit(b"}")?;
     if c.i != c.b.len() {
@@ -543,6 +545,9 @@ fn parse_general(line: &str) -> Option<FastEvent<'_>> {
         | Kind::ReadBegin
         | Kind::ReadRetry
         | Kind::RetryFail) => Body::Site { kind: k, seq },
+        // The tracepoint mode's kinds are rare (one per fork or pinning syscall): the general
+        // reader takes them.
+        Kind::Fork | Kind::PinSyscall => return None,
     };
     let mm_addr = match f.mm_addr {
         Some(a) => Some(parse_hex(a)?),

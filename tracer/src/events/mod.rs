@@ -11,4 +11,4 @@ pub mod log;
 pub mod schema;
 pub mod text;
 
-pub use schema::{Body, CopyFn, Event, Header, Kind, ProbeInfo, Record, Summary};
+pub use schema::{Body, Bracket, CopyFn, Event, Header, Kind, ProbeInfo, Record, Summary};

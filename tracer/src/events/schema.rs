@@ -16,8 +16,9 @@ pub const SCHEMA: u32 = 1;
 
 /// The schema's minor version, written in every header as `minor`. Readers of an older minor
 /// skip the kinds they do not know (minor 1 made `hugetlb_enter`/`hugetlb_exit` kinds of their
-/// own, added `anon`/`vm_flags` to copy entries, and writes an unreadable `seq` as `null`).
-pub const SCHEMA_MINOR: u32 = 1;
+/// own, added `anon`/`vm_flags` to copy entries, and writes an unreadable `seq` as `null`;
+/// minor 2 added the tracepoint mode's `fork` and `pin_syscall` and the header's `attach`).
+pub const SCHEMA_MINOR: u32 = 2;
 
 /// Event kinds. `as_str` is the `kind` field: the name of the probe that reports the kind
 /// (`tracer_common::Probe::name`), so the vocabulary has one name table, and kinds, probes and
@@ -35,10 +36,12 @@ pub enum Kind {
     ReadBegin,
     ReadRetry,
     RetryFail,
+    Fork,
+    PinSyscall,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::CprEnter,
         Kind::CprExit,
         Kind::HugetlbEnter,
@@ -50,6 +53,8 @@ impl Kind {
         Kind::ReadBegin,
         Kind::ReadRetry,
         Kind::RetryFail,
+        Kind::Fork,
+        Kind::PinSyscall,
     ];
 
     /// The probe that reports this kind of event (every kind has one).
@@ -66,6 +71,8 @@ impl Kind {
             Kind::ReadBegin => Probe::ReadBegin,
             Kind::ReadRetry => Probe::ReadRetry,
             Kind::RetryFail => Probe::RetryFail,
+            Kind::Fork => Probe::Fork,
+            Kind::PinSyscall => Probe::PinSyscall,
         }
     }
 
@@ -85,6 +92,8 @@ impl Kind {
             Probe::ReadBegin => Kind::ReadBegin,
             Probe::ReadRetry => Kind::ReadRetry,
             Probe::RetryFail => Kind::RetryFail,
+            Probe::Fork => Kind::Fork,
+            Probe::PinSyscall => Kind::PinSyscall,
         })
     }
 
@@ -101,7 +110,9 @@ impl Kind {
             | Kind::HugetlbEnter
             | Kind::HugetlbExit
             | Kind::GupEnter
-            | Kind::GupExit => return None,
+            | Kind::GupExit
+            | Kind::Fork
+            | Kind::PinSyscall => return None,
         })
     }
 
@@ -200,6 +211,32 @@ impl CopyFn {
     }
 }
 
+/// How a `fork` event's two values were read (see `docs/event-log.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bracket {
+    /// Holding the parent's `mmap_lock` for writing, at `dup_mmap`'s acquisition and release:
+    /// exactly this fork's copy, which no other writer can share.
+    MmapLock,
+    /// At the clone syscall's entry and at `sched_process_fork`: a wider window that another
+    /// thread's fork of the same mm may share.
+    Syscall,
+}
+
+impl Bracket {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Bracket::MmapLock => "mmap_lock",
+            Bracket::Syscall => "syscall",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Bracket> {
+        [Bracket::MmapLock, Bracket::Syscall]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+    }
+}
+
 /// Per-kind payload. `seq` is `None` when the probe could not read the counter (written as
 /// `null`): an unreadable value is never a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,6 +277,34 @@ pub enum Body {
         kind: Kind,
         seq: Option<u32>,
     },
+    /// `fork` (tracepoint mode): the parent's counter before and after one fork's copy. The
+    /// event's `ts` is when `seq_after` was read.
+    Fork {
+        ts_before: u64,
+        seq_before: Option<u32>,
+        seq_after: Option<u32>,
+        bracket: Bracket,
+        /// The child's pid; 0 when the fork failed after copying (`ret` says why).
+        child: u32,
+        /// The child's mm name; `None` when the fork failed.
+        child_mm: Option<String>,
+        ret: i64,
+    },
+    /// `pin_syscall` (tracepoint mode): a system call that pins user pages through GUP-fast,
+    /// with the mm's counter at its entry and exit. The event's `ts` is the exit.
+    PinSyscall {
+        /// `read`, `pread64`, ... (O_DIRECT files), `io_uring_register`, `getsockopt`.
+        syscall: String,
+        fd: i64,
+        /// io_uring_register's opcode, getsockopt's optname; 0 otherwise.
+        op: u32,
+        /// The byte or vector count (reads, writes), io_uring_register's nr_args.
+        count: u64,
+        ret: i64,
+        ts_enter: u64,
+        seq_enter: Option<u32>,
+        seq_exit: Option<u32>,
+    },
 }
 
 impl Body {
@@ -250,6 +315,8 @@ impl Body {
             Body::GupEnter { .. } => Kind::GupEnter,
             Body::GupExit { .. } => Kind::GupExit,
             Body::Site { kind, .. } => *kind,
+            Body::Fork { .. } => Kind::Fork,
+            Body::PinSyscall { .. } => Kind::PinSyscall,
         }
     }
 
@@ -260,6 +327,9 @@ impl Body {
             | Body::GupEnter { seq, .. }
             | Body::GupExit { seq, .. }
             | Body::Site { seq, .. } => *seq,
+            // The later of the two values (the event's `ts` is when it was read).
+            Body::Fork { seq_after, .. } => *seq_after,
+            Body::PinSyscall { seq_exit, .. } => *seq_exit,
         }
     }
 }
@@ -454,6 +524,51 @@ impl Event {
                 push_seq(out, *seq);
                 Ok(())
             }
+            Body::Fork {
+                ts_before,
+                seq_before,
+                seq_after,
+                bracket,
+                child,
+                child_mm,
+                ret,
+            } => {
+                let _ = write!(out, ",\"ts_before\":{ts_before},\"seq_before\":");
+                push_seq(out, *seq_before);
+                out.push_str(",\"seq_after\":");
+                push_seq(out, *seq_after);
+                let _ = write!(
+                    out,
+                    ",\"bracket\":\"{}\",\"child\":{child},\"child_mm\":",
+                    bracket.as_str()
+                );
+                match child_mm {
+                    Some(m) => push_json_str(out, m),
+                    None => out.push_str("null"),
+                }
+                write!(out, ",\"ret\":{ret}")
+            }
+            Body::PinSyscall {
+                syscall,
+                fd,
+                op,
+                count,
+                ret,
+                ts_enter,
+                seq_enter,
+                seq_exit,
+            } => {
+                out.push_str(",\"syscall\":");
+                push_json_str(out, syscall);
+                let _ = write!(
+                    out,
+                    ",\"fd\":{fd},\"op\":{op},\"count\":{count},\"ret\":{ret},\"ts_enter\":{ts_enter},\"seq_enter\":"
+                );
+                push_seq(out, *seq_enter);
+                out.push_str(",\"seq_exit\":");
+                push_seq(out, *seq_exit);
+                Ok(())
+            }
         };
         out.push('}');
     }
@@ -544,6 +659,23 @@ struct Line {
     longterm: Option<bool>,
     probe: Option<String>,
     count: Option<u64>,
+    ts_before: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    seq_before: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    seq_after: Option<Option<u32>>,
+    bracket: Option<String>,
+    child: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    child_mm: Option<Option<String>>,
+    syscall: Option<String>,
+    fd: Option<i64>,
+    op: Option<u32>,
+    ts_enter: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    seq_enter: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    seq_exit: Option<Option<u32>>,
 }
 
 fn parse_hex(s: &str) -> Option<u64> {
@@ -677,6 +809,32 @@ impl Line {
                 kind: k,
                 seq: req!(seq),
             },
+            Kind::Fork => Body::Fork {
+                ts_before: req!(ts_before),
+                seq_before: req!(seq_before),
+                seq_after: req!(seq_after),
+                bracket: {
+                    let b = req!(bracket);
+                    Bracket::from_name(&b).ok_or_else(|| ParseError::BadField {
+                        kind: kind.clone(),
+                        field: "bracket",
+                        expected: "bracket (\"mmap_lock\" or \"syscall\")",
+                    })?
+                },
+                child: req!(child),
+                child_mm: req!(child_mm),
+                ret: req!(ret),
+            },
+            Kind::PinSyscall => Body::PinSyscall {
+                syscall: req!(syscall),
+                fd: req!(fd),
+                op: req!(op),
+                count: req!(count),
+                ret: req!(ret),
+                ts_enter: req!(ts_enter),
+                seq_enter: req!(seq_enter),
+                seq_exit: req!(seq_exit),
+            },
         };
         let mm_addr = match &self.mm_addr {
             Some(s) => Some(parse_hex(s).ok_or_else(|| ParseError::BadField {
@@ -767,6 +925,34 @@ mod tests {
             Body::Site {
                 kind: Kind::WriteBegin,
                 seq: None,
+            },
+            Body::Fork {
+                ts_before: 100,
+                seq_before: Some(4),
+                seq_after: Some(20),
+                bracket: Bracket::MmapLock,
+                child: 77,
+                child_mm: Some("mm2".into()),
+                ret: 0,
+            },
+            Body::Fork {
+                ts_before: 100,
+                seq_before: None,
+                seq_after: Some(7),
+                bracket: Bracket::Syscall,
+                child: 0,
+                child_mm: None,
+                ret: -12,
+            },
+            Body::PinSyscall {
+                syscall: "io_uring_register".into(),
+                fd: 3,
+                op: 0,
+                count: 1,
+                ret: 0,
+                ts_enter: 90,
+                seq_enter: Some(2),
+                seq_exit: None,
             },
         ];
         for b in bodies {

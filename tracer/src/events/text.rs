@@ -57,6 +57,43 @@ impl EventText {
                 format!("{start:#x} nr={nr_pages} {} ({flags:#x})", d.names())
             }
             Body::Site { .. } => String::new(),
+            Body::Fork {
+                seq_before,
+                seq_after,
+                bracket,
+                child,
+                child_mm,
+                ret,
+                ..
+            } => {
+                let v = |s: &Option<u32>| s.map_or_else(|| "?".to_owned(), |v| v.to_string());
+                let d = match (seq_before, seq_after) {
+                    (Some(a), Some(b)) => format!(" (+{})", b.wrapping_sub(*a) as i32),
+                    _ => String::new(),
+                };
+                let who = if *child == 0 {
+                    format!("failed ret={ret}")
+                } else {
+                    format!("child {child} {}", child_mm.as_deref().unwrap_or("?"))
+                };
+                format!(
+                    "{}→{}{d} {who} [{}]",
+                    v(seq_before),
+                    v(seq_after),
+                    bracket.as_str()
+                )
+            }
+            Body::PinSyscall {
+                syscall,
+                fd,
+                op,
+                ret,
+                seq_enter,
+                ..
+            } => format!(
+                "{syscall} fd={fd} op={op} ret={ret} seq at entry {}",
+                seq_enter.map_or_else(|| "?".to_owned(), |v| v.to_string())
+            ),
         };
         EventText {
             time: format!("{:>4}.{:06}", t / 1_000_000_000, t % 1_000_000_000 / 1_000),

@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// The header row. Part of the format: new columns are only ever appended.
-pub const COLUMNS: [&str; 22] = [
+pub const COLUMNS: [&str; 29] = [
     "line",
     "kind",
     "ts_ns",
@@ -34,6 +34,15 @@ pub const COLUMNS: [&str; 22] = [
     "longterm",
     "ret",
     "mm_addr",
+    // Tracepoint mode (`fork`, `pin_syscall`): the bracket's first read and its value, the
+    // fork's child, the syscall and its fd, operation and count. `seq` holds the second value.
+    "ts_before_ns",
+    "seq_before",
+    "child",
+    "child_mm",
+    "syscall",
+    "fd",
+    "op_count",
 ];
 
 pub struct Writer<W: Write> {
@@ -57,8 +66,8 @@ fn hex(v: u64) -> String {
 }
 
 /// The row of one event, in [`COLUMNS`] order.
-pub fn row(line: u64, e: &Event) -> [String; 22] {
-    let mut r: [String; 22] = Default::default();
+pub fn row(line: u64, e: &Event) -> [String; 29] {
+    let mut r: [String; 29] = Default::default();
     r[0] = line.to_string();
     r[1] = e.body.kind().as_str().to_owned();
     r[2] = e.ts.to_string();
@@ -102,6 +111,37 @@ pub fn row(line: u64, e: &Event) -> [String; 22] {
             r[19] = longterm.to_string();
         }
         Body::Site { .. } => {}
+        Body::Fork {
+            ts_before,
+            seq_before,
+            child,
+            child_mm,
+            ret,
+            ..
+        } => {
+            r[20] = ret.to_string();
+            r[22] = ts_before.to_string();
+            r[23] = opt(*seq_before);
+            r[24] = child.to_string();
+            r[25] = child_mm.clone().unwrap_or_default();
+        }
+        Body::PinSyscall {
+            syscall,
+            fd,
+            op,
+            count,
+            ret,
+            ts_enter,
+            seq_enter,
+            ..
+        } => {
+            r[20] = ret.to_string();
+            r[22] = ts_enter.to_string();
+            r[23] = opt(*seq_enter);
+            r[26].clone_from(syscall);
+            r[27] = fd.to_string();
+            r[28] = format!("{op}/{count}");
+        }
     }
     r
 }

@@ -332,6 +332,44 @@ impl<W: Write> Writer<W> {
                     _ => {}
                 }
             }
+            // Tracepoint mode: each is its own span, from the first read to the event.
+            Body::Fork {
+                ts_before,
+                seq_before,
+                bracket,
+                child,
+                child_mm,
+                ret,
+                ..
+            } => self.slice(
+                "fork",
+                "fork (mmap_lock held for writing)",
+                e,
+                *ts_before,
+                e.ts,
+                json!({"mm": e.mm, "seq_before": seq_before, "seq_after": seq,
+                       "advance": seq_before.zip(seq).map(|(a, b)| b.wrapping_sub(a)),
+                       "bracket": bracket.as_str(), "child": child, "child_mm": child_mm,
+                       "ret": ret, "line": line}),
+            )?,
+            Body::PinSyscall {
+                syscall,
+                fd,
+                op,
+                count,
+                ret,
+                ts_enter,
+                seq_enter,
+                ..
+            } => self.slice(
+                "pin_syscall",
+                syscall,
+                e,
+                *ts_enter,
+                e.ts,
+                json!({"mm": e.mm, "fd": fd, "op": op, "count": count, "ret": ret,
+                       "seq_enter": seq_enter, "seq_exit": seq, "line": line}),
+            )?,
         }
         Ok(())
     }

@@ -27,6 +27,8 @@ pub enum BtfError {
     Bitfield { strukt: String, member: String },
     #[error("the kernel's BTF has no function {0}")]
     NoFunc(String),
+    #[error("the kernel's BTF has no tracepoint {0} (no btf_trace_{0} typedef)")]
+    NoTracepoint(String),
 }
 
 const MAGIC: u16 = 0xeb9f;
@@ -70,6 +72,15 @@ enum Type {
     },
     /// Typedefs and qualifiers: resolve to the referenced type.
     Alias(u32),
+    /// A named typedef (also resolved through, like `Alias`).
+    Typedef {
+        name: u32,
+        ty: u32,
+    },
+    Int {
+        name: u32,
+    },
+    Ptr(u32),
     Enum {
         values: Vec<(u32, i64)>,
     },
@@ -89,6 +100,7 @@ pub struct Btf {
     types: Vec<Type>,
     structs_by_name: HashMap<String, Vec<u32>>,
     funcs_by_name: HashMap<String, u32>,
+    typedefs_by_name: HashMap<String, u32>,
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
@@ -205,8 +217,16 @@ impl Btf {
                     name,
                     proto: size_or_type,
                 },
-                TYPEDEF | VOLATILE | CONST | RESTRICT | TYPE_TAG => Type::Alias(size_or_type),
-                INT | VAR | DECL_TAG => {
+                TYPEDEF => Type::Typedef {
+                    name,
+                    ty: size_or_type,
+                },
+                VOLATILE | CONST | RESTRICT | TYPE_TAG => Type::Alias(size_or_type),
+                INT => {
+                    pos += 4;
+                    Type::Int { name }
+                }
+                VAR | DECL_TAG => {
                     pos += 4;
                     Type::Other
                 }
@@ -218,7 +238,8 @@ impl Btf {
                     pos += vlen * 12;
                     Type::Other
                 }
-                PTR | FWD | FLOAT => Type::Other,
+                PTR => Type::Ptr(size_or_type),
+                FWD | FLOAT => Type::Other,
                 _ => return Err(BtfError::UnknownKind { id, kind }),
             };
             types.push(ty);
@@ -229,6 +250,7 @@ impl Btf {
             types,
             structs_by_name: HashMap::new(),
             funcs_by_name: HashMap::new(),
+            typedefs_by_name: HashMap::new(),
         };
         for (id, t) in btf.types.iter().enumerate() {
             match t {
@@ -239,6 +261,10 @@ impl Btf {
                 Type::Func { name, .. } => {
                     let n = btf.str_at(*name).to_owned();
                     btf.funcs_by_name.insert(n, id as u32);
+                }
+                Type::Typedef { name, .. } if *name != 0 => {
+                    let n = btf.str_at(*name).to_owned();
+                    btf.typedefs_by_name.insert(n, id as u32);
                 }
                 _ => {}
             }
@@ -258,7 +284,7 @@ impl Btf {
         // Bounded: alias chains are short, and a cycle would be corrupt BTF.
         for _ in 0..32 {
             match self.types.get(id as usize)? {
-                Type::Alias(next) => id = *next,
+                Type::Alias(next) | Type::Typedef { ty: next, .. } => id = *next,
                 t => return Some(t),
             }
         }
@@ -361,6 +387,55 @@ impl Btf {
     }
 }
 
+impl Btf {
+    /// A type spelled the way the kernel's headers name it, enough to tell arguments apart:
+    /// typedef and int names (`bool`, `long int`), `struct NAME`, pointers with a `*`.
+    fn spell(&self, id: u32, depth: u32) -> String {
+        if depth > 8 {
+            return "?".into();
+        }
+        match self.types.get(id as usize) {
+            Some(Type::Typedef { name, .. } | Type::Int { name }) => self.str_at(*name).into(),
+            Some(Type::Struct { name, .. }) => format!("struct {}", self.str_at(*name)),
+            Some(Type::Ptr(to)) => format!("{} *", self.spell(*to, depth + 1)),
+            Some(Type::Alias(to)) => self.spell(*to, depth + 1),
+            Some(_) if id == 0 => "void".into(),
+            _ => "?".into(),
+        }
+    }
+
+    /// Whether the kernel has this tracepoint (its `btf_trace_NAME` typedef).
+    pub fn has_tracepoint(&self, name: &str) -> bool {
+        self.typedefs_by_name
+            .contains_key(&format!("btf_trace_{name}"))
+    }
+
+    /// The argument types of a tracepoint's `TP_PROTO`, in order, as raw tracepoint programs
+    /// see them (`args[0]` is the first): from the `btf_trace_NAME` typedef, a pointer to a
+    /// function whose first parameter (`void *` data) the raw tracepoint does not pass.
+    pub fn tracepoint_args(&self, name: &str) -> Result<Vec<String>, BtfError> {
+        let missing = || BtfError::NoTracepoint(name.to_owned());
+        let id = *self
+            .typedefs_by_name
+            .get(&format!("btf_trace_{name}"))
+            .ok_or_else(missing)?;
+        let Some(Type::Typedef { ty, .. }) = self.types.get(id as usize) else {
+            return Err(missing());
+        };
+        let Some(Type::Ptr(proto)) = self.types.get(*ty as usize) else {
+            return Err(missing());
+        };
+        match self.resolve(*proto) {
+            Some(Type::FuncProto { params }) => Ok(params
+                .iter()
+                .skip(1)
+                .map(|(_, t)| self.spell(*t, 0))
+                .collect()),
+            _ => Err(missing()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,7 +443,9 @@ mod tests {
     /// Builds a tiny BTF blob by hand: struct inner { u32 sequence; }, struct outer { u64 a;
     /// union { u32 x; struct inner seq; }; }, an anonymous enum and a function.
     fn blob() -> Vec<u8> {
-        let mut strings = b"\0sequence\0inner\0outer\0a\0x\0seq\0FOLL_PIN\0f\0arg0\0".to_vec();
+        let mut strings =
+            b"\0sequence\0inner\0outer\0a\0x\0seq\0FOLL_PIN\0f\0arg0\0bool\0_Bool\0btf_trace_tp\0"
+                .to_vec();
         let s = |name: &str, strings: &[u8]| -> u32 {
             let needle = format!("\0{name}\0");
             strings
@@ -424,6 +501,15 @@ mod tests {
         push(&[0, FUNC_PROTO << 24 | 1, 0, s("arg0", &strings), 1]);
         // 7: func f
         push(&[s("f", &strings), FUNC << 24, 6]);
+        // 8: int _Bool; 9: typedef bool; 10: void *; 11: struct outer *
+        push(&[s("_Bool", &strings), INT << 24, 1, 8]);
+        push(&[s("bool", &strings), TYPEDEF << 24, 8]);
+        push(&[0, PTR << 24, 0]);
+        push(&[0, PTR << 24, 4]);
+        // 12: proto (void *, struct outer *, bool); 13: pointer to it; 14: typedef btf_trace_tp
+        push(&[0, FUNC_PROTO << 24 | 3, 0, 0, 10, 0, 11, 0, 9]);
+        push(&[0, PTR << 24, 12]);
+        push(&[s("btf_trace_tp", &strings), TYPEDEF << 24, 13]);
         let mut b = Vec::new();
         b.extend_from_slice(&MAGIC.to_le_bytes());
         b.push(1);
@@ -466,6 +552,20 @@ mod tests {
         assert_eq!(btf.enum_value("FOLL_NOPE"), None);
         assert!(btf.has_func("f"));
         assert_eq!(btf.func_params("f").unwrap(), vec!["arg0".to_owned()]);
+    }
+
+    #[test]
+    fn tracepoint_arguments_come_from_the_btf_trace_typedef() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert!(btf.has_tracepoint("tp"));
+        assert_eq!(
+            btf.tracepoint_args("tp").unwrap(),
+            vec!["struct outer *".to_owned(), "bool".to_owned()]
+        );
+        assert!(matches!(
+            btf.tracepoint_args("nope"),
+            Err(BtfError::NoTracepoint(_))
+        ));
     }
 
     #[test]

@@ -5,3 +5,4 @@ pub mod foll;
 pub mod image;
 pub mod kallsyms;
 pub mod target;
+pub mod tracepoints;

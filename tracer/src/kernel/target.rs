@@ -64,13 +64,44 @@ fn param_index(btf: &Btf, func: &str, param: &str, default: u32) -> u32 {
         .map_or(default, |i| i as u32)
 }
 
-/// Resolves the plan for a kernel described by its BTF, kallsyms and release string.
-pub fn resolve(btf: &Btf, ks: &Kallsyms, release: &str) -> Result<FunctionPlan, TargetError> {
+/// Offset of `mm_struct.write_protect_seq.sequence`; an error naming the missing protection on
+/// kernels that predate it.
+pub fn seq_offset(btf: &Btf) -> Result<u32, TargetError> {
     if !btf.has_member("mm_struct", "write_protect_seq") {
         return Err(TargetError::NoProtection);
     }
-    let mm_seq = btf.member_offset("mm_struct", "write_protect_seq")?
-        + btf.member_offset("seqcount", "sequence")?;
+    Ok(btf.member_offset("mm_struct", "write_protect_seq")?
+        + btf.member_offset("seqcount", "sequence")?)
+}
+
+/// The plan without function probes, for the tracepoint mode: the offsets every program uses
+/// and the FOLL_* values, nothing from kallsyms.
+pub fn resolve_offsets(btf: &Btf, release: &str) -> Result<FunctionPlan, TargetError> {
+    let offsets = Offsets {
+        task_mm: btf.member_offset("task_struct", "mm")?,
+        mm_seq: seq_offset(btf)?,
+        vma_mm: btf.member_offset("vm_area_struct", "vm_mm")?,
+        vma_flags: btf.member_offset("vm_area_struct", "vm_flags")?,
+        vma_start: btf.member_offset("vm_area_struct", "vm_start")?,
+        vma_end: btf.member_offset("vm_area_struct", "vm_end")?,
+        vma_anon_vma: btf.member_offset("vm_area_struct", "anon_vma")?,
+        cpr_vma_arg: 1,
+        hugetlb_vma_arg: 3,
+        gup_arg_is_end: 0,
+    };
+    Ok(FunctionPlan {
+        release: release.to_owned(),
+        offsets,
+        foll: FollFlags::for_kernel(Some(btf), release)?,
+        probes: Vec::new(),
+        missing: Vec::new(),
+        gup_symbol: String::new(),
+    })
+}
+
+/// Resolves the plan for a kernel described by its BTF, kallsyms and release string.
+pub fn resolve(btf: &Btf, ks: &Kallsyms, release: &str) -> Result<FunctionPlan, TargetError> {
+    let mm_seq = seq_offset(btf)?;
     let mut missing = Vec::new();
 
     let cpr = ks

@@ -135,8 +135,13 @@ pub fn discovery(v: Variant) -> serde_json::Value {
 pub fn header(instruction_sites: bool, note: &str, variant: Option<Variant>) -> Header {
     let probes = Kind::ALL
         .into_iter()
-        // The model has no hugetlb copies.
-        .filter(|k| !matches!(k, Kind::HugetlbEnter | Kind::HugetlbExit))
+        // The model has no hugetlb copies, and models the kprobe mode (no tracepoint kinds).
+        .filter(|k| {
+            !matches!(
+                k,
+                Kind::HugetlbEnter | Kind::HugetlbExit | Kind::Fork | Kind::PinSyscall
+            )
+        })
         .filter(|k| instruction_sites || !is_instruction_site(*k))
         .map(|k| ProbeInfo {
             name: k.as_str().to_string(),

@@ -20,9 +20,15 @@ pub enum EnvError {
     )]
     NoBtf(String),
     #[error(
-        "this kernel cannot attach kprobes: CONFIG_KPROBES is off (no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in tracefs); boot a kernel with kprobes, e.g. `cargo xtask run` does so in a VM"
+        "this kernel cannot attach kprobes: CONFIG_KPROBES is off (no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in tracefs); `--mode auto` traces with the richest mode this kernel has (fentry or tracepoint, which see less), or boot a kernel with kprobes (`cargo xtask run` does so in a VM)"
     )]
     NoKprobes,
+    #[error(
+        "--mode {mode} cannot run on this kernel: {why}; `--mode auto` picks the richest mode that can"
+    )]
+    ModeUnavailable { mode: String, why: String },
+    #[error("no attach mode can run on this kernel: {0}")]
+    NoMode(String),
 }
 
 pub const SYS_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -36,7 +42,7 @@ pub fn has_kprobes() -> bool {
 }
 
 /// Creates and closes a one-entry array map: the cheapest way to ask whether bpf() works here.
-fn bpf_works() -> Result<(), EnvError> {
+pub fn bpf_works() -> Result<(), EnvError> {
     #[repr(C)]
     struct MapCreate {
         map_type: u32,
@@ -73,7 +79,8 @@ fn bpf_works() -> Result<(), EnvError> {
     Ok(())
 }
 
-/// Checks, in order: root, bpf(), BTF, kprobes. `btf` is the BTF file to be used.
+/// Checks what every attach mode needs, in order: root, bpf(), BTF. `btf` is the BTF file to
+/// be used. What each mode needs besides is `caps::select`'s.
 pub fn preflight(btf: &Path) -> Result<(), EnvError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -82,9 +89,6 @@ pub fn preflight(btf: &Path) -> Result<(), EnvError> {
     bpf_works()?;
     if !btf.exists() {
         return Err(EnvError::NoBtf(btf.display().to_string()));
-    }
-    if !has_kprobes() {
-        return Err(EnvError::NoKprobes);
     }
     Ok(())
 }

@@ -1,4 +1,6 @@
-//! Loading the eBPF object, attaching it where the plan says, and draining its ring buffer.
+//! Loading the eBPF object, attaching it where the plan says (kprobes, fentry/fexit, or raw
+//! tracepoints: [`caps::Mode`]), and draining its ring buffer.
+pub mod caps;
 pub mod env;
 pub mod kprobe_events;
 pub mod leftovers;
@@ -12,13 +14,13 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::KProbe,
+    programs::{FEntry, FExit, KProbe, RawTracePoint},
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tracer_common::{
-    FIRST_SITE, Filter, PROBE_COUNT, PROGRAM_SLOTS, Probe, RawEvent, Reg, SITE_SLOTS, SiteConfig,
-    site_mode,
+    FIRST_SITE, Filter, PROBE_COUNT, PROGRAM_SLOTS, Probe, RawEvent, RawTail, RawWide, Reg,
+    SITE_SLOTS, SiteConfig, TpConfig, site_mode,
 };
 
 use crate::{
@@ -27,8 +29,11 @@ use crate::{
         btf::Btf,
         kallsyms::Kallsyms,
         target::{self, FunctionPlan, TargetError},
+        tracepoints::TracepointPlan,
     },
 };
+
+pub use caps::Mode;
 
 /// The eBPF object built by tracer/build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -74,6 +79,10 @@ pub enum ProbeError {
     Io(#[from] std::io::Error),
     #[error("more than {SITE_SLOTS} instruction sites")]
     TooManySites,
+    #[error("fentry mode needs the running kernel's BTF: {0}")]
+    KernelBtf(String),
+    #[error("the tracepoint mode's plan is missing (a tracer bug)")]
+    NoTracepointPlan,
     #[error(transparent)]
     KprobeEvents(#[from] kprobe_events::KprobeEventsError),
 }
@@ -98,10 +107,16 @@ pub enum SiteRead {
     Loaded(Reg),
 }
 
-/// Everything needed to attach: the function-level plan plus any instruction sites.
+/// Everything needed to attach: the mode, the function-level plan plus any instruction sites,
+/// or the tracepoints.
 #[derive(Clone, Debug)]
 pub struct AttachPlan {
+    pub attach: Mode,
+    /// Function probes (kprobe and fentry modes; empty in tracepoint mode, whose offsets and
+    /// FOLL_* values still come from here).
     pub function: FunctionPlan,
+    /// The tracepoint mode's hooks.
+    pub tracepoints: Option<TracepointPlan>,
     pub sites: Vec<SiteProbe>,
     /// Why instruction sites are absent or partial, each a sentence.
     pub site_notes: Vec<String>,
@@ -117,6 +132,17 @@ pub struct AttachPlan {
 impl AttachPlan {
     /// The header's `probes` list.
     pub fn probe_infos(&self) -> Vec<ProbeInfo> {
+        if let Some(tp) = &self.tracepoints {
+            return tp
+                .hooks
+                .iter()
+                .map(|h| ProbeInfo {
+                    name: h.kind.to_owned(),
+                    target: h.tracepoint.to_owned(),
+                    offset: 0,
+                })
+                .collect();
+        }
         let mut v: Vec<ProbeInfo> = self
             .function
             .probes
@@ -136,9 +162,11 @@ impl AttachPlan {
     }
 
     /// `instruction` when every required function gave all its sites, `partial` when some
-    /// sites are attached, `function` when none are.
+    /// sites are attached, `function` when none are, `tracepoint` in tracepoint mode.
     pub fn mode(&self) -> &'static str {
-        if self.sites.is_empty() {
+        if self.attach == Mode::Tracepoint {
+            "tracepoint"
+        } else if self.sites.is_empty() {
             "function"
         } else if self.sites_complete {
             "instruction"
@@ -338,9 +366,14 @@ impl Session {
         let f = filter(opts)?;
         let offsets = plan.function.offsets;
         let wakeup = u64::from(size) / 8;
+        let tp_config = plan
+            .tracepoints
+            .as_ref()
+            .map_or_else(TpConfig::default, |t| t.config);
         let mut loader = EbpfLoader::new();
         loader
             .override_global("OFFSETS", &offsets, true)
+            .override_global("TP_CONFIG", &tp_config, true)
             .override_global("FILTER", &f, true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .map_max_entries("EVENTS", size);
@@ -405,78 +438,37 @@ impl Session {
             }
         }
 
-        // Attach through tracefs when it is there, so that every loss can be counted.
-        let (events, uncounted) = match kprobe_events::KprobeEvents::open() {
-            Ok(k) => (Some(k), None),
-            Err(e) => (
-                None,
-                Some(format!(
-                    "{e}: kprobe misses and skipped program runs cannot be counted"
-                )),
-            ),
+        let (events, uncounted, removed_stale, attachments) = match plan.attach {
+            Mode::Kprobe => attach_kprobes(&mut ebpf, plan, opts)?,
+            // Ring-buffer losses are counted in every mode; runs the kernel skipped are only
+            // countable for kprobes (their hit counts in kprobe_profile).
+            Mode::Fentry => {
+                attach_fentry(&mut ebpf, plan)?;
+                (
+                    None,
+                    Some(
+                        "fentry mode: programs the kernel skipped (recursion) cannot be counted"
+                            .to_owned(),
+                    ),
+                    Vec::new(),
+                    Vec::new(),
+                )
+            }
+            Mode::Tracepoint => {
+                attach_tracepoints(
+                    &mut ebpf,
+                    plan.tracepoints
+                        .as_ref()
+                        .ok_or(ProbeError::NoTracepointPlan)?,
+                )?;
+                (
+                    None,
+                    Some("tracepoint mode: programs the kernel skipped (recursion) cannot be counted".to_owned()),
+                    Vec::new(),
+                    Vec::new(),
+                )
+            }
         };
-        let removed_stale = events
-            .as_ref()
-            .map(|k| k.removed_stale.clone())
-            .unwrap_or_default();
-        let mut attachments = Vec::new();
-        let targets = plan
-            .function
-            .probes
-            .iter()
-            .map(|p| {
-                (
-                    program_for(p.probe),
-                    p.probe,
-                    p.probe as u32,
-                    p.symbol.as_str(),
-                    0,
-                    p.ret,
-                    p.probe.name().to_owned(),
-                )
-            })
-            .chain(plan.sites.iter().enumerate().map(|(i, s)| {
-                (
-                    SITE_PROGRAMS[i],
-                    s.probe,
-                    FIRST_SITE + i as u32,
-                    s.symbol.as_str(),
-                    s.offset,
-                    false,
-                    format!("{}+{:#x}", s.symbol, s.offset),
-                )
-            }));
-        for (name, probe, slot, symbol, offset, ret, what) in targets {
-            let prog = kprobe(&mut ebpf, name)?;
-            prog.load().map_err(|source| ProbeError::Program {
-                name: name.to_owned(),
-                source: Box::new(source),
-            })?;
-            let tracefs = match &events {
-                Some(k) => {
-                    let fd = prog.fd().map_err(|source| ProbeError::Program {
-                        name: name.to_owned(),
-                        source: Box::new(source),
-                    })?;
-                    Some(k.attach(name, symbol, offset, ret, opts.maxactive, fd.as_fd())?)
-                }
-                None => {
-                    prog.attach(symbol, offset)
-                        .map_err(|source| ProbeError::Attach {
-                            what: format!("{} ({what})", probe.name()),
-                            target: format!("{symbol}+{offset:#x}"),
-                            source: Box::new(source),
-                        })?;
-                    None
-                }
-            };
-            attachments.push(Attachment {
-                probe,
-                slot,
-                tracefs,
-                event: name.to_owned(),
-            });
-        }
 
         let ring = ebpf
             .take_map("EVENTS")
@@ -596,7 +588,7 @@ impl Session {
 
     /// Waits until the ring buffer has data, then appends every record to `out`. Returns how
     /// many.
-    pub async fn next_batch(&mut self, out: &mut Vec<RawEvent>) -> Result<usize, ProbeError> {
+    pub async fn next_batch(&mut self, out: &mut Vec<Raw>) -> Result<usize, ProbeError> {
         let mut guard = self.ring.readable_mut().await?;
         let n = drain(guard.get_inner_mut(), out);
         guard.clear_ready();
@@ -604,7 +596,7 @@ impl Session {
     }
 
     /// Appends every record already in the ring buffer to `out`, without waiting.
-    pub fn drain_now(&mut self, out: &mut Vec<RawEvent>) -> usize {
+    pub fn drain_now(&mut self, out: &mut Vec<Raw>) -> usize {
         drain(self.ring.get_mut(), out)
     }
 
@@ -629,18 +621,199 @@ impl Session {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<RawEvent>) -> usize {
+/// One ring-buffer record: a [`RawEvent`], and for the tracepoint mode's probes the
+/// [`RawTail`] that follows it.
+#[derive(Clone, Copy, Debug)]
+pub struct Raw {
+    pub ev: RawEvent,
+    pub tail: Option<RawTail>,
+}
+
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Raw>) -> usize {
     let mut n = 0;
     while let Some(item) = ring.next() {
-        if item.len() >= std::mem::size_of::<RawEvent>() {
-            // SAFETY: the eBPF side writes whole `RawEvent`s (repr(C), plain data); the
-            // length was checked and read_unaligned copes with any alignment.
-            let raw = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawEvent>()) };
-            out.push(raw);
-            n += 1;
-        }
+        let raw = if item.len() >= std::mem::size_of::<RawWide>() {
+            // SAFETY: the eBPF side writes whole `RawWide`s (repr(C), plain data) in records
+            // this long; the length was checked and read_unaligned copes with any alignment.
+            let w = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawWide>()) };
+            Raw {
+                ev: w.ev,
+                tail: Some(w.tail),
+            }
+        } else if item.len() >= std::mem::size_of::<RawEvent>() {
+            // SAFETY: as above, for a plain `RawEvent`.
+            let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawEvent>()) };
+            Raw { ev, tail: None }
+        } else {
+            continue;
+        };
+        out.push(raw);
+        n += 1;
     }
     n
+}
+
+fn load_err(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError + '_ {
+    move |source| ProbeError::Program {
+        name: name.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+/// What attaching the kprobes left for loss accounting: the tracefs handle (when it was
+/// there), why losses cannot all be counted (when not), the stale groups removed, and each
+/// attached program.
+type KprobeAttach = (
+    Option<kprobe_events::KprobeEvents>,
+    Option<String>,
+    Vec<String>,
+    Vec<Attachment>,
+);
+
+/// Function probes as kprobes/kretprobes, and the instruction sites.
+fn attach_kprobes(
+    ebpf: &mut Ebpf,
+    plan: &AttachPlan,
+    opts: &Options,
+) -> Result<KprobeAttach, ProbeError> {
+    // Attach through tracefs when it is there, so that every loss can be counted.
+    let (events, uncounted) = match kprobe_events::KprobeEvents::open() {
+        Ok(k) => (Some(k), None),
+        Err(e) => (
+            None,
+            Some(format!(
+                "{e}: kprobe misses and skipped program runs cannot be counted"
+            )),
+        ),
+    };
+    let removed_stale = events
+        .as_ref()
+        .map(|k| k.removed_stale.clone())
+        .unwrap_or_default();
+    let mut attachments = Vec::new();
+    let targets = plan
+        .function
+        .probes
+        .iter()
+        .map(|p| {
+            (
+                program_for(p.probe),
+                p.probe,
+                p.probe as u32,
+                p.symbol.as_str(),
+                0,
+                p.ret,
+                p.probe.name().to_owned(),
+            )
+        })
+        .chain(plan.sites.iter().enumerate().map(|(i, s)| {
+            (
+                SITE_PROGRAMS[i],
+                s.probe,
+                FIRST_SITE + i as u32,
+                s.symbol.as_str(),
+                s.offset,
+                false,
+                format!("{}+{:#x}", s.symbol, s.offset),
+            )
+        }));
+    for (name, probe, slot, symbol, offset, ret, what) in targets {
+        let prog = kprobe(ebpf, name)?;
+        prog.load().map_err(|source| ProbeError::Program {
+            name: name.to_owned(),
+            source: Box::new(source),
+        })?;
+        let tracefs = match &events {
+            Some(k) => {
+                let fd = prog.fd().map_err(|source| ProbeError::Program {
+                    name: name.to_owned(),
+                    source: Box::new(source),
+                })?;
+                Some(k.attach(name, symbol, offset, ret, opts.maxactive, fd.as_fd())?)
+            }
+            None => {
+                prog.attach(symbol, offset)
+                    .map_err(|source| ProbeError::Attach {
+                        what: format!("{} ({what})", probe.name()),
+                        target: format!("{symbol}+{offset:#x}"),
+                        source: Box::new(source),
+                    })?;
+                None
+            }
+        };
+        attachments.push(Attachment {
+            probe,
+            slot,
+            tracefs,
+            event: name.to_owned(),
+        });
+    }
+    Ok((events, uncounted, removed_stale, attachments))
+}
+
+/// The fentry/fexit program of a function-level probe (tracer-ebpf/src/fentry.rs).
+fn fentry_program(p: Probe) -> Option<&'static str> {
+    Some(match p {
+        Probe::CprEnter => "fe_cpr_enter",
+        Probe::CprExit => "fx_cpr_exit",
+        Probe::HugetlbEnter => "fe_hugetlb_enter",
+        Probe::HugetlbExit => "fx_hugetlb_exit",
+        Probe::GupEnter => "fe_gup_enter",
+        Probe::GupExit => "fx_gup_exit",
+        Probe::MmFree => "fe_mm_free",
+        _ => return None,
+    })
+}
+
+/// Function probes as fentry/fexit programs, loaded against the running kernel's BTF. BTF
+/// names functions without the compiler's clone suffixes (`.constprop.0`, `.isra.0`).
+fn attach_fentry(ebpf: &mut Ebpf, plan: &AttachPlan) -> Result<(), ProbeError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::KernelBtf(e.to_string()))?;
+    for p in &plan.function.probes {
+        let name = fentry_program(p.probe).ok_or(ProbeError::Missing("fentry program"))?;
+        let func = p.symbol.split('.').next().unwrap_or(&p.symbol);
+        let attach_err = |source| ProbeError::Attach {
+            what: p.probe.name().to_owned(),
+            target: format!("fentry:{func}"),
+            source: Box::new(source),
+        };
+        let prog = ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?;
+        if p.ret {
+            let prog: &mut FExit = prog.try_into().map_err(load_err(name))?;
+            prog.load(func, &btf).map_err(load_err(name))?;
+            prog.attach().map_err(attach_err)?;
+        } else {
+            let prog: &mut FEntry = prog.try_into().map_err(load_err(name))?;
+            prog.load(func, &btf).map_err(load_err(name))?;
+            prog.attach().map_err(attach_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The tracepoint mode's raw tracepoint programs.
+fn attach_tracepoints(ebpf: &mut Ebpf, tp: &TracepointPlan) -> Result<(), ProbeError> {
+    let mut done: Vec<&str> = Vec::new();
+    for h in &tp.hooks {
+        // One program can serve several kinds (sys_enter: forks and pinning syscalls).
+        if done.contains(&h.program) {
+            continue;
+        }
+        done.push(h.program);
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(h.program)
+            .ok_or(ProbeError::Missing(h.program))?
+            .try_into()
+            .map_err(load_err(h.program))?;
+        prog.load().map_err(load_err(h.program))?;
+        prog.attach(h.tracepoint)
+            .map_err(|source| ProbeError::Attach {
+                what: h.kind.to_owned(),
+                target: format!("raw_tp:{}", h.tracepoint),
+                source: Box::new(source),
+            })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

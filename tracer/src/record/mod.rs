@@ -1,9 +1,9 @@
-//! `tracer record`: attach, stream ring-buffer records through the decoder, write JSON Lines.
+//! `tracer record`: a consumer of the tracing [`session`](crate::session) that writes its
+//! records as JSON Lines.
 //!
 //! The log is complete and valid on every exit path: header first, then events in delivery
 //! order, `lost` lines whenever the in-kernel loss counters grow, and a summary last.
 use std::{
-    collections::BTreeMap,
     fs::File,
     io::{BufWriter, IsTerminal as _, Write},
     path::PathBuf,
@@ -12,17 +12,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-pub mod pump;
-
-pub use pump::{PumpStats, Sink, TraceArgs, pump};
-
 use crate::{
-    events::{
-        Header, Record, log as logfile,
-        schema::{SCHEMA, SCHEMA_MINOR},
-        text::EventText,
-    },
-    probes::{self, AttachPlan, KernelSource},
+    events::{Record, log as logfile, text::EventText},
+    probes::AttachPlan,
+    session::{self, Cancel, Sink, TraceArgs, pump},
 };
 
 #[derive(clap::Args, Debug)]
@@ -41,231 +34,13 @@ pub struct Args {
     pub trace: TraceArgs,
 }
 
-/// Builds the attach plan for the running kernel: function probes plus instruction sites.
-pub fn plan(btf: Option<PathBuf>, with_sites: bool) -> Result<AttachPlan> {
-    let mut src = KernelSource::default();
-    if let Some(b) = btf {
-        src.btf = b;
-    }
-    probes::env::preflight(&src.btf)?;
-    let (function, btf, ks) = probes::function_plan(&src)?;
-    let found = if with_sites {
-        site_probes(&function, &btf, &ks)
-    } else {
-        SiteProbes {
-            notes: vec!["instruction sites not requested (--no-sites)".to_owned()],
-            ..SiteProbes::default()
-        }
-    };
-    Ok(AttachPlan {
-        function,
-        sites: found.sites,
-        site_notes: found.notes,
-        discovery: found.discovery,
-        defects: found.defects,
-        sites_complete: found.complete,
-    })
-}
-
-#[derive(Default)]
-struct SiteProbes {
-    sites: Vec<probes::SiteProbe>,
-    notes: Vec<String>,
-    discovery: Option<serde_json::Value>,
-    defects: Vec<String>,
-    complete: bool,
-}
-
-/// Instruction-level sites for this kernel, found in its live machine code (`crate::sites`).
-/// A function of a shape discovery does not know runs with function-level probes only; one
-/// with a proven defect is probed where its parts remain, so the run shows the consequence.
-/// Both go into the plan, the log header and stderr.
-fn site_probes(
-    function: &crate::kernel::target::FunctionPlan,
-    btf: &crate::kernel::btf::Btf,
-    ks: &crate::kernel::kallsyms::Kallsyms,
-) -> SiteProbes {
-    let code = match crate::kernel::image::ElfImage::kcore() {
-        Ok(c) => c,
-        Err(e) => {
-            return SiteProbes {
-                notes: vec![format!(
-                    "instruction sites: cannot read the kernel's code from /proc/kcore ({e}); function-level probes only"
-                )],
-                ..SiteProbes::default()
-            };
-        }
-    };
-    let layout = match crate::sites::SiteLayout::resolve(btf, ks, Some(&function.release)) {
-        Ok(l) => l,
-        Err(e) => {
-            return SiteProbes {
-                notes: vec![format!(
-                    "instruction sites: {e}; function-level probes only"
-                )],
-                ..SiteProbes::default()
-            };
-        }
-    };
-    let plan = crate::sites::discover(&code, ks, &layout);
-    let mut notes: Vec<String> = plan
-        .unknowns()
-        .map(|(f, e)| {
-            format!(
-                "instruction sites in {}: {e}; function-level probes only there",
-                f.symbol
-            )
-        })
-        .collect();
-    let defects = plan
-        .defects()
-        .map(|(f, d)| format!("{}: {}: {}", f.symbol, d.defect.name(), d.why))
-        .collect();
-    let mut sites = Vec::new();
-    for s in &plan.sites {
-        let (probe, note) = probes::placement::place(s, &code, ks);
-        sites.push(probe);
-        notes.extend(note);
-    }
-    SiteProbes {
-        sites,
-        notes,
-        discovery: Some(plan.discovery_json()),
-        defects,
-        complete: plan.complete(),
-    }
-}
-
-/// Human-readable attach plan.
-pub fn print_plan(plan: &AttachPlan) {
-    println!("kernel {}: {} mode", plan.function.release, plan.mode());
-    for p in &plan.function.probes {
-        println!(
-            "  {:<14} {}{:<28} {}",
-            p.probe.name(),
-            if p.ret { "ret:" } else { "    " },
-            p.symbol,
-            p.reason
-        );
-    }
-    for s in &plan.sites {
-        let how = match s.read {
-            probes::SiteRead::Memory(r, d) => format!(
-                "reads {d:#x}(%{}) before the instruction executes",
-                crate::sites::reg_name(r)
-            ),
-            probes::SiteRead::Loaded(r) => format!(
-                "reads %{} right after the load: the value the kernel loaded",
-                crate::sites::reg_name(r)
-            ),
-            probes::SiteRead::Marker => "reads current->mm's seqcount there".to_owned(),
-        };
-        println!(
-            "  {:<14}     {:<32} {how}",
-            s.probe.name(),
-            format!("{}+{:#x}", s.symbol, s.offset)
-        );
-    }
-    let o = &plan.function.offsets;
-    println!(
-        "  offsets: task_struct.mm={} mm_struct.write_protect_seq.sequence={} vm_area_struct.{{vm_mm={} vm_flags={} vm_start={} vm_end={}}}",
-        o.task_mm, o.mm_seq, o.vma_mm, o.vma_flags, o.vma_start, o.vma_end
-    );
-    let f = &plan.function.foll;
-    println!(
-        "  FOLL_PIN={:#x} FOLL_FAST_ONLY={:#x} FOLL_LONGTERM={:#x} (from {})",
-        f.pin,
-        f.fast_only,
-        f.longterm,
-        f.source.as_str()
-    );
-    for m in plan.function.missing.iter().chain(&plan.site_notes) {
-        println!("  missing: {m}");
-    }
-    for d in &plan.defects {
-        println!("  DEFECT: {d}");
-    }
-}
-
-/// Says on stderr, before tracing starts, what discovery could not prove and what it found
-/// broken: a trace must never look complete when it is not.
-pub fn warn_plan(plan: &AttachPlan) {
-    for d in &plan.defects {
-        eprintln!("tracer: DEFECT in this kernel's code: {d}");
-    }
-    for n in &plan.site_notes {
-        eprintln!("tracer: {n}");
-    }
-    if plan.mode() != "instruction" {
-        eprintln!(
-            "tracer: attach mode {}: the verdict on this trace cannot be clean",
-            plan.mode()
-        );
-    }
-}
-
-/// How far apart a seqcount access and its probe's timestamp may be, as a hint for the
-/// validator. On bare metal the probe runs right next to the access with interrupts off
-/// (100 us is generous); in a virtual machine the vCPU can be descheduled between the two for
-/// milliseconds (measured up to ~13 ms under QEMU TCG on a loaded 2-core host), so 50 ms.
-pub fn clock_slack_ns() -> u64 {
-    let virtualized = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
-        c.lines()
-            .filter(|l| l.starts_with("flags"))
-            .any(|l| l.split_whitespace().any(|f| f == "hypervisor"))
-    });
-    if virtualized { 50_000_000 } else { 100_000 }
-}
-
-pub fn header(plan: &AttachPlan, args: &TraceArgs) -> Header {
-    let f = &plan.function.foll;
-    let o = &plan.function.offsets;
-    let mut extra = BTreeMap::new();
-    extra.insert("minor".to_owned(), serde_json::json!(SCHEMA_MINOR));
-    extra.insert("mode".to_owned(), serde_json::json!(plan.mode()));
-    extra.insert(
-        "foll".to_owned(),
-        serde_json::json!({"pin": f.pin, "fast_only": f.fast_only, "longterm": f.longterm, "source": f.source.as_str()}),
-    );
-    extra.insert(
-        "offsets".to_owned(),
-        serde_json::json!({"task_mm": o.task_mm, "mm_seq": o.mm_seq, "vma_mm": o.vma_mm, "vma_flags": o.vma_flags, "vma_anon_vma": o.vma_anon_vma}),
-    );
-    extra.insert(
-        "filter".to_owned(),
-        serde_json::json!({"pid": args.pid, "comm": args.comm}),
-    );
-    extra.insert("ring_size".to_owned(), serde_json::json!(args.ring_size));
-    extra.insert(
-        "clock_slack_ns".to_owned(),
-        serde_json::json!(clock_slack_ns()),
-    );
-    let notes: Vec<&String> = plan
-        .function
-        .missing
-        .iter()
-        .chain(&plan.site_notes)
-        .collect();
-    extra.insert("missing".to_owned(), serde_json::json!(notes));
-    if let Some(d) = &plan.discovery {
-        extra.insert("discovery".to_owned(), d.clone());
-    }
-    Header {
-        schema: SCHEMA,
-        tool: format!("tracer {}", env!("CARGO_PKG_VERSION")),
-        kernel: plan.function.release.clone(),
-        probes: plan.probe_infos(),
-        extra,
-    }
-}
-
 pub fn main(args: Args) -> Result<ExitCode> {
-    let plan = plan(args.trace.btf.clone(), !args.trace.no_sites)?;
+    let plan = session::plan(&args.trace)?;
     if args.dry_run {
-        print_plan(&plan);
+        session::print_plan(&plan);
         return Ok(ExitCode::SUCCESS);
     }
-    warn_plan(&plan);
+    session::warn_plan(&plan);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -360,11 +135,24 @@ impl<W: Write> Sink for TextSink<W> {
 
 async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
     let to_stdout = args.output.is_none();
+    // Ctrl-C and SIGTERM end the trace through the session's one stop path.
+    let cancel = Cancel::new();
+    cancel
+        .on_signals()
+        .context("installing the SIGINT/SIGTERM handlers")?;
     let stats = match &args.output {
         Some(p) => {
             let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
             let mut sink = LogWriter::new(Box::new(BufWriter::with_capacity(1 << 20, f)));
-            let stats = pump(&plan, &args.trace, args.raw_pointers, false, &mut sink).await?;
+            let stats = pump(
+                &plan,
+                &args.trace,
+                args.raw_pointers,
+                false,
+                &mut sink,
+                &cancel,
+            )
+            .await?;
             sink.finish()?;
             stats
         }
@@ -375,13 +163,29 @@ async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
                 foll: None,
                 buf: String::new(),
             };
-            let stats = pump(&plan, &args.trace, args.raw_pointers, true, &mut sink).await?;
+            let stats = pump(
+                &plan,
+                &args.trace,
+                args.raw_pointers,
+                true,
+                &mut sink,
+                &cancel,
+            )
+            .await?;
             sink.batch_done().await?;
             stats
         }
         None => {
             let mut sink = LogWriter::new(Box::new(BufWriter::new(std::io::stdout())));
-            let stats = pump(&plan, &args.trace, args.raw_pointers, true, &mut sink).await?;
+            let stats = pump(
+                &plan,
+                &args.trace,
+                args.raw_pointers,
+                true,
+                &mut sink,
+                &cancel,
+            )
+            .await?;
             sink.finish()?;
             stats
         }

@@ -1216,7 +1216,73 @@ pub fn exit_status(plan: &Plan) -> u8 {
     }
 }
 
+/// Which attach modes can run on the live kernel, and what each sees and misses.
+fn modes_json(btf: &std::path::Path) -> serde_json::Value {
+    use crate::probes::caps::{Caps, Mode};
+    let caps = Caps::detect(btf);
+    let best = caps.best();
+    serde_json::Value::Array(
+        Mode::ALL
+            .iter()
+            .map(|&m| {
+                let missing = caps.missing(m);
+                serde_json::json!({
+                    "mode": m.as_str(),
+                    "works": missing.is_empty(),
+                    "best": best == Some(m),
+                    "missing": missing,
+                    "sees": m.sees(),
+                    "misses": m.misses(),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn print_modes(modes: &serde_json::Value) {
+    println!("attach modes on this kernel (`--mode`; auto takes the first that works):");
+    for m in modes.as_array().into_iter().flatten() {
+        let name = m.get("mode").and_then(|v| v.as_str()).unwrap_or("?");
+        let missing: Vec<&str> = m
+            .get("missing")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect();
+        if missing.is_empty() {
+            println!("  {name:<10} works");
+        } else {
+            println!("  {name:<10} cannot run: {}", missing.join("; "));
+        }
+        for k in ["sees", "misses"] {
+            let what = if k == "sees" { "sees" } else { "cannot see" };
+            println!(
+                "  {:<10}   {what}: {}",
+                "",
+                m.get(k).and_then(|v| v.as_str()).unwrap_or("")
+            );
+        }
+    }
+}
+
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let live = args.image.is_none() && args.vmlinux.is_none();
+    let modes = live.then(|| {
+        modes_json(
+            args.btf
+                .as_deref()
+                .unwrap_or(std::path::Path::new(crate::probes::env::SYS_BTF)),
+        )
+    });
+    // Printed before discovery, which needs the kernel's code: a kernel that hides it (no
+    // /proc/kcore) still says what can be traced.
+    if let Some(m) = &modes
+        && !args.json
+        && args.explain.is_none()
+    {
+        print_modes(m);
+    }
     let inputs = Inputs::load(&args)?;
     let layout = SiteLayout::resolve(&inputs.btf, &inputs.kallsyms, inputs.release.as_deref())?;
     if let Some(symbol) = &args.explain {
@@ -1238,6 +1304,9 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(o) = v.as_object_mut() {
             o.insert("kernel".into(), serde_json::json!(inputs.release));
             o.insert("source".into(), serde_json::json!(inputs.code.describe()));
+            if let Some(m) = &modes {
+                o.insert("modes".into(), m.clone());
+            }
             if let Some(Ok(f)) = &functions {
                 let probes: Vec<serde_json::Value> = f
                     .probes

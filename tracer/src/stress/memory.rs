@@ -10,6 +10,8 @@ const HUGE_PAGE: usize = 2 << 20;
 pub struct Mapping {
     ptr: *mut u8,
     len: usize,
+    /// Bytes of the inaccessible pages before and after it (see `map`).
+    guard: usize,
 }
 
 // SAFETY: the mapping is plain memory; threads only write bytes into it with volatile stores
@@ -40,24 +42,45 @@ impl Mapping {
     }
 
     fn map(len: usize, extra: i32) -> io::Result<Mapping> {
+        // Adjacent anonymous mappings with the same flags merge into one VMA, and fork copies
+        // one VMA in one write section. So a small-page mapping is reserved inaccessible with a
+        // page to spare on each side, and only its middle made writable: the guard pages are
+        // never written (no anon_vma: fork copies them without a write section) and keep the
+        // mapping its own VMA, one write section per mapping. Made writable after the
+        // reservation, the middle cannot merge into a neighbour that already has an anon_vma.
+        let guard = if extra == 0 { PAGE } else { 0 };
+        let prot = if guard > 0 {
+            libc::PROT_NONE
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        };
         // SAFETY: anonymous private mapping with no address hint.
-        let ptr = unsafe {
+        let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                len + 2 * guard,
+                prot,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
                 -1,
                 0,
             )
         };
-        if ptr == libc::MAP_FAILED {
+        if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Mapping {
-            ptr: ptr.cast(),
+        let m = Mapping {
+            // SAFETY: within the reservation.
+            ptr: unsafe { base.cast::<u8>().add(guard) },
             len,
-        })
+            guard,
+        };
+        // SAFETY: the middle of the mapping's own reservation.
+        if guard > 0
+            && unsafe { libc::mprotect(m.ptr.cast(), len, libc::PROT_READ | libc::PROT_WRITE) } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(m)
     }
 
     pub fn pages(&self) -> usize {
@@ -82,8 +105,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        // SAFETY: unmapping exactly what `map` mapped, guards included.
+        unsafe { libc::munmap(self.ptr.sub(self.guard).cast(), self.len + 2 * self.guard) };
     }
 }
 
@@ -99,5 +122,32 @@ mod tests {
         // Clamped: never past the end.
         assert_eq!(m.page(99), m.page(3));
         m.dirty();
+    }
+
+    /// Each mapping is its own VMA (fork gives each its own write section), though anonymous
+    /// mappings with the same flags side by side would merge.
+    #[test]
+    fn mappings_do_not_merge_into_one_vma() {
+        let maps: Vec<Mapping> = (0..4)
+            .map(|_| Mapping::private(4 * PAGE).unwrap_or_else(|e| panic!("mmap: {e}")))
+            .collect();
+        let vmas = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        for m in &maps {
+            let start = m.ptr as usize;
+            let line = vmas
+                .lines()
+                .find(|l| {
+                    l.split('-')
+                        .next()
+                        .and_then(|a| usize::from_str_radix(a, 16).ok())
+                        == Some(start)
+                })
+                .unwrap_or_else(|| panic!("no VMA starts at {start:#x}:\n{vmas}"));
+            let end = line
+                .split(['-', ' '])
+                .nth(1)
+                .and_then(|e| usize::from_str_radix(e, 16).ok());
+            assert_eq!(end, Some(start + 4 * PAGE), "{line}");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! `tracer tui` on the running kernel: the recorder's tracing loop ([`crate::record::pump`])
-//! feeds [`super::run_live`] through a channel.
+//! `tracer tui` on the running kernel: a consumer of the tracing
+//! [`session`](crate::session), whose loop feeds the screens through a channel. Quitting
+//! cancels the session through the handle both share.
 use std::{
     process::ExitCode,
     sync::{
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     events::Record,
-    record::{Sink, TraceArgs, pump},
+    session::{self, Cancel, Sink, TraceArgs, pump},
 };
 
 /// Hands the pump's records to the TUI. `send` waits when the channel is full, so a TUI that
@@ -23,7 +24,8 @@ struct ChannelSink {
     tx: mpsc::Sender<Record>,
     /// Something (the header) reached the TUI: from then on errors go to its messages pane.
     started: Arc<AtomicBool>,
-    /// The TUI has quit; the pump runs on until its SIGINT so it stops the workload too.
+    /// The TUI has quit; the pump runs on until it sees the cancel, so it stops the workload
+    /// too.
     gone: bool,
 }
 
@@ -43,15 +45,12 @@ impl Sink for ChannelSink {
 /// Attaches the probes, runs the optional workload, and shows the events until the person
 /// quits (or the workload/duration ends the trace: the screen then stays, marked done).
 pub fn run(trace: TraceArgs, opts: super::Options) -> Result<ExitCode> {
-    let plan = crate::record::plan(trace.btf.clone(), !trace.no_sites)?;
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         return Err(super::TuiError::NotATerminal.into());
     }
-    // Quitting raises SIGINT to stop the pump (below). A handler must exist from the start so
-    // that the signal can never take the default action and kill the process mid-restore.
-    let sigint_seen = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(libc::SIGINT, Arc::clone(&sigint_seen))
-        .context("installing the SIGINT handler")?;
+    let plan = session::plan(&trace)?;
+    let cancel = Cancel::new();
+    let pump_cancel = cancel.clone();
     // Everything written to stderr from here on, the workload's output included (it inherits
     // fd 2 when the pump starts it), goes to the messages pane rather than over the screen.
     let app = super::App::new(&opts)?;
@@ -76,7 +75,7 @@ pub fn run(trace: TraceArgs, opts: super::Options) -> Result<ExitCode> {
                         gone: false,
                     };
                     // The workload's stdout goes to stderr, which the TUI shows as messages.
-                    pump(&plan, &trace, false, true, &mut sink)
+                    pump(&plan, &trace, false, true, &mut sink, &pump_cancel)
                         .await
                         .map(|_| ())
                 })
@@ -104,15 +103,10 @@ pub fn run(trace: TraceArgs, opts: super::Options) -> Result<ExitCode> {
     if opts.source.is_empty() {
         opts.source = "live".into();
     }
-    // Quitting stops the pump with SIGINT: it stops the workload, detaches, drains and sends
-    // its summary, all of which still reaches the `--record` file.
-    let stop = Box::new(|| {
-        // SAFETY: raise() only delivers a signal to this process, whose SIGINT handlers are
-        // installed (signal-hook above, and the pump's).
-        unsafe {
-            libc::raise(libc::SIGINT);
-        }
-    });
+    // Quitting cancels the session through the handle it shares with the pump: the pump
+    // stops the workload, detaches, drains and sends its summary, all of which still reaches
+    // the `--record` file. A trace that ends on its own needs no cancel; one more is harmless.
+    let stop = Box::new(move || cancel.cancel());
     let shown = app.run(header, super::Input::Live(rx), None, opts, 1.0, Some(stop));
     let _ = done_rx.recv_timeout(Duration::from_secs(3));
     Ok(shown?)

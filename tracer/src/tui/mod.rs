@@ -74,7 +74,7 @@ pub struct Args {
     pub read: ReadArgs,
     /// What to trace live (without --replay or --follow).
     #[command(flatten)]
-    pub trace: crate::record::TraceArgs,
+    pub trace: crate::session::TraceArgs,
     /// Test hook: panic after this many ms, to check that the terminal is restored.
     #[arg(long, hide = true)]
     pub panic_after_ms: Option<u64>,

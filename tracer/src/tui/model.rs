@@ -65,6 +65,37 @@ impl MmStats {
     }
 }
 
+/// Which of the screen's figures the log's attach mode can see at all: the others are greyed
+/// out rather than shown as zeros that look like measurements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Visibility {
+    /// GUP-fast calls (`gup_enter`): pins and bails on an odd value at entry.
+    pub gup_calls: bool,
+    /// Their returns: calls that fell back to the slow path.
+    pub gup_exits: bool,
+    /// The seqcount loads inside GUP-fast (bails, retries).
+    pub read_sites: bool,
+    /// GUP-fast's back-out block.
+    pub retry_fail: bool,
+    /// Tracepoint mode's pinning syscalls (shown in place of GUP-fast calls).
+    pub pin_syscalls: bool,
+}
+
+impl Visibility {
+    pub const ALL: Visibility = Visibility {
+        gup_calls: true,
+        gup_exits: true,
+        read_sites: true,
+        retry_fail: true,
+        pin_syscalls: false,
+    };
+
+    /// Inside GUP-fast at all (calls or loads).
+    pub fn gup(&self) -> bool {
+        self.gup_calls || self.read_sites
+    }
+}
+
 /// Log2 histogram of durations in ns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hist {
@@ -159,6 +190,10 @@ pub struct Model {
     pub pin_calls: Hist,
     /// read_begin → read_retry (instruction-level GUP-fast windows).
     pub read_windows: Hist,
+    /// Tracepoint mode: forks that advanced seq, from the bracket's first read to its second.
+    pub fork_brackets: Hist,
+    /// Tracepoint mode: pinning syscalls, entry to exit.
+    pub pin_syscalls: Hist,
     /// Events per second of trace time: (second since first_ts, count), oldest first.
     rate: VecDeque<(u64, u64)>,
     pub tail: VecDeque<(u64, Event)>,
@@ -209,6 +244,32 @@ impl Model {
                     "function".into()
                 }
             })
+    }
+
+    /// How the probes were attached (`kprobe`, `fentry`, `tracepoint`), when the header says.
+    pub fn attach(&self) -> Option<String> {
+        self.header
+            .as_ref()?
+            .extra
+            .get("attach")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// What the log's probes can show. A header that lists no probes (a hand-made log) is
+    /// taken to show everything.
+    pub fn visibility(&self) -> Visibility {
+        let Some(h) = self.header.as_ref().filter(|h| !h.probes.is_empty()) else {
+            return Visibility::ALL;
+        };
+        let has = |k: Kind| h.probes.iter().any(|p| p.name == k.as_str());
+        Visibility {
+            gup_calls: has(Kind::GupEnter),
+            gup_exits: has(Kind::GupExit),
+            read_sites: has(Kind::ReadBegin),
+            retry_fail: has(Kind::RetryFail),
+            pin_syscalls: has(Kind::PinSyscall),
+        }
     }
 
     pub fn message(&mut self, m: impl Into<String>) {
@@ -452,6 +513,26 @@ impl Model {
                 }
                 _ => {}
             },
+            Body::Fork {
+                ts_before,
+                seq_before,
+                seq_after,
+                ..
+            } => {
+                st.forks += 1;
+                if let (Some(a), Some(b)) = (seq_before, seq_after) {
+                    let d = b.wrapping_sub(*a);
+                    if (d as i32) > 0 {
+                        // One write section (+2) per COW VMA copied.
+                        st.cow_copied += u64::from(d / 2);
+                        self.fork_brackets.add(e.ts.saturating_sub(*ts_before));
+                    }
+                }
+            }
+            Body::PinSyscall { ts_enter, .. } => {
+                st.pin_calls += 1;
+                self.pin_syscalls.add(e.ts.saturating_sub(*ts_enter));
+            }
         }
     }
 

@@ -198,7 +198,18 @@ fn draw_header(f: &mut Canvas, area: Rect, model: &Model, st: &Status) {
             Style::new().fg(Color::Yellow),
         )),
     }
-    line1.push(Span::raw(format!(" · kernel {kernel} · {mode} (? plan)")));
+    line1.push(Span::raw(format!(" · kernel {kernel} · ")));
+    // The attach mode, when the recorder wrote it: anything short of kprobe sees less, and
+    // says so in yellow.
+    match model.attach() {
+        Some(a) if a == "kprobe" => line1.push(Span::raw(format!("{a} · "))),
+        Some(a) => line1.push(Span::styled(
+            format!("{a} mode: reduced view · "),
+            Style::new().fg(Color::Yellow).bold(),
+        )),
+        None => {}
+    }
+    line1.push(Span::raw(format!("{mode} (? plan)")));
     let line1 = Line::from(line1);
     let red_if = |n: u64| {
         if n > 0 {
@@ -261,15 +272,46 @@ fn draw_header(f: &mut Canvas, area: Rect, model: &Model, st: &Status) {
 
 fn draw_table(f: &mut Canvas, area: Rect, model: &Model, view: &View) {
     let rows = view.rows(model);
+    let vis = model.visibility();
+    // Columns the mode cannot see are greyed, with "-" for values: a zero there would read as
+    // a measurement.
+    let shown = [
+        true,
+        true,
+        true,
+        true,
+        true,
+        true,
+        true,
+        vis.gup_calls || vis.read_sites || vis.pin_syscalls,
+        vis.gup(),
+        vis.retry_fail,
+        vis.gup_exits,
+        true,
+    ];
+    let pins = if vis.pin_syscalls && !vis.gup() {
+        "psys"
+    } else {
+        "pins"
+    };
     let header = Row::new(
         [
-            "comm", "pid", "mm", "seq", "state", "forks", "cow", "pins", "bails", "rfail", "slow",
+            "comm", "pid", "mm", "seq", "state", "forks", "cow", pins, "bails", "rfail", "slow",
             "viol",
         ]
-        .map(Cell::from),
-    )
-    .style(Style::new().bold());
+        .into_iter()
+        .zip(shown)
+        .map(|(h, on)| {
+            if on {
+                Cell::from(h).style(Style::new().bold())
+            } else {
+                Cell::from(h).style(DIM)
+            }
+        }),
+    );
     let num = |n: u64| Cell::from(n.to_string());
+    let unseen = || Cell::from("-").style(DIM);
+    let col = |i: usize, n: u64| if shown[i] { num(n) } else { unseen() };
     let body = rows.iter().map(|m| {
         let state = if m.is_odd() {
             Cell::from("odd").style(Style::new().fg(Color::Yellow).bold())
@@ -289,10 +331,10 @@ fn draw_table(f: &mut Canvas, area: Rect, model: &Model, view: &View) {
             state,
             num(m.forks),
             num(m.cow_copied),
-            num(m.pin_calls),
-            num(m.bails),
-            num(m.retry_fails),
-            num(m.slow_path),
+            col(7, m.pin_calls),
+            col(8, m.bails),
+            col(9, m.retry_fails),
+            col(10, m.slow_path),
             viol,
         ]);
         if view.focus.as_deref() == Some(m.mm.as_str()) {
@@ -439,19 +481,64 @@ fn draw_charts(f: &mut Canvas, area: Rect, model: &Model, st: &Status) {
             .style(Style::new().fg(Color::Cyan)),
         spark,
     );
-    draw_hist(
-        f,
-        cow,
-        "COW write sections",
-        ("write site", &model.write_sections),
-        ("copy_page_range", &model.cow_calls),
-    );
-    draw_hist(
-        f,
-        gup,
-        "GUP-fast windows",
-        ("read site", &model.read_windows),
-        ("PIN call", &model.pin_calls),
+    let vis = model.visibility();
+    if model.cow_calls.count == 0
+        && model.write_sections.count == 0
+        && model.fork_brackets.count > 0
+    {
+        // Tracepoint mode: whole forks, each bracket holding all its write sections.
+        draw_hist(
+            f,
+            cow,
+            "forks (COW write sections inside)",
+            ("fork under mmap_lock", &model.fork_brackets),
+            ("fork under mmap_lock", &model.fork_brackets),
+        );
+    } else {
+        draw_hist(
+            f,
+            cow,
+            "COW write sections",
+            ("write site", &model.write_sections),
+            ("copy_page_range", &model.cow_calls),
+        );
+    }
+    if vis.gup() {
+        draw_hist(
+            f,
+            gup,
+            "GUP-fast windows",
+            ("read site", &model.read_windows),
+            ("PIN call", &model.pin_calls),
+        );
+    } else {
+        draw_unseen(
+            f,
+            gup,
+            "GUP-fast windows",
+            if vis.pin_syscalls {
+                format!(
+                    "not seen in this mode; {} pinning syscalls around them",
+                    model.pin_syscalls.count
+                )
+            } else {
+                "not seen in this mode".to_owned()
+            },
+        );
+    }
+}
+
+/// A pane the attach mode cannot fill: greyed, saying so.
+fn draw_unseen(f: &mut Canvas, area: Rect, title: &str, why: String) {
+    let b = Block::bordered()
+        .title(Span::styled(format!(" {title} "), DIM))
+        .border_style(DIM);
+    f.render_widget(
+        Paragraph::new(why)
+            .style(DIM)
+            .wrap(Wrap { trim: true })
+            .block(b),
+        area,
     );
 }
 
@@ -649,6 +736,9 @@ fn draw_help(f: &mut Canvas, area: Rect, model: &Model) {
         Line::raw("state odd: fork write-protect window open · cow: COW VMAs copied"),
         Line::raw("pins: PIN GUP-fast calls · bails: gave up on an odd seq"),
         Line::raw("rfail: retry failed · slow: PIN call fell back to slow GUP"),
+        Line::raw(
+            "psys (tracepoint mode): pinning syscalls · grey: this attach mode cannot see it",
+        ),
         Line::styled(
             format!("attach plan: {}", model.attach_mode()),
             Style::new().bold(),

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tracer_common::Probe;
 
 use crate::{
-    events::{Body, CopyFn, Event, Header, Kind, Record},
+    events::{Body, Bracket, CopyFn, Event, Header, Kind, Record},
     sites::Defect,
 };
 
@@ -36,12 +36,13 @@ pub enum Rule {
     UnprotectedOverlap,
     RetryIgnored,
     SeqUnexplained,
+    ForkParity,
     Defect(Defect),
 }
 
 impl Rule {
     /// The rules judged on events.
-    pub const EVENT_RULES: [Rule; 7] = [
+    pub const EVENT_RULES: [Rule; 8] = [
         Rule::WriteParity,
         Rule::WriterOverlap,
         Rule::CopyDelta,
@@ -49,6 +50,7 @@ impl Rule {
         Rule::UnprotectedOverlap,
         Rule::RetryIgnored,
         Rule::SeqUnexplained,
+        Rule::ForkParity,
     ];
 
     /// Every rule: the event rules, then one per defect class.
@@ -67,6 +69,7 @@ impl Rule {
             Rule::UnprotectedOverlap => "unprotected_overlap",
             Rule::RetryIgnored => "retry_ignored",
             Rule::SeqUnexplained => "seq_unexplained",
+            Rule::ForkParity => "fork_parity",
             Rule::Defect(d) => d.name(),
         }
     }
@@ -214,6 +217,14 @@ pub struct Stats {
     /// Calls and write sections still open when the log ended, whose outcome could hide a
     /// violation (an odd load not yet bailed, a changed retry not yet backed out).
     pub unsettled: u64,
+    /// `fork` events (tracepoint mode), and those read under the parent's mmap_lock (exact).
+    pub forks: u64,
+    pub exact_forks: u64,
+    /// `pin_syscall` events (tracepoint mode).
+    pub pin_syscalls: u64,
+    /// Pinning syscalls during which the mm's seq moved: they ran concurrently with a fork of
+    /// their mm, the situation the seqcount exists for.
+    pub pin_syscalls_during_fork: u64,
 }
 
 /// How one rule fared.
@@ -296,8 +307,12 @@ pub(crate) struct Ev {
     pub seq: Option<u32>,
     /// `cow` for copy entries, `pin` for `gup_enter`, false otherwise.
     pub flag: bool,
-    /// A copy entry whose copy must take the write section (see [`must_write`]).
+    /// A copy entry whose copy must take the write section (see [`must_write`]); for a
+    /// `fork`, its bracket is exact (read holding the mmap_lock).
     pub must: bool,
+    /// The other value of a two-value event (`fork`, `pin_syscall`) and when it was read.
+    pub seq2: Option<u32>,
+    pub ts2: u64,
 }
 
 /// `VM_PFNMAP` and `VM_HUGETLB` (include/linux/mm.h, unchanged since 2.6).
@@ -501,6 +516,8 @@ struct LostAllowance {
     write_end: u64,
     read_begin: u64,
     retry_fail: u64,
+    /// Lost `fork` events: each can explain one seq jump of any size.
+    forks: u64,
 }
 
 /// What the log header says about the trace: which probes were attached (and so which rules
@@ -762,6 +779,71 @@ impl Validator {
 
     /// Both input paths (a parsed `Record`, the CLI's fast reader) end here.
     fn push_parts(&mut self, line: u64, ts: u64, tid: u32, mm: &str, body: &Body) {
+        match *body {
+            // A fork is replayed as two events: its first read (where its increments begin)
+            // and its second.
+            Body::Fork {
+                ts_before,
+                seq_before,
+                seq_after,
+                bracket,
+                ..
+            } => {
+                let mm = self.intern(mm);
+                self.seen.insert(Kind::Fork);
+                let exact = bracket == Bracket::MmapLock;
+                for (begin, t, v, t2, v2) in [
+                    (true, ts_before, seq_before, ts, seq_after),
+                    (false, ts, seq_after, ts_before, seq_before),
+                ] {
+                    self.push_ev(Ev {
+                        ts: t,
+                        line,
+                        tid,
+                        mm,
+                        kind: Kind::Fork,
+                        seq: v,
+                        flag: begin,
+                        must: exact,
+                        seq2: v2,
+                        ts2: t2,
+                    });
+                }
+                // One event of the log, two replay steps.
+                self.events -= 1;
+                return;
+            }
+            // Likewise a pinning syscall: its load at entry is judged at its own time.
+            Body::PinSyscall {
+                ts_enter,
+                seq_enter,
+                seq_exit,
+                ..
+            } => {
+                let mm = self.intern(mm);
+                self.seen.insert(Kind::PinSyscall);
+                for (enter, t, v, t2, v2) in [
+                    (true, ts_enter, seq_enter, ts, seq_exit),
+                    (false, ts, seq_exit, ts_enter, seq_enter),
+                ] {
+                    self.push_ev(Ev {
+                        ts: t,
+                        line,
+                        tid,
+                        mm,
+                        kind: Kind::PinSyscall,
+                        seq: v,
+                        flag: enter,
+                        must: false,
+                        seq2: v2,
+                        ts2: t2,
+                    });
+                }
+                self.events -= 1;
+                return;
+            }
+            _ => {}
+        }
         let (flag, must) = match *body {
             Body::CopyEnter {
                 func,
@@ -785,6 +867,8 @@ impl Validator {
             seq: body.seq(),
             flag,
             must,
+            seq2: None,
+            ts2: 0,
         });
     }
 
@@ -897,6 +981,7 @@ impl Validator {
                 add(&mut a.incs, count.saturating_mul(2));
             }
             Some(Probe::ReadBegin) => add(&mut a.read_begin, count),
+            Some(Probe::Fork) => add(&mut a.forks, count),
             Some(Probe::RetryFail) => add(&mut a.retry_fail, count),
             _ => {}
         }
@@ -1071,18 +1156,35 @@ impl Validator {
     /// `copy_page_range` window encloses the hugetlb copies it makes).
     fn writers_covered(&self) -> bool {
         let windows = self.has(Kind::CprEnter) && self.has(Kind::CprExit);
+        // Every write section runs inside some fork's dup_mmap, which a fork bracket encloses.
         windows
+            || self.has(Kind::Fork)
             || (self.sited(CopyFn::Cpr)
                 && (self.sited(CopyFn::Hugetlb)
                     || (self.has(Kind::HugetlbEnter) && self.has(Kind::HugetlbExit))))
+    }
+
+    /// A tracepoint-mode log: forks and pinning syscalls, nothing inside the functions.
+    fn tracepoint_only(&self) -> bool {
+        self.has(Kind::Fork)
+            && !(self.has(Kind::CprEnter)
+                || self.has(Kind::WriteBegin)
+                || self.has(Kind::GupEnter)
+                || self.has(Kind::ReadBegin))
     }
 
     fn rule_reports(&self) -> Vec<RuleReport> {
         let s = &self.stats;
         let write_sites = self.has(Kind::WriteBegin) && self.has(Kind::WriteEnd);
         let windows = self.has(Kind::CprEnter) && self.has(Kind::CprExit);
+        let forks = self.has(Kind::Fork);
         let reads = self.has(Kind::ReadBegin) && self.has(Kind::ReadRetry);
-        let no_reads = "the read_begin/read_retry sites were not attached";
+        let tp = self.tracepoint_only();
+        let no_reads = if tp {
+            "tracepoint mode: GUP-fast's loads are inside gup_fast_fallback, which no tracepoint sees (only the pinning syscalls around it)"
+        } else {
+            "the read_begin/read_retry sites were not attached"
+        };
         let filtered = self.cov.filter.as_ref().map(|f| {
             format!(
                 "events were filtered ({f}): other tasks sharing an mm may write its counter unseen"
@@ -1093,17 +1195,27 @@ impl Validator {
                 let (why_not, exercised): (Option<String>, u64) = match rule {
                     Rule::WriteParity => (
                         (!write_sites).then(|| {
-                            "no write_begin/write_end sites were attached: the copy functions ran with function-level probes only".to_owned()
+                            if tp {
+                                "tracepoint mode: write sections are inside copy_page_range, which no tracepoint sees (each fork's total is judged by fork_parity)".to_owned()
+                            } else {
+                                "no write_begin/write_end sites were attached: the copy functions ran with function-level probes only".to_owned()
+                            }
                         }),
                         s.write_pairs,
                     ),
                     Rule::WriterOverlap => (
-                        (!write_sites && !windows)
-                            .then(|| "neither write sites nor copy windows were attached".to_owned()),
+                        (!write_sites && !windows && !forks)
+                            .then(|| "neither write sites nor copy windows nor fork brackets were attached".to_owned()),
                         s.write_sections,
                     ),
                     Rule::CopyDelta => (
-                        (!windows).then(|| "the copy_page_range probes were not attached".to_owned()),
+                        (!windows).then(|| {
+                            if tp {
+                                "tracepoint mode: single VMA copies are not seen (a fork's total advance is, by fork_parity)".to_owned()
+                            } else {
+                                "the copy_page_range probes were not attached".to_owned()
+                            }
+                        }),
                         s.copies,
                     ),
                     Rule::OddNotBailed => ((!reads).then(|| no_reads.to_owned()), s.odd_loads),
@@ -1135,6 +1247,20 @@ impl Validator {
                         },
                         s.seq_checked,
                     ),
+                    // Fork brackets judge it directly; with copy windows or write sites a fork
+                    // is the sum of its copies, each judged finer by copy_delta/write_parity.
+                    Rule::ForkParity => {
+                        if forks {
+                            (None, s.exact_forks)
+                        } else if write_sites || windows {
+                            (None, if write_sites { s.write_pairs } else { s.copies })
+                        } else {
+                            (
+                                Some("neither fork brackets nor copy windows nor write sites were attached".to_owned()),
+                                0,
+                            )
+                        }
+                    }
                     Rule::Defect(_) => (
                         (!self.cov.discovery).then(|| {
                             "the log header carries no discovery: the kernel's code was not examined".to_owned()
@@ -1205,6 +1331,9 @@ impl Validator {
         }
         if self.has(Kind::ReadBegin) && s.read_begins == 0 {
             out.push("no PIN GUP-fast call reached the read sites".to_owned());
+        }
+        if self.has(Kind::PinSyscall) && s.pin_syscalls == 0 {
+            out.push("no pinning syscall was seen".to_owned());
         }
         out
     }
@@ -1338,8 +1467,10 @@ impl Validator {
                 m.hist.clear();
                 m.floor_hi = j.b;
             }
-            // Lost write events can have made these increments.
-            if self.excused(|a| &mut a.incs, u64::from(x.wrapping_sub(j.from))) {
+            // Lost write events (or a lost fork) can have made these increments.
+            if self.excused(|a| &mut a.incs, u64::from(x.wrapping_sub(j.from)))
+                || self.excused(|a| &mut a.forks, 1)
+            {
                 continue;
             }
             self.violate(
@@ -1460,6 +1591,13 @@ impl Validator {
             Kind::ReadBegin => self.read_begin(&e),
             Kind::ReadRetry => self.read_retry(&e),
             Kind::RetryFail => self.retry_fail(&e),
+            Kind::Fork if e.flag => self.fork_begin(&e),
+            Kind::Fork => self.fork_end(&e),
+            Kind::PinSyscall if e.flag => {
+                let (a, b) = self.at_ts(&e);
+                self.observe(&e, "pin_syscall entry", a, b);
+            }
+            Kind::PinSyscall => self.pin_syscall(&e),
         }
     }
 
@@ -1936,6 +2074,142 @@ impl Validator {
         self.observe(e, "retry_fail", a, b);
         if let Some(c) = self.threads.get_mut(&e.tid).and_then(|t| t.call.as_mut()) {
             c.retry_fail = true;
+        }
+    }
+
+    /// The first read of a fork's bracket (tracepoint mode). Both values are known here, so
+    /// the fork's increments go on the mm's timeline at once, each known to have happened
+    /// between the two reads.
+    fn fork_begin(&mut self, e: &Ev) {
+        let (a, b) = self.at_ts(e);
+        self.observe(e, "fork", a, b);
+        let slack = self.opts.slack_ns;
+        let (Some(s0), Some(s1)) = (e.seq, e.seq2) else {
+            // An end unknown: when the fork's increments happened is unknown, and the mm's
+            // timeline starts over once the fork is over (see fork_end).
+            return;
+        };
+        let d = s1.wrapping_sub(s0);
+        if e.must {
+            // Read holding the parent's mmap_lock for writing, which every write section
+            // holds: no section can be open at either end, and nothing else writes between.
+            let why = if s0 & 1 == 1 || s1 & 1 == 1 {
+                Some("a write section was open while the fork held the mmap_lock for writing")
+            } else if (d as i32) < 0 {
+                Some("the counter went back")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.violate(
+                    Rule::ForkParity,
+                    e,
+                    vec![],
+                    format!(
+                        "fork at line {} read seq {s0} and {s1} holding the parent's mmap_lock: {why}",
+                        e.line
+                    ),
+                );
+                if (d as i32) < 0 {
+                    // Reported once: the mm's history restarts at the fork's second value.
+                    if let Some(m) = self.mms.get_mut(e.mm as usize) {
+                        m.reset();
+                    }
+                    return;
+                }
+            }
+        }
+        if d as i32 <= 0 {
+            return;
+        }
+        let hi = e.ts2.saturating_add(slack);
+        let lo = e.ts.saturating_sub(slack);
+        let Some(m) = self.mms.get_mut(e.mm as usize) else {
+            return;
+        };
+        // A fork that copied more than a history's worth of VMAs: its early increments would
+        // fall out at once; keep the bound they share.
+        let mut dup = None;
+        for k in 0..d {
+            let v = s0.wrapping_add(k);
+            if let Some(t) = m.find(v).and_then(|i| m.hist.get(i)) {
+                dup.get_or_insert((v, t.line, t.tid));
+                continue;
+            }
+            m.insert(Trans {
+                v,
+                hi,
+                line: e.line,
+                tid: e.tid,
+            });
+        }
+        if m.cur.is_none_or(|c| s1.wrapping_sub(c) as i32 > 0) {
+            m.cur = Some(s1);
+        }
+        // Loads waiting for these increments are explained if the fork can have made them in
+        // time.
+        let mm = e.mm;
+        self.jumps.retain(|j| {
+            !(j.ev.mm == mm
+                && j.x.wrapping_sub(s0) as i32 > 0
+                && s1.wrapping_sub(j.x) as i32 >= 0
+                && lo <= j.b)
+        });
+        // Two exact brackets cannot share an increment: both held the lock that serializes
+        // writers. Wider (syscall) brackets may overlap, and then share increments legally.
+        if let Some((v, dl, dt)) = dup
+            && e.must
+            && dt != e.tid
+        {
+            self.violate(
+                Rule::WriterOverlap,
+                e,
+                vec![dl],
+                format!(
+                    "fork at line {} (tid {}) advanced seq from {s0} to {s1}, but tid {dt}'s write at line {dl} already incremented it from {v}: two writers of one mm overlapped",
+                    e.line, e.tid
+                ),
+            );
+        }
+    }
+
+    /// The second read of a fork's bracket.
+    fn fork_end(&mut self, e: &Ev) {
+        let (a, b) = self.at_ts(e);
+        self.stats.forks += 1;
+        if e.must {
+            self.stats.exact_forks += 1;
+        }
+        let (Some(s1), Some(s0)) = (e.seq, e.seq2) else {
+            // The increments of this fork are unknown: start the mm's timeline over, as after
+            // an unreadable write event.
+            if let Some(m) = self.mms.get_mut(e.mm as usize) {
+                m.cur = None;
+                m.hist.clear();
+                m.open_hi.clear();
+            }
+            let mm = e.mm;
+            self.jumps.retain(|j| j.ev.mm != mm);
+            self.observe(e, "fork", a, b);
+            return;
+        };
+        self.observe(e, "fork", a, b);
+        let d = s1.wrapping_sub(s0);
+        if (d as i32) > 0 {
+            // Each COW VMA copied with page tables is one write section (+2).
+            self.stats.write_sections += u64::from(d / 2);
+        }
+    }
+
+    /// A pinning syscall's exit (tracepoint mode); its entry was replayed at its own time.
+    fn pin_syscall(&mut self, e: &Ev) {
+        self.stats.pin_syscalls += 1;
+        let (a, b) = self.at_ts(e);
+        self.observe(e, "pin_syscall exit", a, b);
+        if let (Some(x), Some(y)) = (e.seq2, e.seq)
+            && x != y
+        {
+            self.stats.pin_syscalls_during_fork += 1;
         }
     }
 }

@@ -131,7 +131,18 @@ pub fn render_text(r: &Report) -> String {
         "went right: {} write sections, {} PIN GUP-fast calls, {} bails on odd, {} failed retries, {} protected overlaps",
         s.write_sections, s.pin_gup_fast, s.odd_bails, s.failed_retries, s.protected_overlaps
     );
-    if s.protected_overlaps == 0 && r.verdict != Verdict::Violations {
+    if s.forks > 0 || s.pin_syscalls > 0 {
+        let _ = writeln!(
+            o,
+            "tracepoint events: {} forks ({} bracketed under the mmap_lock), {} pinning syscalls ({} during a fork of their mm)",
+            s.forks, s.exact_forks, s.pin_syscalls, s.pin_syscalls_during_fork
+        );
+    }
+    let races_judged = r
+        .rules
+        .iter()
+        .any(|x| x.rule == Rule::OddNotBailed && x.checked);
+    if races_judged && s.protected_overlaps == 0 && r.verdict != Verdict::Violations {
         let _ = writeln!(
             o,
             "note: the run never raced (no protected overlap): odd_not_bailed and retry_ignored were never put to the test"

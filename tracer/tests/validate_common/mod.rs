@@ -20,6 +20,16 @@ pub const ALL_PROBES: &[&str] = &[
     "read_retry",
     "retry_fail",
 ];
+/// A tracepoint-mode log: (kind, tracepoint).
+pub const TRACEPOINT_PROBES: &[(&str, &str)] = &[
+    ("fork", "sys_enter"),
+    ("pin_syscall", "sys_enter"),
+    ("pin_syscall", "sys_exit"),
+    ("fork", "mmap_lock_acquire_returned"),
+    ("fork", "mmap_lock_released"),
+    ("fork", "sched_process_fork"),
+    ("mm_free", "exit_mmap"),
+];
 /// A kernel where only function entry/exit could be probed.
 pub const FUNCTION_PROBES: &[&str] = &["cpr_enter", "cpr_exit", "gup_enter", "gup_exit"];
 
@@ -247,6 +257,61 @@ impl Log {
         self.lines.push(s.trim_end().to_string());
         self
     }
+    /// A tracepoint-mode `fork` whose bracket opened `dur` ns before this event.
+    pub fn fork(
+        &mut self,
+        tid: u32,
+        mm: &str,
+        before: Option<u32>,
+        after: Option<u32>,
+        exact: bool,
+        dur: u64,
+    ) -> &mut Log {
+        let ts_before = (self.ts + 10).saturating_sub(dur);
+        self.ev(
+            tid,
+            mm,
+            Body::Fork {
+                ts_before,
+                seq_before: before,
+                seq_after: after,
+                bracket: if exact {
+                    tracer::events::Bracket::MmapLock
+                } else {
+                    tracer::events::Bracket::Syscall
+                },
+                child: tid + 1000,
+                child_mm: Some(format!("{mm}-child")),
+                ret: 0,
+            },
+        )
+    }
+
+    /// A tracepoint-mode `pin_syscall` that entered `dur` ns before this event.
+    pub fn pin_syscall(&mut self, tid: u32, mm: &str, enter: u32, exit: u32, dur: u64) -> &mut Log {
+        let ts_enter = (self.ts + 10).saturating_sub(dur);
+        self.ev(
+            tid,
+            mm,
+            Body::PinSyscall {
+                syscall: "pread64".into(),
+                fd: 3,
+                op: 0,
+                count: 4096,
+                ret: 4096,
+                ts_enter,
+                seq_enter: Some(enter),
+                seq_exit: Some(exit),
+            },
+        )
+    }
+
+    /// Advances the log's clock.
+    pub fn wait(&mut self, ns: u64) -> &mut Log {
+        self.ts += ns;
+        self
+    }
+
     pub fn summary(&mut self) -> &mut Log {
         self.summary_lost(0)
     }

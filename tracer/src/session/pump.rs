@@ -1,23 +1,21 @@
 //! The tracing loop shared by `tracer record` and the live TUI: attach, run the workload, drain
 //! the ring buffer through the decoder into a [`Sink`], report losses as they happen, and end
-//! with a summary on every exit path (duration, Ctrl-C/SIGTERM, workload exit).
+//! with a summary on every exit path (duration, workload exit, the consumer's [`Cancel`]).
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{SignalKind, signal};
-use tracer_common::{PROBE_COUNT, Probe, RawEvent};
+use tracer_common::{PROBE_COUNT, Probe};
 
-use super::header;
+use super::{Cancel, TraceArgs, header};
 use crate::{
     events::{
         Body, CopyFn, Record, Summary,
         decode::{Decoded, Decoder},
     },
-    probes::{AttachPlan, Losses, Options, Session},
+    probes::{AttachPlan, Losses, Options, Raw, Session},
 };
 
 /// Test hook: with this variable set (to anything), tracing starts with `copy_page_range`'s
@@ -25,36 +23,6 @@ use crate::{
 /// exits then carry null seqs). The VM tests use it to see a BPF diagnostic reach stderr and
 /// the TUI; an environment variable, so that no command line grows a test-only option.
 pub const TEST_FULL_PAIRING_MAP: &str = "TRACER_TEST_FULL_PAIRING_MAP";
-
-/// What to trace, common to `record` and `tui`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct TraceArgs {
-    /// Stop after this many seconds.
-    #[arg(long, value_parser = crate::cli::seconds)]
-    pub duration: Option<Duration>,
-    /// Only events of this process (tgid).
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// Only events of tasks with this command name.
-    #[arg(long)]
-    pub comm: Option<String>,
-    /// Ring buffer size in bytes (a power of two, at least 4096).
-    #[arg(long, default_value_t = 4 << 20, value_parser = crate::cli::ring_size)]
-    pub ring_size: u32,
-    /// Instances of each return probe: how many threads may be inside a probed function at
-    /// once before its returns go uncounted (counted as missed).
-    #[arg(long, default_value_t = crate::probes::kprobe_events::MAXACTIVE, value_parser = crate::cli::maxactive)]
-    pub maxactive: u32,
-    /// BTF of the traced kernel (default /sys/kernel/btf/vmlinux).
-    #[arg(long)]
-    pub btf: Option<PathBuf>,
-    /// Attach function-level probes only, even where instruction sites were found.
-    #[arg(long)]
-    pub no_sites: bool,
-    /// Workload to run while tracing; tracing stops when it exits.
-    #[arg(last = true)]
-    pub command: Vec<String>,
-}
 
 /// Where decoded output goes. `put` may wait (backpressure): the ring buffer then fills and
 /// the kernel counts the losses, which reach the sink as `lost` records.
@@ -85,10 +53,14 @@ struct Counts {
 async fn take<S: Sink>(
     decoder: &mut Decoder,
     counts: &mut Counts,
-    raw: &RawEvent,
+    raw: &Raw,
     sink: &mut S,
 ) -> Result<()> {
-    match decoder.decode(raw) {
+    let decoded = match &raw.tail {
+        Some(tail) => decoder.decode_wide(&raw.ev, tail),
+        None => decoder.decode(&raw.ev),
+    };
+    match decoded {
         Decoded::Event(e) => {
             counts.events += 1;
             if matches!(
@@ -134,13 +106,16 @@ async fn report_lost<S: Sink>(
 }
 
 /// Attaches `plan`, sends the header, every event, `lost` records and the summary to `sink`.
-/// `workload_to_stderr` keeps the workload's stdout off a log written to stdout.
+/// `workload_to_stderr` keeps the workload's stdout off a log written to stdout. The trace
+/// ends when the duration is up, the workload exits, or `cancel` is cancelled (the consumer's
+/// Ctrl-C, SIGTERM, or quit).
 pub async fn pump<S: Sink>(
     plan: &AttachPlan,
     args: &TraceArgs,
     raw_pointers: bool,
     workload_to_stderr: bool,
     sink: &mut S,
+    cancel: &Cancel,
 ) -> Result<PumpStats> {
     let opts = Options {
         pid: args.pid,
@@ -193,15 +168,13 @@ pub async fn pump<S: Sink>(
 
     let started = Instant::now();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The kernel side wakes us only when the ring is an eighth full; below that, this timer
     // collects what is waiting (and bounds the latency the TUI sees).
     let mut drain_tick = tokio::time::interval(Duration::from_millis(50));
     let mut lost_seen = [0u64; PROBE_COUNT];
     let mut command_status: Option<String> = None;
-    let mut batch: Vec<RawEvent> = Vec::with_capacity(4096);
+    let mut batch: Vec<Raw> = Vec::with_capacity(4096);
 
     loop {
         let sleep_until = async {
@@ -225,8 +198,7 @@ pub async fn pump<S: Sink>(
             _ = tick.tick() => {
                 report_lost(&session, &mut lost_seen, sink).await?;
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            () = cancel.cancelled() => break,
             _ = sleep_until => break,
             status = child_exit => {
                 command_status = Some(status.map_or("unknown".to_owned(), |s| s.to_string()));
@@ -240,7 +212,7 @@ pub async fn pump<S: Sink>(
         sink.batch_done().await?;
     }
     if let Some(mut c) = child {
-        // The duration or a signal ended the trace first; stop the workload too.
+        // The duration or the consumer ended the trace first; stop the workload too.
         let _ = c.start_kill();
         if let Ok(s) = c.wait().await {
             command_status = Some(s.to_string());
