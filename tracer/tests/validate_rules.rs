@@ -775,3 +775,32 @@ fn the_header_clock_slack_is_the_default() {
     };
     assert_eq!(rules(&judge(&vm, explicit)), vec![Rule::SeqUnexplained]);
 }
+
+/// A loss is often counted after the gap it left (kprobe misses are read every half second):
+/// findings it can explain wait for its `lost` line, up to LOSS_REPORT_LAG_NS of log time.
+#[test]
+fn a_lost_line_after_the_gap_still_explains_it() {
+    let body = |l: &mut Log, gap_to_line_ns: u64| {
+        fork_copy(l, 1, "m", 0);
+        // A whole fork lost here (its write_begin/write_end were missed): seq jumps 2 -> 4.
+        l.ts += 10 * MS;
+        l.gup_enter(20, "m", 4, true)
+            .rb(20, "m", 4)
+            .rr(20, "m", 4)
+            .gup_exit(20, "m", 4);
+        l.ts += gap_to_line_ns;
+        fork_copy(l, 1, "m", 4);
+        l.lost_probe("write_begin", 1).lost_probe("write_end", 1);
+        l.summary();
+    };
+    let mut l = Log::new(ALL_PROBES);
+    body(&mut l, 1_000 * MS);
+    let r = l.report();
+    assert_eq!(r.violations, vec![], "{r:#?}");
+    assert_eq!(r.verdict, Verdict::Inconclusive);
+    assert_eq!(r.stats.explained_by_loss, 1);
+    // Beyond the lag, the finding was reported before the loss was known.
+    let mut l = Log::new(ALL_PROBES);
+    body(&mut l, tracer::validate::LOSS_REPORT_LAG_NS + 1_000 * MS);
+    assert_eq!(rules(&l.report()), vec![Rule::SeqUnexplained]);
+}

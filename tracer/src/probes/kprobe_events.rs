@@ -97,9 +97,8 @@ struct PerfEventAttr {
 
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-/// `_IO('$', 0)`, `_IO('$', 1)`, `_IOW('$', 8, __u32)`.
+/// `_IO('$', 0)`, `_IOW('$', 8, __u32)`.
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
-const PERF_EVENT_IOC_DISABLE: libc::c_ulong = 0x2401;
 const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
 
 /// The tracefs directory that has `kprobe_events`.
@@ -285,12 +284,12 @@ fn parse_profile(text: &str, group: &str) -> BTreeMap<String, (u64, u64)> {
 }
 
 impl Attached {
-    /// Stops the program from running, keeping the kprobe (and its counts) until drop.
-    pub fn disable(&self) {
-        if let Some(p) = &self.perf {
-            // SAFETY: an ioctl on a perf event this struct owns.
-            unsafe { libc::ioctl(p.as_raw_fd(), PERF_EVENT_IOC_DISABLE, 0) };
-        }
+    /// Stops the program from running, keeping the kprobe event (and its counts) until drop.
+    /// Disabling the perf event would not do: the kernel runs a kprobe's BPF program for as
+    /// long as a perf event is open on it; closing the last one disarms the kprobe, which
+    /// freezes its hit and miss counts too.
+    pub fn stop(&mut self) {
+        self.perf = None;
     }
 }
 

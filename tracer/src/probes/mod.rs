@@ -553,12 +553,12 @@ impl Session {
         })
     }
 
-    /// Stops every program from running (the kprobes stay until drop, with their counts), so
-    /// that the final [`Session::losses`] is exact.
-    pub fn disable(&self) {
-        for a in &self.attachments {
-            if let Some(t) = &a.tracefs {
-                t.disable();
+    /// Stops every tracefs-attached program from running (the kprobe events stay until drop,
+    /// with their counts frozen), so that the final [`Session::losses`] is exact.
+    pub fn stop_programs(&mut self) {
+        for a in &mut self.attachments {
+            if let Some(t) = &mut a.tracefs {
+                t.stop();
             }
         }
     }
@@ -586,16 +586,20 @@ impl Session {
         Ok(l)
     }
 
-    /// Waits until the ring buffer has data, then appends every record to `out`. Returns how
-    /// many.
+    /// Waits until the ring buffer has data, then appends up to [`MAX_BATCH`] records to
+    /// `out`. Returns how many.
     pub async fn next_batch(&mut self, out: &mut Vec<Raw>) -> Result<usize, ProbeError> {
         let mut guard = self.ring.readable_mut().await?;
         let n = drain(guard.get_inner_mut(), out);
-        guard.clear_ready();
+        // A full batch may have left records behind: stay ready so the loop comes back.
+        if n < MAX_BATCH {
+            guard.clear_ready();
+        }
         Ok(n)
     }
 
-    /// Appends every record already in the ring buffer to `out`, without waiting.
+    /// Appends up to [`MAX_BATCH`] records already in the ring buffer to `out`, without
+    /// waiting.
     pub fn drain_now(&mut self, out: &mut Vec<Raw>) -> usize {
         drain(self.ring.get_mut(), out)
     }
@@ -629,9 +633,16 @@ pub struct Raw {
     pub tail: Option<RawTail>,
 }
 
+/// Records taken from the ring buffer at once. Bounded, because producers that keep up would
+/// otherwise keep one drain going for the whole trace, and the loop around it (loss counts,
+/// the stop, the timers) would never run.
+pub const MAX_BATCH: usize = 16384;
+
 fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Raw>) -> usize {
     let mut n = 0;
-    while let Some(item) = ring.next() {
+    while n < MAX_BATCH
+        && let Some(item) = ring.next()
+    {
         let raw = if item.len() >= std::mem::size_of::<RawWide>() {
             // SAFETY: the eBPF side writes whole `RawWide`s (repr(C), plain data) in records
             // this long; the length was checked and read_unaligned copes with any alignment.

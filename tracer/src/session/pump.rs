@@ -220,11 +220,17 @@ pub async fn pump<S: Sink>(
     }
     // Records already reserved in the kernel are delivered; take them before the summary.
     // With the programs stopped first, the loss counts below are final and exact.
-    session.disable();
+    session.stop_programs();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    session.drain_now(&mut batch);
-    for raw in batch.drain(..) {
-        take(&mut decoder, &mut counts, &raw, sink).await?;
+    // What is left, a bounded batch at a time (programs attached without tracefs may still
+    // be producing).
+    for _ in 0..256 {
+        if session.drain_now(&mut batch) == 0 {
+            break;
+        }
+        for raw in batch.drain(..) {
+            take(&mut decoder, &mut counts, &raw, sink).await?;
+        }
     }
     let losses = report_lost(&session, &mut lost_seen, sink).await?;
     session.flush_logs();

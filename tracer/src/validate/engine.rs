@@ -652,6 +652,20 @@ impl Coverage {
     }
 }
 
+/// How long (log time) a finding that lost events could explain waits for a `lost` line. The
+/// recorder counts losses every half second, so a loss's line can come after events that the
+/// gap it left made look wrong; under a hypervisor the consumer can lag seconds more.
+pub const LOSS_REPORT_LAG_NS: u64 = 5_000_000_000;
+
+/// A finding held back until a `lost` line can explain it, or [`LOSS_REPORT_LAG_NS`] passes.
+struct Deferred {
+    v: Violation,
+    slot: fn(&mut LostAllowance) -> &mut u64,
+    n: u64,
+    /// Log time after which it is reported.
+    until: u64,
+}
+
 /// The incremental validator. Feed records in delivery order with [`Validator::push`];
 /// reordering by timestamp happens inside.
 pub struct Validator {
@@ -677,6 +691,8 @@ pub struct Validator {
     /// the recorder notices the loss, which can be up to a ring buffer's worth of events before
     /// the gap itself is delivered, so the gap is not located.
     allow: LostAllowance,
+    /// Findings that lost events could explain, waiting for a `lost` line (oldest first).
+    deferred: VecDeque<Deferred>,
     stats: Stats,
     events: u64,
     violations: Vec<Violation>,
@@ -714,6 +730,7 @@ impl Validator {
             jumps: Vec::new(),
             lost_lines: BTreeMap::new(),
             allow: LostAllowance::default(),
+            deferred: VecDeque::new(),
             stats: Stats::default(),
             events: 0,
             violations: Vec::new(),
@@ -751,7 +768,21 @@ impl Validator {
             Record::Summary(s) => {
                 self.stats.summary = true;
                 self.flush_buffer();
+                // Losses the summary counts beyond the `lost` lines explain like them.
+                let extra: Vec<(String, u64)> = s
+                    .lost
+                    .iter()
+                    .map(|(p, &n)| {
+                        let lines = self.lost_lines.get(p).copied().unwrap_or(0);
+                        (p.clone(), n.saturating_sub(lines))
+                    })
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                for (p, n) in extra {
+                    self.allow_for(&p, n);
+                }
                 self.expire_jumps(u64::MAX);
+                self.release_deferred(u64::MAX);
                 // `lost` lines are deltas and the summary holds totals of the same losses:
                 // per probe, the larger of the two is what was lost.
                 let mut total: u64 = 0;
@@ -959,6 +990,19 @@ impl Validator {
         self.flush_buffer();
         // A jump still waiting for its increments may be explained by the missing events.
         self.jumps.clear();
+        self.allow_for(probe, count);
+        let n = self.lost_lines.entry(probe.to_string()).or_insert(0);
+        *n = n.saturating_add(count);
+        self.stats.lost = self.lost_lines.values().sum();
+        self.threads.clear();
+        for m in &mut self.mms {
+            m.reset();
+        }
+    }
+
+    /// Adds what `count` lost events of `probe` can explain, and excuses the findings held
+    /// back for them (a loss is often counted after the gap it left was replayed).
+    fn allow_for(&mut self, probe: &str, count: u64) {
         let (cpr_windows, hugetlb_windows) =
             (!self.sited(CopyFn::Cpr), !self.sited(CopyFn::Hugetlb));
         let a = &mut self.allow;
@@ -985,12 +1029,59 @@ impl Validator {
             Some(Probe::RetryFail) => add(&mut a.retry_fail, count),
             _ => {}
         }
-        let n = self.lost_lines.entry(probe.to_string()).or_insert(0);
-        *n = n.saturating_add(count);
-        self.stats.lost = self.lost_lines.values().sum();
-        self.threads.clear();
-        for m in &mut self.mms {
-            m.reset();
+        let held = std::mem::take(&mut self.deferred);
+        for d in held {
+            if !self.excused(d.slot, d.n) {
+                self.deferred.push_back(d);
+            }
+        }
+    }
+
+    /// Reports a finding that lost events could explain, unless they already do; else holds it
+    /// for [`LOSS_REPORT_LAG_NS`] of log time, in case a `lost` line comes to explain it.
+    fn violate_unless_lost(
+        &mut self,
+        slot: fn(&mut LostAllowance) -> &mut u64,
+        n: u64,
+        rule: Rule,
+        e: &Ev,
+        mut lines: Vec<u64>,
+        message: String,
+    ) {
+        if self.excused(slot, n) {
+            return;
+        }
+        lines.push(e.line);
+        lines.sort_unstable();
+        lines.dedup();
+        let v = Violation {
+            rule,
+            line: e.line,
+            ts: e.ts,
+            mm: self.mm_name(e.mm),
+            tid: e.tid,
+            message,
+            lines,
+        };
+        self.deferred.push_back(Deferred {
+            v,
+            slot,
+            n,
+            until: e.ts.saturating_add(LOSS_REPORT_LAG_NS),
+        });
+    }
+
+    /// Reports the held findings no `lost` line came for in time (all of them with `now` =
+    /// `u64::MAX`, at the end of the log).
+    fn release_deferred(&mut self, now: u64) {
+        while self
+            .deferred
+            .front()
+            .is_some_and(|d| d.until < now || now == u64::MAX)
+        {
+            if let Some(d) = self.deferred.pop_front() {
+                self.record_violation(d.v);
+            }
         }
     }
 
@@ -1063,6 +1154,7 @@ impl Validator {
         // so that the calls it settles still add their overlaps.
         self.flush_buffer();
         self.expire_jumps(u64::MAX);
+        self.release_deferred(u64::MAX);
         self.settle_open_at_end();
         let overlaps = self.overlaps.take().unwrap_or_default();
         (self.finish(), overlaps)
@@ -1071,6 +1163,7 @@ impl Validator {
     pub fn finish(mut self) -> Report {
         self.flush_buffer();
         self.expire_jumps(u64::MAX);
+        self.release_deferred(u64::MAX);
         self.settle_open_at_end();
         let rules = self.rule_reports();
         let function_level = [CopyFn::Cpr, CopyFn::Hugetlb]
@@ -1468,12 +1561,12 @@ impl Validator {
                 m.floor_hi = j.b;
             }
             // Lost write events (or a lost fork) can have made these increments.
-            if self.excused(|a| &mut a.incs, u64::from(x.wrapping_sub(j.from)))
-                || self.excused(|a| &mut a.forks, 1)
-            {
+            if self.excused(|a| &mut a.forks, 1) {
                 continue;
             }
-            self.violate(
+            self.violate_unless_lost(
+                |a| &mut a.incs,
+                u64::from(x.wrapping_sub(j.from)),
                 Rule::SeqUnexplained,
                 &j.ev,
                 vec![],
@@ -1574,6 +1667,9 @@ impl Validator {
     fn replay(&mut self, e: Ev) {
         if !self.jumps.is_empty() {
             self.expire_jumps(e.ts);
+        }
+        if !self.deferred.is_empty() {
+            self.release_deferred(e.ts);
         }
         if e.seq.is_none() {
             self.stats.unreadable_seq += 1;
@@ -1821,10 +1917,10 @@ impl Validator {
             line: e.line,
         });
         // Its write_end may be among the lost events.
-        if let Some(w) = unclosed
-            && !self.excused(|a| &mut a.write_end, 1)
-        {
-            self.violate(
+        if let Some(w) = unclosed {
+            self.violate_unless_lost(
+                |a| &mut a.write_end,
+                1,
                 Rule::WriteParity,
                 e,
                 vec![w.line],
@@ -1874,8 +1970,9 @@ impl Validator {
             // A thread first seen here may have begun its section before the log did.
             None if !known => {}
             // Its write_begin may be among the lost events.
-            None if self.excused(|a| &mut a.write_begin, 1) => {}
-            None => self.violate(
+            None => self.violate_unless_lost(
+                |a| &mut a.write_begin,
+                1,
                 Rule::WriteParity,
                 e,
                 vec![],
@@ -1935,9 +2032,10 @@ impl Validator {
             && s != r
             && !c.odd
         {
-            if !c.retry_fail && self.retry_fail_applies() && !self.excused(|a| &mut a.retry_fail, 1)
-            {
-                self.violate(
+            if !c.retry_fail && self.retry_fail_applies() {
+                self.violate_unless_lost(
+                    |a| &mut a.retry_fail,
+                    1,
                     Rule::RetryIgnored,
                     e,
                     vec![bl, rl, c.line],
@@ -2026,17 +2124,17 @@ impl Validator {
         }
         if c.odd {
             // The retry may belong to a later call whose read_begin was lost.
-            if !self.excused(|a| &mut a.read_begin, 1) {
-                self.violate(
-                    Rule::OddNotBailed,
-                    e,
-                    vec![bl],
-                    format!(
-                        "read_begin at line {bl} loaded odd {s} (a write section was open), yet the call went on to read_retry at line {} instead of returning 0",
-                        e.line
-                    ),
-                );
-            }
+            self.violate_unless_lost(
+                |a| &mut a.read_begin,
+                1,
+                Rule::OddNotBailed,
+                e,
+                vec![bl],
+                format!(
+                    "read_begin at line {bl} loaded odd {s} (a write section was open), yet the call went on to read_retry at line {} instead of returning 0",
+                    e.line
+                ),
+            );
             return;
         }
         self.stats.retries_checked += 1;

@@ -14,8 +14,9 @@ use std::{
 };
 
 pub use engine::{
-    DEFAULT_SLACK_NS, DEFAULT_WINDOW, DefectReport, MAX_STORED_OVERLAPS, MAX_STORED_VIOLATIONS,
-    Options, Overlap, OverlapKind, Report, Rule, RuleReport, Stats, Validator, Verdict, Violation,
+    DEFAULT_SLACK_NS, DEFAULT_WINDOW, DefectReport, LOSS_REPORT_LAG_NS, MAX_STORED_OVERLAPS,
+    MAX_STORED_VIOLATIONS, Options, Overlap, OverlapKind, Report, Rule, RuleReport, Stats,
+    Validator, Verdict, Violation,
 };
 
 /// The fast event reader, now part of the shared log layer (kept here for its old path).
