@@ -213,7 +213,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let stats = rt.block_on(async {
         cancel
             .on_signals()
-            .context("installing the SIGINT/SIGTERM handlers")?;
+            .context("installing the SIGINT/SIGTERM/SIGHUP handlers")?;
         session::pump(&plan, &trace, false, true, &mut sink, &cancel).await
     })?;
     sink.log.finish()?;

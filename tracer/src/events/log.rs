@@ -76,6 +76,14 @@ pub enum LineError {
     SecondHeader,
     #[error("a record after the summary")]
     AfterSummary,
+    /// An event the header says cannot be there: a judgement built on that header would be
+    /// false either way.
+    #[error("a {0} event, but the header lists no {0} probe")]
+    NotInHeader(&'static str),
+    /// The last line of the input, without its newline, that does not parse: the writer was
+    /// stopped mid-line (killed). Skipped in either mode; the log then has no summary either.
+    #[error("the last line is cut short ({0})")]
+    Truncated(Box<LineError>),
 }
 
 impl LineError {
@@ -87,6 +95,7 @@ impl LineError {
                 | LineError::Parse(_)
                 | LineError::SecondHeader
                 | LineError::AfterSummary
+                | LineError::NotInHeader(_)
         )
     }
 }
@@ -168,6 +177,8 @@ struct Lines<R> {
     start: usize,
     end: usize,
     eof: bool,
+    /// The line last returned ended the input without a newline.
+    unterminated: bool,
     wait: Option<Box<dyn FnMut() -> bool + Send>>,
 }
 
@@ -179,6 +190,7 @@ impl<R: Read> Lines<R> {
             start: 0,
             end: 0,
             eof: false,
+            unterminated: false,
             wait: None,
         }
     }
@@ -197,6 +209,7 @@ impl<R: Read> Lines<R> {
                 if self.start < self.end {
                     let (s, e) = (self.start, self.end);
                     self.start = e;
+                    self.unterminated = true;
                     return Ok(Some(s..e));
                 }
                 return Ok(None);
@@ -346,15 +359,37 @@ impl<R: Read> LogReader<R> {
         self.st.after_summary
     }
 
+    /// A line the reader passed on but its consumer finds bad (an event the header
+    /// contradicts): strict reading fails on it, lenient reading counts it as skipped.
+    pub fn reject(&mut self, line: u64, err: LineError) -> Result<(), LogError> {
+        if self.mode == Mode::Lenient && err.skippable() {
+            self.st.skipped += 1;
+            if self.st.first_skip.is_none() {
+                self.st.first_skip = Some(Skip { line, err }.to_string());
+            }
+            return Ok(());
+        }
+        Err(LogError::Line {
+            name: self.name.clone(),
+            line,
+            err,
+        })
+    }
+
     /// One sentence about the lines skipped, for a command's stderr; `None` when none were.
     pub fn skip_note(&self) -> Option<String> {
         let st = &self.st;
         (st.skipped > 0).then(|| {
             format!(
-                "{}{} malformed line{} skipped (--lenient); the first: {}",
+                "{}{} malformed line{} skipped ({}); the first: {}",
                 prefix(&self.name, ": "),
                 st.skipped,
                 if st.skipped == 1 { "" } else { "s" },
+                if self.mode == Mode::Lenient {
+                    "--lenient"
+                } else {
+                    "the writer stopped mid-line"
+                },
                 st.first_skip.as_deref().unwrap_or("?")
             )
         })
@@ -374,7 +409,15 @@ impl<R: Read> LogReader<R> {
         {
             return Ok(Some((line, Item::Event(e))));
         }
-        classify(bytes, line, &mut self.st, self.mode, &self.name).map(|it| Some((line, it)))
+        classify(
+            bytes,
+            line,
+            &mut self.st,
+            self.mode,
+            &self.name,
+            self.lines.unterminated,
+        )
+        .map(|it| Some((line, it)))
     }
 
     /// Calls `f` with every remaining line's item, in order. The same items as [`next_item`], with
@@ -391,7 +434,14 @@ impl<R: Read> LogReader<R> {
                 f(line, Item::Event(e));
                 continue;
             }
-            let item = classify(bytes, line, &mut self.st, self.mode, &self.name)?;
+            let item = classify(
+                bytes,
+                line,
+                &mut self.st,
+                self.mode,
+                &self.name,
+                self.lines.unterminated,
+            )?;
             f(line, item);
         }
         Ok(())
@@ -441,6 +491,7 @@ fn classify<'a>(
     st: &mut State,
     mode: Mode,
     name: &Option<String>,
+    unterminated: bool,
 ) -> Result<Item<'a>, LogError> {
     let bad = match std::str::from_utf8(bytes) {
         Err(_) => LineError::NotUtf8,
@@ -462,7 +513,12 @@ fn classify<'a>(
             }
         }
     };
-    if mode == Mode::Lenient && bad.skippable() {
+    let bad = if unterminated && matches!(bad, LineError::NotUtf8 | LineError::Parse(_)) {
+        LineError::Truncated(Box::new(bad))
+    } else {
+        bad
+    };
+    if (mode == Mode::Lenient && bad.skippable()) || matches!(bad, LineError::Truncated(_)) {
         st.skipped += 1;
         let skip = Skip { line, err: bad };
         if st.first_skip.is_none() {
@@ -477,13 +533,26 @@ fn classify<'a>(
     })
 }
 
-/// Why a log could not be written.
+/// Why a log could not be written. (Causes inline, not as `source`, so that error-chain
+/// printing does not repeat them.)
 #[derive(Debug, Error)]
 pub enum WriteError {
     #[error("writing the event log: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("encoding a record: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
+}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> Self {
+        WriteError::Io(e)
+    }
+}
+
+impl From<serde_json::Error> for WriteError {
+    fn from(e: serde_json::Error) -> Self {
+        WriteError::Json(e)
+    }
 }
 
 /// Writes schema-1 lines: one record per line, in the layout [`fast::parse_canonical`] reads

@@ -59,20 +59,40 @@ impl Format {
     }
 }
 
+impl From<io::Error> for ExportError {
+    fn from(e: io::Error) -> Self {
+        ExportError::Io(e)
+    }
+}
+
+impl From<serde_json::Error> for ExportError {
+    fn from(e: serde_json::Error) -> Self {
+        ExportError::Json(e)
+    }
+}
+
+impl From<::csv::Error> for ExportError {
+    fn from(e: ::csv::Error) -> Self {
+        ExportError::Csv(e)
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ExportError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("cannot create {path}: {err}")]
     Create { path: PathBuf, err: io::Error },
+    // Causes formatted inline, not as `source`: the one-line message is not repeated by the
+    // CLI's error-chain printing.
     #[error("writing the export: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error("writing the export: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("writing the CSV: {0}")]
-    Csv(#[from] ::csv::Error),
+    Csv(::csv::Error),
     #[error(transparent)]
     Report(#[from] report::ReportError),
     #[error("{} is the log being read; choose another output file", .0.display())]
@@ -201,7 +221,7 @@ impl<W: Write> Sink for JsonlSink<W> {
 
 /// Creates `path` for writing (buffered).
 pub fn create(path: &Path) -> Result<BufWriter<File>, ExportError> {
-    File::create(path)
+    crate::outfile::create(path, false)
         .map(|f| BufWriter::with_capacity(1 << 20, f))
         .map_err(|err| ExportError::Create {
             path: path.to_path_buf(),

@@ -10,7 +10,6 @@ pub mod generate;
 pub mod machine;
 
 use std::{
-    fs::File,
     io::{self, BufWriter, Write},
     process::ExitCode,
 };
@@ -177,7 +176,8 @@ fn generate_cmd(a: &GenerateArgs) -> anyhow::Result<ExitCode> {
     };
     match &a.output {
         Some(p) => {
-            let f = File::create(p).with_context(|| format!("cannot create {p}"))?;
+            let f = crate::outfile::create(std::path::Path::new(p), false)
+                .with_context(|| format!("cannot create {p}"))?;
             let mut w = BufWriter::new(f);
             generate::generate(&mut w, &opts)?;
             w.flush()?;

@@ -130,11 +130,14 @@ impl Cancel {
         use tokio::signal::unix::{SignalKind, signal};
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
+        // A closed terminal (or `kill -HUP`) ends the trace like Ctrl-C: the log is completed.
+        let mut hup = signal(SignalKind::hangup())?;
         let me = self.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
+                _ = hup.recv() => {}
             }
             me.cancel();
         });

@@ -78,14 +78,21 @@ pub fn validate_reader<R: Read>(input: R, opts: Options) -> Result<Report, Input
 /// such a log is at best inconclusive.
 pub fn validate_log<R: Read>(log: &mut LogReader<R>, opts: Options) -> Result<Report, LogError> {
     let mut v = Validator::with_options(log.header(), opts);
-    log.for_each(|line, item| match item {
-        // The common case: no `Record` is built.
-        Item::Event(e) => v.push_fast(line, &e),
-        Item::Record(r) => {
-            v.push(line, &r);
+    let mut contradicted = Vec::new();
+    log.for_each(|line, item| {
+        match item {
+            // The common case: no `Record` is built.
+            Item::Event(e) => v.push_fast(line, &e),
+            Item::Record(r) => {
+                v.push(line, &r);
+            }
+            Item::Skipped(_) => {}
         }
-        Item::Skipped(_) => {}
+        contradicted.extend(v.take_contradictions());
     })?;
+    for (line, kind) in contradicted {
+        log.reject(line, logfile::LineError::NotInHeader(kind.as_str()))?;
+    }
     let mut report = v.finish();
     if let Some(note) = log.skip_note() {
         report.missing_evidence.push(note);
