@@ -133,3 +133,29 @@ fn attaching_and_detaching_leaves_nothing_behind() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
+fn exec_churn_keeps_every_mm_apart() {
+    for k in kernels::checked() {
+        assert_eq!(k.rc("churn"), 0, "{}: {}", k.release, k.read("churn.err"));
+        let s = summary(&k, "churn.jsonl");
+        let freed = s.extra["mm_freed"].as_u64().unwrap();
+        // 800 execs each free an mm (the one they replace), and each copy by fork another.
+        assert!(freed >= 800, "{}: only {freed} mms freed", k.release);
+        let r = verdict(&k, "churn.jsonl");
+        // A freed mm whose address is reused and kept its name would show the new mm's
+        // counter (from 0) as the old one's going backwards: seq_unexplained.
+        assert!(
+            r.violations.is_empty(),
+            "{}: {:#?}",
+            k.release,
+            r.violations.first()
+        );
+        assert!(r.stats.write_sections > 0, "{}", k.release);
+        eprintln!(
+            "{}: 800 execs beside stress: {freed} mms freed, {:?}",
+            k.release, r.verdict
+        );
+    }
+}
