@@ -171,6 +171,11 @@ impl Item<'_> {
 /// Splits a byte stream into lines without copying each one (memchr over a large buffer).
 /// At the end of the input, `wait` (when set) is asked whether more may come: a log still
 /// being written is followed like `tail -f`.
+/// The longest line a reader accepts: a header with every probe and discovery's account is a
+/// few KiB; a line beyond this is not a log line, and buffering it whole would let any file
+/// take memory without bound.
+const MAX_LINE: usize = 16 << 20;
+
 struct Lines<R> {
     rd: R,
     buf: Vec<u8>,
@@ -218,7 +223,13 @@ impl<R: Read> Lines<R> {
             self.end -= self.start;
             self.start = 0;
             if self.end == self.buf.len() {
-                // A line longer than the buffer: grow it (bounded by the longest line).
+                // A line longer than the buffer: grow it, up to MAX_LINE.
+                if self.buf.len() >= MAX_LINE {
+                    return Err(io::Error::other(format!(
+                        "longer than {} MiB without a newline: not a log line",
+                        MAX_LINE >> 20
+                    )));
+                }
                 self.buf.resize(self.buf.len() * 2, 0);
             }
             let room = self.buf.get_mut(self.end..).unwrap_or_default();
