@@ -127,10 +127,10 @@ pub struct Args {
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct JudgeArgs {
     /// The validator's reorder window, in events (see `tracer validate --window`).
-    #[arg(long, default_value_t = DEFAULT_WINDOW)]
+    #[arg(long, default_value_t = DEFAULT_WINDOW, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::cli::WINDOW_MAX))]
     pub window: usize,
     /// The validator's timestamp slack (default: the header's `clock_slack_ns`).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=crate::cli::SLACK_NS_MAX))]
     pub slack_ns: Option<u64>,
 }
 
