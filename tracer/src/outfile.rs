@@ -49,7 +49,9 @@ pub fn create(path: &Path, read: bool) -> io::Result<File> {
 /// its permissions otherwise), and hands it to the user who ran `sudo`.
 pub fn secure(f: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
-    if !root() {
+    // Only a regular file is the tool's to restrict: `-o /dev/null` or `/dev/full` as root must
+    // not take a device away from every other user.
+    if !root() || !f.metadata()?.file_type().is_file() {
         return Ok(());
     }
     // SAFETY: fchmod/fchown on a descriptor this function's caller owns.
@@ -64,6 +66,15 @@ pub fn secure(f: &File) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes `text` to standard output: a full disk or a closed pipe is an error the caller
+/// reports in one sentence (`println!` would panic).
+pub fn print(text: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 /// Writes `bytes` to `path` as [`create`] does.
@@ -99,5 +110,14 @@ mod tests {
             assert_eq!(mode, 0o600);
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_device_keeps_its_permissions() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = || std::fs::metadata("/dev/null").unwrap().permissions().mode() & 0o777;
+        let before = mode();
+        drop(create(Path::new("/dev/null"), false).unwrap());
+        assert_eq!(mode(), before, "/dev/null's mode changed");
     }
 }

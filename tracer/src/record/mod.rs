@@ -36,7 +36,7 @@ pub struct Args {
 pub fn main(args: Args) -> Result<ExitCode> {
     let plan = session::plan(&args.trace)?;
     if args.dry_run {
-        session::print_plan(&plan);
+        crate::outfile::print(&session::plan_text(&plan)).context("writing to standard output")?;
         return Ok(ExitCode::SUCCESS);
     }
     session::warn_plan(&plan);

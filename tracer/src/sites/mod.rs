@@ -1302,8 +1302,13 @@ fn modes_json(btf: &std::path::Path) -> serde_json::Value {
     )
 }
 
-fn print_modes(modes: &serde_json::Value) {
-    println!("attach modes on this kernel (`--mode`; auto takes the first that works):");
+fn modes_text(modes: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "attach modes on this kernel (`--mode`; auto takes the first that works):"
+    );
     for m in modes.as_array().into_iter().flatten() {
         let name = m.get("mode").and_then(|v| v.as_str()).unwrap_or("?");
         let missing: Vec<&str> = m
@@ -1314,22 +1319,27 @@ fn print_modes(modes: &serde_json::Value) {
             .filter_map(|v| v.as_str())
             .collect();
         if missing.is_empty() {
-            println!("  {name:<10} works");
+            let _ = writeln!(s, "  {name:<10} works");
         } else {
-            println!("  {name:<10} cannot run: {}", missing.join("; "));
+            let _ = writeln!(s, "  {name:<10} cannot run: {}", missing.join("; "));
         }
         for k in ["sees", "misses"] {
             let what = if k == "sees" { "sees" } else { "cannot see" };
-            println!(
+            let _ = writeln!(
+                s,
                 "  {:<10}   {what}: {}",
                 "",
                 m.get(k).and_then(|v| v.as_str()).unwrap_or("")
             );
         }
     }
+    s
 }
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let print = |text: &str| {
+        crate::outfile::print(text).map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))
+    };
     let live = args.image.is_none() && args.vmlinux.is_none();
     let modes = live.then(|| {
         modes_json(
@@ -1344,15 +1354,12 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         && !args.json
         && args.explain.is_none()
     {
-        print_modes(m);
+        print(&modes_text(m))?;
     }
     let inputs = Inputs::load(&args)?;
     let layout = SiteLayout::resolve(&inputs.btf, &inputs.kallsyms, inputs.release.as_deref())?;
     if let Some(symbol) = &args.explain {
-        print!(
-            "{}",
-            explain(&inputs.code, &inputs.kallsyms, &layout, symbol)?
-        );
+        print(&explain(&inputs.code, &inputs.kallsyms, &layout, symbol)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let plan = discover(&inputs.code, &inputs.kallsyms, &layout);
@@ -1386,17 +1393,16 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                 o.insert("function_probes".into(), serde_json::Value::Array(probes));
             }
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print(&(serde_json::to_string_pretty(&v)? + "\n"))?;
     } else {
-        print!(
-            "{}",
-            render_text(&plan, &inputs.code.describe(), args.raw_pointers)
-        );
+        use std::fmt::Write as _;
+        let mut s = render_text(&plan, &inputs.code.describe(), args.raw_pointers);
         match &functions {
             Some(Ok(f)) => {
-                println!("function-level probes:");
+                s.push_str("function-level probes:\n");
                 for p in &f.probes {
-                    println!(
+                    let _ = writeln!(
+                        s,
                         "{:<11} {}{}  ({})",
                         p.probe.name(),
                         if p.ret { "return of " } else { "" },
@@ -1405,12 +1411,15 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                     );
                 }
                 for m in &f.missing {
-                    println!("missing     {m}");
+                    let _ = writeln!(s, "missing     {m}");
                 }
             }
-            Some(Err(e)) => println!("function-level probes: {e}"),
-            None => println!("function-level probes: unknown kernel release (pass --release)"),
+            Some(Err(e)) => {
+                let _ = writeln!(s, "function-level probes: {e}");
+            }
+            None => s.push_str("function-level probes: unknown kernel release (pass --release)\n"),
         }
+        print(&s)?;
     }
     Ok(ExitCode::from(exit_status(&plan)))
 }
