@@ -105,7 +105,7 @@ tracer leftovers > /out/leftovers_after.json
 tracer record -o /out/tiny_ring.jsonl --ring-size 4096 -- tracer stress --duration 2 --pin-gap-us 0 2>/out/tiny_ring.err; echo $? > /out/tiny_ring.rc
 tracer record -o /out/maxactive.jsonl --maxactive 1 -- tracer stress --duration 3 --pinners 4 --pin-gap-us 0 2>/out/maxactive.err; echo $? > /out/maxactive.rc
 tracer record -o /out/churn.jsonl --ring-size 16777216 --duration 120 -- sh -c 'tracer stress --duration 4 & i=0; while [ $i -lt 800 ]; do tracer --version >/dev/null; i=$((i+1)); done; wait' 2>/out/churn.err; echo $? > /out/churn.rc
-tracer record -o /out/end_duration.jsonl --duration 2 2>/out/end_duration.err; echo $? > /out/end_duration.rc
+tracer record -o /out/end_duration.jsonl --ring-size 16777216 --duration 4 -- tracer stress --duration 60 --fork-gap-us 100 2>/out/end_duration.err; echo $? > /out/end_duration.rc
 for s in INT TERM HUP KILL; do
   tracer record -o /out/end_$s.jsonl --ring-size 16777216 -- tracer stress --duration 60 --fork-gap-us 100 2>/out/end_$s.err & p=$!
   i=0; while [ $i -lt 300 ] && [ ! -s /out/end_$s.jsonl ]; do sleep 0.1; i=$((i+1)); done
