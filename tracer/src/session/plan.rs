@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::TraceArgs;
 use crate::{
-    kernel::{btf::Btf, kallsyms::Kallsyms, tracepoints},
+    kernel::{btf::Btf, kallsyms::Kallsyms, target::Hook, tracepoints},
     probes::{self, AttachPlan, KernelSource, Mode, caps},
 };
 
@@ -198,7 +198,9 @@ pub fn plan_text(plan: &AttachPlan) -> String {
         let _ = writeln!(
             out,
             "  {:<14} raw_tp:{:<28} {}",
-            h.kind, h.tracepoint, h.reason
+            h.probe.name(),
+            h.tracepoint,
+            h.reason
         );
     }
     for p in &plan.function.probes {
@@ -206,11 +208,12 @@ pub fn plan_text(plan: &AttachPlan) -> String {
             out,
             "  {:<14} {}{:<28} {}",
             p.probe.name(),
-            match (plan.attach, p.ret) {
-                (Mode::Fentry, false) => "fentry:",
-                (Mode::Fentry, true) => "fexit:",
-                (_, true) => "ret:",
-                _ => "    ",
+            match (plan.attach, p.hook) {
+                (_, Hook::RawTracepoint) => "raw_tp:",
+                (Mode::Fentry, Hook::Entry) => "fentry:",
+                (Mode::Fentry, Hook::Return) => "fexit:",
+                (_, Hook::Return) => "ret:",
+                (_, Hook::Entry) => "    ",
             },
             p.symbol,
             p.reason
