@@ -310,6 +310,13 @@ fn write_errors_end_in_one_sentence_and_status_2() {
                 "{}: {name}: said once: {err}",
                 k.release
             );
+            // Each cause once: no "writing the log: writing the log: ...".
+            let parts: Vec<&str> = last.split(": ").collect();
+            assert!(
+                parts.windows(2).all(|w| w[0] != w[1]),
+                "{}: {name}: a cause said twice: {last}",
+                k.release
+            );
             eprintln!("{}: {name}: {last}", k.release);
         }
         let size: u64 = k.read("tiny.size").trim().parse().unwrap();

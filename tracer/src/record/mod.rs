@@ -77,7 +77,8 @@ impl LogWriter {
 
     /// Writes what is buffered and flushes `out`.
     pub fn finish(&mut self) -> Result<()> {
-        self.w.flush().context("writing the event log")
+        // The write error names the event log itself.
+        Ok(self.w.flush()?)
     }
 }
 
