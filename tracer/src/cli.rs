@@ -19,6 +19,36 @@ pub fn seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// A workload's length in seconds (`tracer stress`): above 0 and at most 1000000.
+pub fn workload_seconds(s: &str) -> Result<f64, String> {
+    seconds_upto(s, 1e6)
+}
+
+/// `tracer check`'s workload length in seconds: above 0 and at most a day.
+pub fn check_seconds(s: &str) -> Result<f64, String> {
+    seconds_upto(s, 86_400.0)
+}
+
+fn seconds_upto(s: &str, max: f64) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v.is_finite() && v > 0.0 && v <= max) {
+        return Err(format!(
+            "{s} is not a number of seconds above 0 and at most {max}"
+        ));
+    }
+    Ok(v)
+}
+
+/// The largest pid Linux can hand out (`PID_MAX_LIMIT` on 64-bit).
+pub const PID_MAX: u32 = 4_194_304;
+/// The validator's reorder window, in events: beyond this many a window is a typo, and the
+/// validator holds that many events in memory.
+pub const WINDOW_MAX: u64 = 1 << 24;
+/// Timestamp slack, in ns: 1000 s is far beyond any clock disagreement.
+pub const SLACK_NS_MAX: u64 = 1_000_000_000_000;
+
 /// A ring-buffer size: a power of two from 4096 bytes to 1 GiB.
 pub fn ring_size(s: &str) -> Result<u32, String> {
     let v: u32 = s
@@ -67,5 +97,8 @@ mod tests {
         assert!(maxactive("0").is_err() && maxactive("4097").is_err());
         assert!(speed("1e-300").is_err() && speed("inf").is_err());
         assert_eq!(speed("10").unwrap(), 10.0);
+        assert!(workload_seconds("1e6").is_ok() && workload_seconds("1000001").is_err());
+        assert!(check_seconds("86400").is_ok() && check_seconds("86401").is_err());
+        assert!(check_seconds("nan").is_err() && workload_seconds("0").is_err());
     }
 }

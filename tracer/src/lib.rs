@@ -12,6 +12,7 @@ pub mod events;
 pub mod export;
 pub mod kernel;
 pub mod model;
+pub mod outfile;
 pub mod probes;
 pub mod record;
 pub mod session;

@@ -4,6 +4,7 @@
 //! environment that cannot be traced (one sentence on stderr), 3 inconclusive verdict.
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -94,11 +95,9 @@ fn main() -> ExitCode {
         Command::Check(a) => tracer::check::main(a),
         Command::Workload(a) => tracer::stress::load::main(a),
         Command::Leftovers => serde_json::to_string(&tracer::probes::leftovers::collect())
-            .map(|j| {
-                println!("{j}");
-                ExitCode::SUCCESS
-            })
-            .map_err(anyhow::Error::from),
+            .map_err(anyhow::Error::from)
+            .and_then(|j| tracer::outfile::print(&(j + "\n")).context("writing to standard output"))
+            .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -163,8 +163,11 @@ fn mid_write_section_shows_odd() {
 #[test]
 fn violations_pane() {
     let (m, c) = load("violations.jsonl", None);
-    let rules: Vec<&str> = m.findings.iter().map(|f| f.rule.as_str()).collect();
-    assert_eq!(rules, ["odd_not_bailed", "retry_ignored", "copy_delta"]);
+    // Findings that lost events could explain are held a while for a `lost` line (copy_delta
+    // is not one of them), so the order found is not the order in the log.
+    let mut rules: Vec<&str> = m.findings.iter().map(|f| f.rule.as_str()).collect();
+    rules.sort_unstable();
+    assert_eq!(rules, ["copy_delta", "odd_not_bailed", "retry_ignored"]);
     assert_eq!(m.mm("mm1").unwrap().violations, 3);
     assert!(c.starts_with("verdict violations"), "{c}");
     let mut v = View::default();

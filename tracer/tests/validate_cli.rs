@@ -174,3 +174,53 @@ fn vm_slack_still_exits_1_on_a_value_violation() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("5 events were lost"), "{out}");
 }
+
+/// Events the header contradicts (a kind whose probe it does not list) would be judged under
+/// rules chosen for a different trace: strictly they are bad input naming the line; leniently
+/// they are skipped, counted, and the verdict cannot be clean.
+#[test]
+fn events_the_header_contradicts_are_bad_input() {
+    let mut l = Log::new(&ALL_PROBES[..4]); // cpr_*, gup_*: no sites
+    l.cpr_enter(1, "m", 0, true)
+        .wb(1, "m", 0)
+        .we(1, "m", 1)
+        .cpr_exit(1, "m", 2)
+        .summary();
+    let o = run(&["-"], &l.text());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("line 3: a write_begin event, but the header lists no write_begin probe"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let o = run(&["-", "--lenient", "--json"], &l.text());
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["missing_evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m.as_str().unwrap().contains("2 malformed lines skipped")),
+        "{v}"
+    );
+}
+
+/// A recorder killed mid-write (SIGKILL) leaves a last line without its newline: every other
+/// line is valid, and the verdict is inconclusive, not bad input.
+#[test]
+fn a_log_cut_mid_line_is_inconclusive() {
+    let l = clean_log();
+    let mut text = l.text();
+    text.push_str(r#"{"kind":"gup_enter","ts":999,"cpu":0,"pi"#);
+    let o = run(&["-"], &text);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(out.contains("the last line is cut short"), "{out}");
+    assert!(out.contains("no summary line"), "{out}");
+    // A bad line that is not the last is still bad input.
+    let mut text = l.text();
+    text.push_str("{\"kind\":\"gup_enter\",\"ts\":999,\"cpu\":0,\"pi\n{\"kind\":\"x\"}\n");
+    assert_eq!(run(&["-"], &text).status.code(), Some(2));
+}

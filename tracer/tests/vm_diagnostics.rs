@@ -43,6 +43,22 @@ fn a_bpf_diagnostic_reaches_stderr_and_the_messages_pane() {
             })
             .count();
         assert!(null_exits > 0, "{}: no cpr_exit with a null seq", k.release);
+        // And the verdict: an exit without its value is missing evidence, never a value.
+        let r = tracer::validate::validate_reader(log.as_bytes(), Default::default()).unwrap();
+        assert_eq!(
+            r.verdict,
+            tracer::validate::Verdict::Inconclusive,
+            "{}",
+            k.release
+        );
+        assert!(
+            r.missing_evidence
+                .iter()
+                .any(|m| m.contains("could not read")),
+            "{}: {:?}",
+            k.release,
+            r.missing_evidence
+        );
         // The TUI's screen (80x25, no newlines in a /dev/vcs dump): the messages pane was
         // brought into view by the warning and shows it.
         // One byte per cell (the console's code page: box drawing is not UTF-8), so rows are

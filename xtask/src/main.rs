@@ -104,6 +104,7 @@ fn vm_cmd(a: VmArgs) -> Result<ExitCode> {
             nokaslr: a.nokaslr,
             interactive: false,
             memory_mb: 1024,
+            cpus: 2,
         })
         .with_context(|| format!("kernel {spec}"))?;
         println!(

@@ -90,7 +90,12 @@ done
 /// loss the kernel can be made to produce is provoked and must be counted (a ring of one page;
 /// one instance per return probe while four threads pin), and after a hundred attach/detach
 /// cycles on 6.12 (ten on 6.1; function-level, each about 2 s under TCG; three more with the
-/// instruction sites) nothing may be left behind.
+/// instruction sites) nothing may be left behind; and a trace of 800 execs (each a new mm, the
+/// old one freed and its address free for reuse) beside the stress workload must not crash or
+/// mistake one mm for another. Then every way a trace ends: its duration, SIGINT, SIGTERM and
+/// SIGHUP (a complete log), SIGKILL (a log cut at most in its last line, whose leftover kprobe
+/// events the next run removes); and writes that fail (`/dev/full` as the log and as standard
+/// output, a 256 KiB tmpfs) end in one sentence and exit status 2 with nothing left attached.
 const RELIABILITY_SCRIPT: &str = r#"
 tracer leftovers > /out/leftovers_before.json
 case $(uname -r) in 6.12.*) n=100;; *) n=10;; esac; echo $n > /out/cycles.n
@@ -99,6 +104,26 @@ i=0; while [ $i -lt 3 ]; do tracer record -o /dev/null --duration 0.02 2>>/out/c
 tracer leftovers > /out/leftovers_after.json
 tracer record -o /out/tiny_ring.jsonl --ring-size 4096 -- tracer stress --duration 2 --pin-gap-us 0 2>/out/tiny_ring.err; echo $? > /out/tiny_ring.rc
 tracer record -o /out/maxactive.jsonl --maxactive 1 -- tracer stress --duration 3 --pinners 4 --pin-gap-us 0 2>/out/maxactive.err; echo $? > /out/maxactive.rc
+tracer record -o /out/churn.jsonl --ring-size 16777216 --duration 120 -- sh -c 'tracer stress --duration 4 & i=0; while [ $i -lt 800 ]; do tracer --version >/dev/null; i=$((i+1)); done; wait' 2>/out/churn.err; echo $? > /out/churn.rc
+tracer record -o /out/end_duration.jsonl --ring-size 16777216 --duration 4 -- tracer stress --duration 60 --fork-gap-us 100 2>/out/end_duration.err; echo $? > /out/end_duration.rc
+for s in INT TERM HUP KILL; do
+  tracer record -o /out/end_$s.jsonl --ring-size 16777216 -- tracer stress --duration 60 --fork-gap-us 100 2>/out/end_$s.err & p=$!
+  i=0; while [ $i -lt 300 ] && [ ! -s /out/end_$s.jsonl ]; do sleep 0.1; i=$((i+1)); done
+  sleep 1; kill -$s $p; wait $p; echo $? > /out/end_$s.rc
+done
+pkill -KILL -f 'stress --duration 60'; sleep 0.5
+tracer leftovers > /out/leftovers_killed.json
+tracer record -o /dev/null --no-sites --duration 0.02 2>/out/after_kill.err; echo $? > /out/after_kill.rc
+tracer leftovers > /out/leftovers_after_kill.json
+tracer record -o /dev/full --duration 30 -- tracer stress --duration 2 2>/out/full.err; echo $? > /out/full.rc
+tracer record --duration 30 -- tracer stress --duration 2 >/dev/full 2>/out/stdout_full.err; echo $? > /out/stdout_full.rc
+mkdir -p /tiny && mount -t tmpfs -o size=256k tmpfs /tiny
+tracer record -o /tiny/r.jsonl --duration 30 -- tracer stress --duration 2 2>/out/tiny.err; echo $? > /out/tiny.rc
+wc -c < /tiny/r.jsonl > /out/tiny.size; rm -f /tiny/r.jsonl; dd if=/dev/zero of=/tiny/fill bs=4096 2>/dev/null
+tracer report /out/end_duration.jsonl -o /tiny/report 2>/out/tiny_report.err; echo $? > /out/tiny_report.rc
+tracer export /out/end_duration.jsonl -o /tiny/x.json 2>/out/tiny_export.err; echo $? > /out/tiny_export.rc
+umount /tiny
+tracer leftovers > /out/leftovers_after_errors.json
 "#;
 
 fn phase(name: &str, t0: Instant) {
@@ -116,6 +141,12 @@ struct Booted {
     release: String,
     /// Whether its boot ran `tracer check` too.
     checked: bool,
+}
+
+/// The oldest 6.12 boots with four vCPUs: the recorder and the validator see more CPUs
+/// contend than the two the host has (RELIABILITY.md).
+fn cpus_for(spec: &str) -> u32 {
+    if spec == "6.12-oldest" { 4 } else { 2 }
 }
 
 /// Boots each kernel once with the test script (plus the check on [`CHECK_KERNELS`]).
@@ -142,10 +173,13 @@ fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<Booted>
             modules: vm::guest_modules(),
             script,
             out: out.clone(),
-            timeout: Duration::from_secs(600),
+            // The checked boots run the check and the reliability steps: about 6 minutes
+            // under TCG on two busy host cores.
+            timeout: Duration::from_secs(if checked { 1200 } else { 600 }),
             nokaslr: true,
             interactive: false,
             memory_mb: 1024,
+            cpus: cpus_for(spec),
         })
         .with_context(|| format!("VM test boot of {spec}"))?;
         std::fs::copy(&kernel.image, out.join("vmlinuz"))?;
@@ -231,6 +265,9 @@ pub fn test(a: TestArgs) -> Result<ExitCode> {
     if setup::is_root() {
         env.push(("TRACER_REQUIRE_HOST_TRACE".into(), "1".into()));
     }
+    // A minute of random mutations through the log reader (tracer/tests/reader_fuzz.rs);
+    // a plain `cargo test` gives it three seconds.
+    env.push(("TRACER_FUZZ_SECS".into(), "60".into()));
     let mut c = cargo();
     c.arg("test");
     // The fixture tests are #[ignore]d in a plain `cargo test` (they say why); here their
@@ -371,6 +408,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
                 nokaslr: false,
                 interactive: term.is_some(),
                 memory_mb: 1024,
+                cpus: 2,
             })?;
             if let Ok(err) = std::fs::read_to_string(out.join("tui.err"))
                 && !err.trim().is_empty()

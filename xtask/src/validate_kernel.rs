@@ -425,6 +425,7 @@ pub fn run(a: &Args, modules: &[Option<PathBuf>]) -> Result<ExitCode> {
             nokaslr: false,
             interactive: false,
             memory_mb: 1024,
+            cpus: 2,
         });
         let _ = std::fs::remove_dir_all(out.join(".vm"));
         let k = match r {

@@ -42,6 +42,8 @@ pub struct VmOpts<'a> {
     /// Attach QEMU to this terminal (for the TUI) instead of capturing the console.
     pub interactive: bool,
     pub memory_mb: u32,
+    /// Virtual CPUs (the guest runs under TCG on however many host cores there are).
+    pub cpus: u32,
 }
 
 /// What a finished boot left.
@@ -273,7 +275,7 @@ fn qemu_command(opts: &VmOpts, initrd: &Path, disk: &Path, kvm: bool) -> Command
         "-m",
         &opts.memory_mb.to_string(),
         "-smp",
-        "2",
+        &opts.cpus.to_string(),
         "-nographic",
         "-no-reboot",
         "-nic",

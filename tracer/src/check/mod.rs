@@ -30,7 +30,7 @@ use crate::{
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Seconds of the stress workload (above 0, at most 86400).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, value_parser = crate::cli::check_seconds)]
     pub duration: f64,
     /// Directory for the results [default: a new ./tracer-check-<release>-<timestamp>].
     #[arg(long, value_name = "DIR")]
@@ -44,8 +44,6 @@ pub struct Args {
 
 #[derive(Debug, Error)]
 pub enum CheckError {
-    #[error("--duration must be a number of seconds above 0 and at most 86400, got {0}")]
-    Duration(f64),
     #[error(transparent)]
     Out(#[from] out::OutError),
     #[error("the stress workload failed ({status}); see {report}")]
@@ -118,9 +116,6 @@ fn read_json(dir: &out::ReportDir, name: &str) -> Result<Value, String> {
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
-    if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 86_400.0) {
-        return Err(CheckError::Duration(args.duration).into());
-    }
     // The plan first: a machine that cannot trace is told so before anything is written.
     let mut trace = TraceArgs {
         mode: args.mode,
@@ -213,7 +208,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let stats = rt.block_on(async {
         cancel
             .on_signals()
-            .context("installing the SIGINT/SIGTERM handlers")?;
+            .context("installing the SIGINT/SIGTERM/SIGHUP handlers")?;
         session::pump(&plan, &trace, false, true, &mut sink, &cancel).await
     })?;
     sink.log.finish()?;
@@ -257,8 +252,12 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .write_all(md.as_bytes())
         .context("writing report.md")?;
 
-    print!("{}", crate::validate::render_text(&verdict));
-    println!("report: {}", dir.join("report.md").display());
+    crate::outfile::print(&format!(
+        "{}report: {}\n",
+        crate::validate::render_text(&verdict),
+        dir.join("report.md").display()
+    ))
+    .context("writing to standard output")?;
     // A workload that did not run cleanly leaves nothing meaningful to judge.
     let ok = stats
         .command_status

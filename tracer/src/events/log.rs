@@ -76,6 +76,14 @@ pub enum LineError {
     SecondHeader,
     #[error("a record after the summary")]
     AfterSummary,
+    /// An event the header says cannot be there: a judgement built on that header would be
+    /// false either way.
+    #[error("a {0} event, but the header lists no {0} probe")]
+    NotInHeader(&'static str),
+    /// The last line of the input, without its newline, that does not parse: the writer was
+    /// stopped mid-line (killed). Skipped in either mode; the log then has no summary either.
+    #[error("the last line is cut short ({0})")]
+    Truncated(Box<LineError>),
 }
 
 impl LineError {
@@ -87,6 +95,7 @@ impl LineError {
                 | LineError::Parse(_)
                 | LineError::SecondHeader
                 | LineError::AfterSummary
+                | LineError::NotInHeader(_)
         )
     }
 }
@@ -162,12 +171,19 @@ impl Item<'_> {
 /// Splits a byte stream into lines without copying each one (memchr over a large buffer).
 /// At the end of the input, `wait` (when set) is asked whether more may come: a log still
 /// being written is followed like `tail -f`.
+/// The longest line a reader accepts: a header with every probe and discovery's account is a
+/// few KiB; a line beyond this is not a log line, and buffering it whole would let any file
+/// take memory without bound.
+const MAX_LINE: usize = 16 << 20;
+
 struct Lines<R> {
     rd: R,
     buf: Vec<u8>,
     start: usize,
     end: usize,
     eof: bool,
+    /// The line last returned ended the input without a newline.
+    unterminated: bool,
     wait: Option<Box<dyn FnMut() -> bool + Send>>,
 }
 
@@ -179,6 +195,7 @@ impl<R: Read> Lines<R> {
             start: 0,
             end: 0,
             eof: false,
+            unterminated: false,
             wait: None,
         }
     }
@@ -197,6 +214,7 @@ impl<R: Read> Lines<R> {
                 if self.start < self.end {
                     let (s, e) = (self.start, self.end);
                     self.start = e;
+                    self.unterminated = true;
                     return Ok(Some(s..e));
                 }
                 return Ok(None);
@@ -205,7 +223,13 @@ impl<R: Read> Lines<R> {
             self.end -= self.start;
             self.start = 0;
             if self.end == self.buf.len() {
-                // A line longer than the buffer: grow it (bounded by the longest line).
+                // A line longer than the buffer: grow it, up to MAX_LINE.
+                if self.buf.len() >= MAX_LINE {
+                    return Err(io::Error::other(format!(
+                        "longer than {} MiB without a newline: not a log line",
+                        MAX_LINE >> 20
+                    )));
+                }
                 self.buf.resize(self.buf.len() * 2, 0);
             }
             let room = self.buf.get_mut(self.end..).unwrap_or_default();
@@ -346,15 +370,37 @@ impl<R: Read> LogReader<R> {
         self.st.after_summary
     }
 
+    /// A line the reader passed on but its consumer finds bad (an event the header
+    /// contradicts): strict reading fails on it, lenient reading counts it as skipped.
+    pub fn reject(&mut self, line: u64, err: LineError) -> Result<(), LogError> {
+        if self.mode == Mode::Lenient && err.skippable() {
+            self.st.skipped += 1;
+            if self.st.first_skip.is_none() {
+                self.st.first_skip = Some(Skip { line, err }.to_string());
+            }
+            return Ok(());
+        }
+        Err(LogError::Line {
+            name: self.name.clone(),
+            line,
+            err,
+        })
+    }
+
     /// One sentence about the lines skipped, for a command's stderr; `None` when none were.
     pub fn skip_note(&self) -> Option<String> {
         let st = &self.st;
         (st.skipped > 0).then(|| {
             format!(
-                "{}{} malformed line{} skipped (--lenient); the first: {}",
+                "{}{} malformed line{} skipped ({}); the first: {}",
                 prefix(&self.name, ": "),
                 st.skipped,
                 if st.skipped == 1 { "" } else { "s" },
+                if self.mode == Mode::Lenient {
+                    "--lenient"
+                } else {
+                    "the writer stopped mid-line"
+                },
                 st.first_skip.as_deref().unwrap_or("?")
             )
         })
@@ -374,7 +420,15 @@ impl<R: Read> LogReader<R> {
         {
             return Ok(Some((line, Item::Event(e))));
         }
-        classify(bytes, line, &mut self.st, self.mode, &self.name).map(|it| Some((line, it)))
+        classify(
+            bytes,
+            line,
+            &mut self.st,
+            self.mode,
+            &self.name,
+            self.lines.unterminated,
+        )
+        .map(|it| Some((line, it)))
     }
 
     /// Calls `f` with every remaining line's item, in order. The same items as [`next_item`], with
@@ -391,7 +445,14 @@ impl<R: Read> LogReader<R> {
                 f(line, Item::Event(e));
                 continue;
             }
-            let item = classify(bytes, line, &mut self.st, self.mode, &self.name)?;
+            let item = classify(
+                bytes,
+                line,
+                &mut self.st,
+                self.mode,
+                &self.name,
+                self.lines.unterminated,
+            )?;
             f(line, item);
         }
         Ok(())
@@ -441,6 +502,7 @@ fn classify<'a>(
     st: &mut State,
     mode: Mode,
     name: &Option<String>,
+    unterminated: bool,
 ) -> Result<Item<'a>, LogError> {
     let bad = match std::str::from_utf8(bytes) {
         Err(_) => LineError::NotUtf8,
@@ -462,7 +524,12 @@ fn classify<'a>(
             }
         }
     };
-    if mode == Mode::Lenient && bad.skippable() {
+    let bad = if unterminated && matches!(bad, LineError::NotUtf8 | LineError::Parse(_)) {
+        LineError::Truncated(Box::new(bad))
+    } else {
+        bad
+    };
+    if (mode == Mode::Lenient && bad.skippable()) || matches!(bad, LineError::Truncated(_)) {
         st.skipped += 1;
         let skip = Skip { line, err: bad };
         if st.first_skip.is_none() {
@@ -477,13 +544,26 @@ fn classify<'a>(
     })
 }
 
-/// Why a log could not be written.
+/// Why a log could not be written. (Causes inline, not as `source`, so that error-chain
+/// printing does not repeat them.)
 #[derive(Debug, Error)]
 pub enum WriteError {
     #[error("writing the event log: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("encoding a record: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
+}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> Self {
+        WriteError::Io(e)
+    }
+}
+
+impl From<serde_json::Error> for WriteError {
+    fn from(e: serde_json::Error) -> Self {
+        WriteError::Json(e)
+    }
 }
 
 /// Writes schema-1 lines: one record per line, in the layout [`fast::parse_canonical`] reads

@@ -59,20 +59,40 @@ impl Format {
     }
 }
 
+impl From<io::Error> for ExportError {
+    fn from(e: io::Error) -> Self {
+        ExportError::Io(e)
+    }
+}
+
+impl From<serde_json::Error> for ExportError {
+    fn from(e: serde_json::Error) -> Self {
+        ExportError::Json(e)
+    }
+}
+
+impl From<::csv::Error> for ExportError {
+    fn from(e: ::csv::Error) -> Self {
+        ExportError::Csv(e)
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ExportError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("cannot create {path}: {err}")]
     Create { path: PathBuf, err: io::Error },
+    // Causes formatted inline, not as `source`: the one-line message is not repeated by the
+    // CLI's error-chain printing.
     #[error("writing the export: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error("writing the export: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("writing the CSV: {0}")]
-    Csv(#[from] ::csv::Error),
+    Csv(::csv::Error),
     #[error(transparent)]
     Report(#[from] report::ReportError),
     #[error("{} is the log being read; choose another output file", .0.display())]
@@ -107,10 +127,10 @@ pub struct Args {
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct JudgeArgs {
     /// The validator's reorder window, in events (see `tracer validate --window`).
-    #[arg(long, default_value_t = DEFAULT_WINDOW)]
+    #[arg(long, default_value_t = DEFAULT_WINDOW, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::cli::WINDOW_MAX))]
     pub window: usize,
     /// The validator's timestamp slack (default: the header's `clock_slack_ns`).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=crate::cli::SLACK_NS_MAX))]
     pub slack_ns: Option<u64>,
 }
 
@@ -201,7 +221,7 @@ impl<W: Write> Sink for JsonlSink<W> {
 
 /// Creates `path` for writing (buffered).
 pub fn create(path: &Path) -> Result<BufWriter<File>, ExportError> {
-    File::create(path)
+    crate::outfile::create(path, false)
         .map(|f| BufWriter::with_capacity(1 << 20, f))
         .map_err(|err| ExportError::Create {
             path: path.to_path_buf(),

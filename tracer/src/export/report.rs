@@ -304,56 +304,64 @@ const GUP_COLOR: RGBColor = RGBColor(40, 90, 200);
 
 fn timeline(path: &Path, d: &Data) -> Result<(), ReportError> {
     let e = draw_err(path);
-    let root = SVGBackend::new(path, (1100, 120 + 70 * d.cpus)).into_drawing_area();
-    root.fill(&WHITE).map_err(&e)?;
-    let from = d.dense.0.max(d.first_ts);
-    let caption = format!(
-        "densest second: {:.0}-{:.0} s after the first event ({} events); red: write sections, blue: GUP-fast windows",
-        from.saturating_sub(d.first_ts) as f64 / 1e9,
-        (d.dense.0 + NS).saturating_sub(d.first_ts) as f64 / 1e9,
-        d.dense.1
-    );
-    let cpus = f64::from(d.cpus);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(caption, ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..1000f64, 0f64..cpus)
-        .map_err(&e)?;
-    chart
-        .configure_mesh()
-        .x_desc("ms into the second")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        // Labels at the middle of each CPU's lane only.
-        .y_labels(d.cpus as usize * 2 + 1)
-        .y_label_formatter(&|y| {
-            if (y.fract() - 0.5).abs() < 0.01 {
-                format!("cpu {}", y.floor() as u32)
-            } else {
-                String::new()
-            }
-        })
-        .disable_y_mesh()
-        .draw()
-        .map_err(&e)?;
-    // One lane per CPU: write sections in its upper half, GUP-fast windows in its lower half.
-    // Every span is at least 0.4 ms wide so that microsecond windows still show.
-    let ms = |ts: u64| ts.saturating_sub(d.dense.0) as f64 / 1e6;
-    chart
-        .draw_series(d.spans.iter().map(|&(a, b, cpu, write)| {
-            let x0 = ms(a);
-            let x1 = ms(b).max(x0 + 0.4).min(1000.0);
-            let y = f64::from(cpu);
-            let (y0, y1, c) = if write {
-                (y + 0.52, y + 0.92, WRITE_COLOR)
-            } else {
-                (y + 0.08, y + 0.48, GUP_COLOR)
-            };
-            Rectangle::new([(x0, y0), (x1, y1)], c.filled())
-        }))
-        .map_err(&e)?;
-    root.present().map_err(&e)?;
+    // Drawn into memory, then written as the tool writes every file (crate::outfile).
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1100, 120 + 70 * d.cpus)).into_drawing_area();
+        root.fill(&WHITE).map_err(&e)?;
+        let from = d.dense.0.max(d.first_ts);
+        let caption = format!(
+            "densest second: {:.0}-{:.0} s after the first event ({} events); red: write sections, blue: GUP-fast windows",
+            from.saturating_sub(d.first_ts) as f64 / 1e9,
+            (d.dense.0 + NS).saturating_sub(d.first_ts) as f64 / 1e9,
+            d.dense.1
+        );
+        let cpus = f64::from(d.cpus);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..1000f64, 0f64..cpus)
+            .map_err(&e)?;
+        chart
+            .configure_mesh()
+            .x_desc("ms into the second")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            // Labels at the middle of each CPU's lane only.
+            .y_labels(d.cpus as usize * 2 + 1)
+            .y_label_formatter(&|y| {
+                if (y.fract() - 0.5).abs() < 0.01 {
+                    format!("cpu {}", y.floor() as u32)
+                } else {
+                    String::new()
+                }
+            })
+            .disable_y_mesh()
+            .draw()
+            .map_err(&e)?;
+        // One lane per CPU: write sections in its upper half, GUP-fast windows in its lower half.
+        // Every span is at least 0.4 ms wide so that microsecond windows still show.
+        let ms = |ts: u64| ts.saturating_sub(d.dense.0) as f64 / 1e6;
+        chart
+            .draw_series(d.spans.iter().map(|&(a, b, cpu, write)| {
+                let x0 = ms(a);
+                let x1 = ms(b).max(x0 + 0.4).min(1000.0);
+                let y = f64::from(cpu);
+                let (y0, y1, c) = if write {
+                    (y + 0.52, y + 0.92, WRITE_COLOR)
+                } else {
+                    (y + 0.08, y + 0.48, GUP_COLOR)
+                };
+                Rectangle::new([(x0, y0), (x1, y1)], c.filled())
+            }))
+            .map_err(&e)?;
+        root.present().map_err(&e)?;
+    }
+    crate::outfile::write(path, svg.as_bytes()).map_err(|err| ReportError::Io {
+        path: path.to_path_buf(),
+        err,
+    })?;
     Ok(())
 }
 
@@ -364,88 +372,106 @@ fn histogram(
     color: RGBColor,
 ) -> Result<(), ReportError> {
     let e = draw_err(path);
-    let root = SVGBackend::new(path, (800, 360)).into_drawing_area();
-    root.fill(&WHITE).map_err(&e)?;
-    let n: u64 = hist.iter().sum();
-    let top = hist.iter().copied().max().unwrap_or(0).max(1) as f64 * 1.1;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{title} (n={n})"), ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..BUCKETS as f64, 0f64..top)
-        .map_err(&e)?;
-    chart
-        .configure_mesh()
-        .x_desc("duration (bucket upper bound, log2)")
-        .y_desc("count")
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .x_labels(BUCKETS)
-        .x_label_formatter(&|x| short_ns(1u64 << (x.floor() as u32 + SHIFT + 1)))
-        .disable_x_mesh()
-        .draw()
-        .map_err(&e)?;
-    chart
-        .draw_series(
-            hist.iter()
-                .enumerate()
-                .filter(|(_, c)| **c > 0)
-                .map(|(i, c)| {
-                    let x = i as f64;
-                    Rectangle::new([(x + 0.1, 0.0), (x + 0.9, *c as f64)], color.filled())
-                }),
-        )
-        .map_err(&e)?;
-    root.present().map_err(&e)?;
+    // Drawn into memory, then written as the tool writes every file (crate::outfile).
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 360)).into_drawing_area();
+        root.fill(&WHITE).map_err(&e)?;
+        let n: u64 = hist.iter().sum();
+        let top = hist.iter().copied().max().unwrap_or(0).max(1) as f64 * 1.1;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("{title} (n={n})"), ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..BUCKETS as f64, 0f64..top)
+            .map_err(&e)?;
+        chart
+            .configure_mesh()
+            .x_desc("duration (bucket upper bound, log2)")
+            .y_desc("count")
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .x_labels(BUCKETS)
+            .x_label_formatter(&|x| short_ns(1u64 << (x.floor() as u32 + SHIFT + 1)))
+            .disable_x_mesh()
+            .draw()
+            .map_err(&e)?;
+        chart
+            .draw_series(
+                hist.iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c > 0)
+                    .map(|(i, c)| {
+                        let x = i as f64;
+                        Rectangle::new([(x + 0.1, 0.0), (x + 0.9, *c as f64)], color.filled())
+                    }),
+            )
+            .map_err(&e)?;
+        root.present().map_err(&e)?;
+    }
+    crate::outfile::write(path, svg.as_bytes()).map_err(|err| ReportError::Io {
+        path: path.to_path_buf(),
+        err,
+    })?;
     Ok(())
 }
 
 fn seq_chart(path: &Path, d: &Data) -> Result<(), ReportError> {
     let e = draw_err(path);
-    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(&e)?;
-    let xmax = (d.last_ts.saturating_sub(d.first_ts) as f64 / 1e9).max(1e-3);
-    let ymax = d
-        .seq
-        .iter()
-        .flat_map(|(_, v)| v.iter().map(|p| p.1))
-        .fold(1.0f64, f64::max)
-        * 1.05;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "write_protect_seq over time (the busiest mms)",
-            ("sans-serif", 16),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
-        .map_err(&e)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since the first event")
-        .y_desc("seq")
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .draw()
-        .map_err(&e)?;
-    for (i, (mm, pts)) in d.seq.iter().enumerate() {
-        let c = Palette99::pick(i).to_rgba();
+    // Drawn into memory, then written as the tool writes every file (crate::outfile).
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(&e)?;
+        let xmax = (d.last_ts.saturating_sub(d.first_ts) as f64 / 1e9).max(1e-3);
+        let ymax = d
+            .seq
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|p| p.1))
+            .fold(1.0f64, f64::max)
+            * 1.05;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "write_protect_seq over time (the busiest mms)",
+                ("sans-serif", 16),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+            .map_err(&e)?;
         chart
-            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-            .map_err(&e)?
-            .label(mm.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-    }
-    if !d.seq.is_empty() {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
+            .configure_mesh()
+            .x_desc("seconds since the first event")
+            .y_desc("seq")
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()
             .map_err(&e)?;
+        for (i, (mm, pts)) in d.seq.iter().enumerate() {
+            let c = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                .map_err(&e)?
+                .label(mm.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+        }
+        if !d.seq.is_empty() {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(&e)?;
+        }
+        root.present().map_err(&e)?;
     }
-    root.present().map_err(&e)?;
+    crate::outfile::write(path, svg.as_bytes()).map_err(|err| ReportError::Io {
+        path: path.to_path_buf(),
+        err,
+    })?;
     Ok(())
 }
 
@@ -482,10 +508,12 @@ pub fn write(log: &Path, verdict: &Report, dir: &Path) -> Result<Written, Report
     )?;
     seq_chart(&charts[3], &d)?;
     let markdown = dir.join("report.md");
-    std::fs::write(&markdown, markdown_text(log, verdict, &d)).map_err(|err| ReportError::Io {
-        path: markdown.clone(),
-        err,
-    })?;
+    crate::outfile::write(&markdown, markdown_text(log, verdict, &d).as_bytes()).map_err(
+        |err| ReportError::Io {
+            path: markdown.clone(),
+            err,
+        },
+    )?;
     Ok(Written { markdown, charts })
 }
 

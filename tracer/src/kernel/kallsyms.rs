@@ -1,6 +1,6 @@
 //! `/proc/kallsyms` (or a saved copy): symbol addresses, with sizes taken as the distance to the
 //! next symbol, which is how far machine code may be read for a function.
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use thiserror::Error;
 
@@ -31,11 +31,13 @@ pub struct Symbol {
     pub module: Option<String>,
 }
 
+/// Cheap to clone: the table is shared.
+#[derive(Clone)]
 pub struct Kallsyms {
     /// Sorted by address.
-    symbols: Vec<Symbol>,
+    symbols: Arc<Vec<Symbol>>,
     /// Name → indices into `symbols`, in address order (static functions can share names).
-    by_name: HashMap<String, Vec<usize>>,
+    by_name: Arc<HashMap<String, Vec<usize>>>,
 }
 
 impl Kallsyms {
@@ -96,7 +98,10 @@ impl Kallsyms {
         for (i, s) in symbols.iter().enumerate() {
             by_name.entry(s.name.clone()).or_default().push(i);
         }
-        Ok(Kallsyms { symbols, by_name })
+        Ok(Kallsyms {
+            symbols: Arc::new(symbols),
+            by_name: Arc::new(by_name),
+        })
     }
 
     /// The lowest-addressed symbol with this name in the core kernel (not a module): the one

@@ -10,7 +10,6 @@ pub mod generate;
 pub mod machine;
 
 use std::{
-    fs::File,
     io::{self, BufWriter, Write},
     process::ExitCode,
 };
@@ -57,17 +56,19 @@ pub struct CheckArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// Number of events.
-    #[arg(long, default_value_t = 10_000)]
+    /// Number of events (at most 10^10).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000_000))]
     pub events: u64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Processes (one mm each).
-    #[arg(long, default_value_t = 4)]
+    /// Processes (one mm each; 1-1024).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub mms: u32,
-    #[arg(long, default_value_t = 2)]
+    /// Forking threads per process (1-16).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
     pub writers: u8,
-    #[arg(long, default_value_t = 2)]
+    /// Pinning threads per process (1-64).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=64))]
     pub readers: u8,
     #[arg(long, value_enum, default_value_t = Variant::Correct)]
     pub variant: Variant,
@@ -76,8 +77,8 @@ pub struct GenerateArgs {
     /// Only function-level kinds (no write_*, read_*, retry_fail).
     #[arg(long)]
     pub function_level: bool,
-    /// Delivery order is shuffled within blocks of this many events.
-    #[arg(long, default_value_t = 8)]
+    /// Delivery order is shuffled within blocks of this many events (at most 65536).
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=65_536))]
     pub jitter: usize,
     /// Output file (default: standard output).
     #[arg(long, short)]
@@ -177,7 +178,8 @@ fn generate_cmd(a: &GenerateArgs) -> anyhow::Result<ExitCode> {
     };
     match &a.output {
         Some(p) => {
-            let f = File::create(p).with_context(|| format!("cannot create {p}"))?;
+            let f = crate::outfile::create(std::path::Path::new(p), false)
+                .with_context(|| format!("cannot create {p}"))?;
             let mut w = BufWriter::new(f);
             generate::generate(&mut w, &opts)?;
             w.flush()?;

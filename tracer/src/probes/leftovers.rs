@@ -12,7 +12,8 @@ pub struct Leftovers {
     pub bpf_maps: Vec<String>,
     /// `group/event` of kprobe events in tracer groups.
     pub kprobe_events: Vec<String>,
-    /// Lines of `/sys/kernel/debug/kprobes/list` (every registered kprobe).
+    /// Lines of `/sys/kernel/debug/kprobes/list` (every registered kprobe), without their
+    /// addresses: `k  copy_page_range+0x0    [DISABLED][FTRACE]`.
     pub kprobes: Vec<String>,
     /// `MemAvailable` from /proc/meminfo, in KiB.
     pub mem_available_kib: Option<u64>,
@@ -37,8 +38,9 @@ pub fn collect() -> Leftovers {
                 .collect()
         })
         .unwrap_or_default();
+    // Without the address column: the tool prints no kernel address unasked.
     let kprobes = std::fs::read_to_string("/sys/kernel/debug/kprobes/list")
-        .map(|t| t.lines().map(str::to_owned).collect())
+        .map(|t| t.lines().map(without_address).collect())
         .unwrap_or_default();
     let mem_available_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
@@ -52,5 +54,30 @@ pub fn collect() -> Leftovers {
         kprobe_events,
         kprobes,
         mem_available_kib,
+    }
+}
+
+/// A `kprobes/list` line from its type column on (`ffffffff812c03b0  k  copy_page_range+0x0`
+/// → `k  copy_page_range+0x0`).
+fn without_address(line: &str) -> String {
+    match line.split_once(char::is_whitespace) {
+        Some((addr, rest)) if addr.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            rest.trim_start().to_owned()
+        }
+        _ => line.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kprobe_lines_lose_their_address() {
+        assert_eq!(
+            super::without_address(
+                "ffffffff812c03b0  r  copy_page_range+0x0    [DISABLED][FTRACE]"
+            ),
+            "r  copy_page_range+0x0    [DISABLED][FTRACE]"
+        );
+        assert_eq!(super::without_address("k  x+0x1"), "k  x+0x1");
     }
 }

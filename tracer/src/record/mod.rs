@@ -4,7 +4,6 @@
 //! The log is complete and valid on every exit path: header first, then events in delivery
 //! order, `lost` lines whenever the in-kernel loss counters grow, and a summary last.
 use std::{
-    fs::File,
     io::{BufWriter, IsTerminal as _, Write},
     path::PathBuf,
     process::ExitCode,
@@ -42,7 +41,7 @@ pub struct Args {
 pub fn main(args: Args) -> Result<ExitCode> {
     let plan = session::plan(&args.trace)?;
     if args.dry_run {
-        session::print_plan(&plan);
+        crate::outfile::print(&session::plan_text(&plan)).context("writing to standard output")?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.kprobe_events {
@@ -146,14 +145,15 @@ impl<W: Write> Sink for TextSink<W> {
 
 async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
     let to_stdout = args.output.is_none();
-    // Ctrl-C and SIGTERM end the trace through the session's one stop path.
+    // Ctrl-C, SIGTERM and SIGHUP end the trace through the session's one stop path.
     let cancel = Cancel::new();
     cancel
         .on_signals()
-        .context("installing the SIGINT/SIGTERM handlers")?;
+        .context("installing the SIGINT/SIGTERM/SIGHUP handlers")?;
     let stats = match &args.output {
         Some(p) => {
-            let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
+            let f = crate::outfile::create(p, false)
+                .with_context(|| format!("cannot create {}", p.display()))?;
             let mut sink = LogWriter::new(Box::new(BufWriter::with_capacity(1 << 20, f)));
             let stats = pump(
                 &plan,

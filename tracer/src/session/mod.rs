@@ -14,7 +14,7 @@ use std::{
 };
 
 pub use header::{clock_slack_ns, header};
-pub use plan::{build, plan, print_plan, warn_plan};
+pub use plan::{build, plan, plan_text, warn_plan};
 pub use pump::{PumpStats, Sink, pump};
 use tokio::sync::Notify;
 
@@ -60,7 +60,7 @@ pub struct TraceArgs {
     #[arg(long, value_parser = crate::cli::seconds)]
     pub duration: Option<std::time::Duration>,
     /// Only events of this process (tgid).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::cli::PID_MAX)))]
     pub pid: Option<u32>,
     /// Only events of tasks with this command name.
     #[arg(long)]
@@ -148,11 +148,14 @@ impl Cancel {
         use tokio::signal::unix::{SignalKind, signal};
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
+        // A closed terminal (or `kill -HUP`) ends the trace like Ctrl-C: the log is completed.
+        let mut hup = signal(SignalKind::hangup())?;
         let me = self.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
+                _ = hup.recv() => {}
             }
             me.cancel();
         });

@@ -182,20 +182,28 @@ fn site_probes(
 }
 
 /// Human-readable attach plan.
-pub fn print_plan(plan: &AttachPlan) {
-    println!(
+pub fn plan_text(plan: &AttachPlan) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "kernel {}: {} mode (attach: {})",
         plan.function.release,
         plan.mode(),
         plan.attach
     );
-    println!("  sees: {}", plan.attach.sees());
-    println!("  cannot see: {}", plan.attach.misses());
+    let _ = writeln!(out, "  sees: {}", plan.attach.sees());
+    let _ = writeln!(out, "  cannot see: {}", plan.attach.misses());
     for h in plan.tracepoints.iter().flat_map(|t| &t.hooks) {
-        println!("  {:<14} raw_tp:{:<28} {}", h.kind, h.tracepoint, h.reason);
+        let _ = writeln!(
+            out,
+            "  {:<14} raw_tp:{:<28} {}",
+            h.kind, h.tracepoint, h.reason
+        );
     }
     for p in &plan.function.probes {
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<14} {}{:<28} {}",
             p.probe.name(),
             match (plan.attach, p.ret) {
@@ -220,19 +228,22 @@ pub fn print_plan(plan: &AttachPlan) {
             ),
             probes::SiteRead::Marker => "reads current->mm's seqcount there".to_owned(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<14}     {:<32} {how}",
             s.probe.name(),
             format!("{}+{:#x}", s.symbol, s.offset)
         );
     }
     let o = &plan.function.offsets;
-    println!(
+    let _ = writeln!(
+        out,
         "  offsets: task_struct.mm={} mm_struct.write_protect_seq.sequence={} vm_area_struct.{{vm_mm={} vm_flags={} vm_start={} vm_end={}}}",
         o.task_mm, o.mm_seq, o.vma_mm, o.vma_flags, o.vma_start, o.vma_end
     );
     let f = &plan.function.foll;
-    println!(
+    let _ = writeln!(
+        out,
         "  FOLL_PIN={:#x} FOLL_FAST_ONLY={:#x} FOLL_LONGTERM={:#x} (from {})",
         f.pin,
         f.fast_only,
@@ -240,11 +251,12 @@ pub fn print_plan(plan: &AttachPlan) {
         f.source.as_str()
     );
     for m in plan.function.missing.iter().chain(&plan.site_notes) {
-        println!("  missing: {m}");
+        let _ = writeln!(out, "  missing: {m}");
     }
     for d in &plan.defects {
-        println!("  DEFECT: {d}");
+        let _ = writeln!(out, "  DEFECT: {d}");
     }
+    out
 }
 
 /// Says on stderr, before tracing starts, what discovery could not prove and what it found

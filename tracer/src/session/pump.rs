@@ -50,14 +50,48 @@ struct Counts {
     mm_freed: u64,
     invalid: u64,
     hugetlb: u64,
+    /// Records from before every probe was attached or after the first was stopped.
+    outside: u64,
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock of the events' `ts` (`bpf_ktime_get_ns`).
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64) * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The part of the kernel's records that was made with every probe attached. Probes attach and
+/// detach one at a time; a fork traced by half of them (its copy seen, its write section not)
+/// would read as a protocol violation, so what the kernel recorded before the last attach or
+/// after the first detach is counted and left out.
+#[derive(Clone, Copy)]
+struct Window {
+    start: u64,
+    end: u64,
+}
+
+impl Window {
+    fn holds(self, ts: u64) -> bool {
+        (self.start..=self.end).contains(&ts)
+    }
 }
 
 async fn take<S: Sink>(
     decoder: &mut Decoder,
     counts: &mut Counts,
+    window: Window,
     raw: &Raw,
     sink: &mut S,
 ) -> Result<()> {
+    if !window.holds(raw.ev.ts) {
+        counts.outside += 1;
+        return Ok(());
+    }
     let decoded = match &raw.tail {
         Some(tail) => decoder.decode_wide(&raw.ev, tail),
         None => decoder.decode(&raw.ev),
@@ -127,6 +161,10 @@ pub async fn pump<S: Sink>(
         fill_pairing_map: std::env::var_os(TEST_FULL_PAIRING_MAP).is_some(),
     };
     let mut session = Session::attach(plan, &opts)?;
+    let mut window = Window {
+        start: monotonic_ns(),
+        end: u64::MAX,
+    };
     for g in &session.removed_stale {
         eprintln!("tracer: removed kprobe {g}, left behind by a tracer that is gone");
     }
@@ -152,6 +190,7 @@ pub async fn pump<S: Sink>(
         mm_freed: 0,
         invalid: 0,
         hugetlb: 0,
+        outside: 0,
     };
 
     let mut child = if args.command.is_empty() {
@@ -210,7 +249,7 @@ pub async fn pump<S: Sink>(
             }
         }
         for raw in batch.drain(..) {
-            take(&mut decoder, &mut counts, &raw, sink).await?;
+            take(&mut decoder, &mut counts, window, &raw, sink).await?;
         }
         sink.batch_done().await?;
     }
@@ -223,6 +262,7 @@ pub async fn pump<S: Sink>(
     }
     // Records already reserved in the kernel are delivered; take them before the summary.
     // With the programs stopped first, the loss counts below are final and exact.
+    window.end = monotonic_ns();
     session.stop_programs();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // What is left, a bounded batch at a time (programs attached without tracefs may still
@@ -232,7 +272,7 @@ pub async fn pump<S: Sink>(
             break;
         }
         for raw in batch.drain(..) {
-            take(&mut decoder, &mut counts, &raw, sink).await?;
+            take(&mut decoder, &mut counts, window, &raw, sink).await?;
         }
     }
     let losses = report_lost(&session, &mut lost_seen, sink).await?;
@@ -257,6 +297,10 @@ pub async fn pump<S: Sink>(
     extra.insert(
         "invalid_records".to_owned(),
         serde_json::json!(counts.invalid),
+    );
+    extra.insert(
+        "outside_window".to_owned(),
+        serde_json::json!(counts.outside),
     );
     if let Some(s) = &command_status {
         extra.insert("command_status".to_owned(), serde_json::json!(s));

@@ -596,9 +596,55 @@ pub fn reg_name(r: Reg) -> &'static str {
     }
 }
 
+thread_local! {
+    /// The kernel's symbols while [`discover`] runs on this thread: instructions are printed
+    /// with `symbol+offset` for kernel addresses, so that no report or log header carries a
+    /// raw kernel address (they defeat KASLR).
+    static SYMBOLS: std::cell::RefCell<Option<Kallsyms>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Names kernel addresses in operands (branch and call targets, absolute data) by the
+/// kallsyms of the current discovery; an address it cannot name is shown as `<kernel address>`.
+struct Symbolizer;
+
+impl iced_x86::SymbolResolver for Symbolizer {
+    fn symbol(
+        &mut self,
+        _: &Instruction,
+        _: u32,
+        _: Option<u32>,
+        address: u64,
+        _: u32,
+    ) -> Option<iced_x86::SymbolResult<'_>> {
+        if address < KERNEL_SPACE {
+            return None;
+        }
+        let name = SYMBOLS.with(|s| {
+            s.borrow().as_ref().and_then(|ks| {
+                ks.containing(address).map(|sym| {
+                    let off = address - sym.addr;
+                    if off == 0 {
+                        sym.name.clone()
+                    } else {
+                        format!("{}+{off:#x}", sym.name)
+                    }
+                })
+            })
+        });
+        Some(iced_x86::SymbolResult::with_string(
+            address,
+            name.unwrap_or_else(|| "<kernel address>".to_owned()),
+        ))
+    }
+}
+
+/// The lowest kernel-space address on x86-64.
+const KERNEL_SPACE: u64 = 0xffff_8000_0000_0000;
+
+/// An instruction in AT&T syntax, kernel addresses named (see [`Symbolizer`]).
 pub(crate) fn att(ins: &Instruction) -> String {
     let mut out = String::new();
-    let mut f = GasFormatter::new();
+    let mut f = GasFormatter::with_options(Some(Box::new(Symbolizer)), None);
     f.options_mut().set_uppercase_hex(false);
     f.format(ins, &mut out);
     out
@@ -923,6 +969,13 @@ fn discover_reader(
 /// Finds every site the layout asks for, and says of each function whether its part of the
 /// protocol is intact, defective (and how), or of a shape this tool does not know.
 pub fn discover(code: &dyn CodeSource, ks: &Kallsyms, layout: &SiteLayout) -> Plan {
+    SYMBOLS.with(|s| *s.borrow_mut() = Some(ks.clone()));
+    let plan = discover_with_symbols(code, ks, layout);
+    SYMBOLS.with(|s| *s.borrow_mut() = None);
+    plan
+}
+
+fn discover_with_symbols(code: &dyn CodeSource, ks: &Kallsyms, layout: &SiteLayout) -> Plan {
     let ctx = Ctx {
         current: layout.current_task,
         seq_disp: i64::from(layout.mm_seq),
@@ -1010,6 +1063,9 @@ pub struct Args {
     /// Print SYMBOL's decoded code with the value origins known before each instruction.
     #[arg(long, value_name = "SYMBOL")]
     pub explain: Option<String>,
+    /// Show the sites' kernel addresses (they defeat KASLR; the output omits them by default).
+    #[arg(long)]
+    pub raw_pointers: bool,
 }
 
 /// Everything discovery reads, loaded from the live system or from files.
@@ -1083,18 +1139,23 @@ pub fn image_release(code: &ElfImage) -> Option<String> {
         .then(|| r.to_owned())
 }
 
-/// Human-readable listing: the sites, then what discovery said of each function.
-pub fn render_text(plan: &Plan, source: &str) -> String {
+/// Human-readable listing: the sites, then what discovery said of each function. Kernel
+/// addresses only with `raw_pointers`.
+pub fn render_text(plan: &Plan, source: &str, raw_pointers: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "machine code: {source}");
     for s in &plan.sites {
+        let addr = if raw_pointers {
+            format!("  {:#x}", s.addr)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "{:<11} {}+{:#x}  {:#x}  {:<32}  base={} disp={:#x}",
+            "{:<11} {}+{:#x}{addr}  {:<32}  base={} disp={:#x}",
             s.kind.name(),
             s.symbol,
             s.offset,
-            s.addr,
             s.insn,
             s.base.map_or("-", reg_name),
             s.disp
@@ -1172,15 +1233,17 @@ struct JsonSite<'a> {
     kind: &'static str,
     symbol: &'a str,
     offset: u64,
-    addr: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<u64>,
     insn: &'a str,
     base: Option<&'static str>,
     disp: i32,
     evidence: &'a str,
 }
 
-/// The JSON listing: `{"sides", "functions", "sites"}` (see docs/sites.md).
-pub fn render_json(plan: &Plan) -> serde_json::Value {
+/// The JSON listing: `{"sides", "functions", "sites"}` (see docs/sites.md); `addr` only with
+/// `raw_pointers`.
+pub fn render_json(plan: &Plan, raw_pointers: bool) -> serde_json::Value {
     let sites: Vec<serde_json::Value> = plan
         .sites
         .iter()
@@ -1189,7 +1252,7 @@ pub fn render_json(plan: &Plan) -> serde_json::Value {
                 kind: s.kind.name(),
                 symbol: &s.symbol,
                 offset: s.offset,
-                addr: s.addr,
+                addr: raw_pointers.then_some(s.addr),
                 insn: &s.insn,
                 base: s.base.map(reg_name),
                 disp: s.disp,
@@ -1239,8 +1302,13 @@ fn modes_json(btf: &std::path::Path) -> serde_json::Value {
     )
 }
 
-fn print_modes(modes: &serde_json::Value) {
-    println!("attach modes on this kernel (`--mode`; auto takes the first that works):");
+fn modes_text(modes: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "attach modes on this kernel (`--mode`; auto takes the first that works):"
+    );
     for m in modes.as_array().into_iter().flatten() {
         let name = m.get("mode").and_then(|v| v.as_str()).unwrap_or("?");
         let missing: Vec<&str> = m
@@ -1251,22 +1319,27 @@ fn print_modes(modes: &serde_json::Value) {
             .filter_map(|v| v.as_str())
             .collect();
         if missing.is_empty() {
-            println!("  {name:<10} works");
+            let _ = writeln!(s, "  {name:<10} works");
         } else {
-            println!("  {name:<10} cannot run: {}", missing.join("; "));
+            let _ = writeln!(s, "  {name:<10} cannot run: {}", missing.join("; "));
         }
         for k in ["sees", "misses"] {
             let what = if k == "sees" { "sees" } else { "cannot see" };
-            println!(
+            let _ = writeln!(
+                s,
                 "  {:<10}   {what}: {}",
                 "",
                 m.get(k).and_then(|v| v.as_str()).unwrap_or("")
             );
         }
     }
+    s
 }
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let print = |text: &str| {
+        crate::outfile::print(text).map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))
+    };
     let live = args.image.is_none() && args.vmlinux.is_none();
     let modes = live.then(|| {
         modes_json(
@@ -1281,15 +1354,12 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         && !args.json
         && args.explain.is_none()
     {
-        print_modes(m);
+        print(&modes_text(m))?;
     }
     let inputs = Inputs::load(&args)?;
     let layout = SiteLayout::resolve(&inputs.btf, &inputs.kallsyms, inputs.release.as_deref())?;
     if let Some(symbol) = &args.explain {
-        print!(
-            "{}",
-            explain(&inputs.code, &inputs.kallsyms, &layout, symbol)?
-        );
+        print(&explain(&inputs.code, &inputs.kallsyms, &layout, symbol)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let plan = discover(&inputs.code, &inputs.kallsyms, &layout);
@@ -1300,7 +1370,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(|r| crate::kernel::target::resolve(&inputs.btf, &inputs.kallsyms, r));
     if args.json {
-        let mut v = render_json(&plan);
+        let mut v = render_json(&plan, args.raw_pointers);
         if let Some(o) = v.as_object_mut() {
             o.insert("kernel".into(), serde_json::json!(inputs.release));
             o.insert("source".into(), serde_json::json!(inputs.code.describe()));
@@ -1323,14 +1393,16 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                 o.insert("function_probes".into(), serde_json::Value::Array(probes));
             }
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print(&(serde_json::to_string_pretty(&v)? + "\n"))?;
     } else {
-        print!("{}", render_text(&plan, &inputs.code.describe()));
+        use std::fmt::Write as _;
+        let mut s = render_text(&plan, &inputs.code.describe(), args.raw_pointers);
         match &functions {
             Some(Ok(f)) => {
-                println!("function-level probes:");
+                s.push_str("function-level probes:\n");
                 for p in &f.probes {
-                    println!(
+                    let _ = writeln!(
+                        s,
                         "{:<11} {}{}  ({})",
                         p.probe.name(),
                         if p.ret { "return of " } else { "" },
@@ -1339,12 +1411,15 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                     );
                 }
                 for m in &f.missing {
-                    println!("missing     {m}");
+                    let _ = writeln!(s, "missing     {m}");
                 }
             }
-            Some(Err(e)) => println!("function-level probes: {e}"),
-            None => println!("function-level probes: unknown kernel release (pass --release)"),
+            Some(Err(e)) => {
+                let _ = writeln!(s, "function-level probes: {e}");
+            }
+            None => s.push_str("function-level probes: unknown kernel release (pass --release)\n"),
         }
+        print(&s)?;
     }
     Ok(ExitCode::from(exit_status(&plan)))
 }
@@ -1364,6 +1439,7 @@ pub fn discover_files(
         release: release.map(str::to_owned),
         json: false,
         explain: None,
+        raw_pointers: false,
     };
     let inputs = Inputs::load(&args)?;
     let layout = SiteLayout::resolve(&inputs.btf, &inputs.kallsyms, inputs.release.as_deref())?;
@@ -1373,6 +1449,18 @@ pub fn discover_files(
 /// The decoded function with what the analysis knows at each reachable instruction: for
 /// `tracer sites --explain SYMBOL`, to see why a build was refused.
 pub fn explain(
+    code: &dyn CodeSource,
+    ks: &Kallsyms,
+    layout: &SiteLayout,
+    symbol: &str,
+) -> Result<String, SiteError> {
+    SYMBOLS.with(|s| *s.borrow_mut() = Some(ks.clone()));
+    let r = explain_with_symbols(code, ks, layout, symbol);
+    SYMBOLS.with(|s| *s.borrow_mut() = None);
+    r
+}
+
+fn explain_with_symbols(
     code: &dyn CodeSource,
     ks: &Kallsyms,
     layout: &SiteLayout,

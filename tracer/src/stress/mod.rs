@@ -27,6 +27,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use clap::builder::RangedU64ValueParser;
 use memory::{Mapping, PAGE};
 pub use pin::Method;
 use pin::Pinner;
@@ -48,16 +49,16 @@ pub const DEFAULT_FORK_GAP_US: u64 = 0;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// How long to run, in seconds (up to 1000000).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::cli::workload_seconds)]
     pub duration: f64,
     /// Seed for the workload's choices (pages pinned, fork pacing); printed when not given.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Forking threads (1-64).
-    #[arg(long, default_value_t = DEFAULT_FORKERS)]
+    #[arg(long, default_value_t = DEFAULT_FORKERS, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub forkers: u32,
     /// Pinning threads per pin method (1-64).
-    #[arg(long, default_value_t = DEFAULT_PINNERS)]
+    #[arg(long, default_value_t = DEFAULT_PINNERS, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub pinners: u32,
     /// Pin methods to use, comma-separated [default: every one this kernel offers].
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -66,20 +67,20 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub direct: Option<PathBuf>,
     /// Private anonymous mappings to dirty and fork (1-1024).
-    #[arg(long, default_value_t = DEFAULT_MAPPINGS)]
+    #[arg(long, default_value_t = DEFAULT_MAPPINGS, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub mappings: usize,
     /// Size of each mapping in KiB (4-1048576; all of them together at most 4 GiB).
-    #[arg(long, default_value_t = DEFAULT_MAPPING_KIB)]
+    #[arg(long, default_value_t = DEFAULT_MAPPING_KIB, value_parser = RangedU64ValueParser::<usize>::new().range(4..=1 << 20))]
     pub mapping_kib: usize,
     /// Pages pinned per call (1-512; at most a mapping's worth).
-    #[arg(long, default_value_t = DEFAULT_PIN_PAGES)]
+    #[arg(long, default_value_t = DEFAULT_PIN_PAGES, value_parser = RangedU64ValueParser::<usize>::new().range(1..=512))]
     pub pin_pages: usize,
     /// Pause between one thread's forks, in microseconds (0-10000000; jittered by +-50%).
-    #[arg(long, default_value_t = DEFAULT_FORK_GAP_US)]
+    #[arg(long, default_value_t = DEFAULT_FORK_GAP_US, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     pub fork_gap_us: u64,
     /// Pause between one thread's pins, in microseconds (0-10000000). The default leaves the
     /// tracer's consumer CPU time on a small (or emulated) machine; 0 pins flat out.
-    #[arg(long, default_value_t = DEFAULT_PIN_GAP_US)]
+    #[arg(long, default_value_t = DEFAULT_PIN_GAP_US, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     pub pin_gap_us: u64,
     /// Also write the methods and counts as JSON to FILE (for `tracer check`).
     #[arg(long, value_name = "FILE")]
@@ -89,12 +90,6 @@ pub struct Args {
 /// Bad arguments or a machine that cannot run the workload (exit status 2).
 #[derive(Debug, Error)]
 pub enum StressError {
-    #[error("--{arg} must be {range}, got {got}")]
-    Range {
-        arg: &'static str,
-        range: &'static str,
-        got: String,
-    },
     #[error(
         "--mappings x --mapping-kib is {kib} KiB; at most 4 GiB (4194304 KiB) of mappings are allowed"
     )]
@@ -109,57 +104,8 @@ pub enum StressError {
     Map { what: String, err: std::io::Error },
 }
 
-fn range<T: PartialOrd + std::fmt::Display>(
-    arg: &'static str,
-    v: T,
-    lo: T,
-    hi: T,
-    text: &'static str,
-) -> Result<(), StressError> {
-    if v < lo || v > hi {
-        return Err(StressError::Range {
-            arg,
-            range: text,
-            got: v.to_string(),
-        });
-    }
-    Ok(())
-}
-
-/// Every numeric argument in its range, in one sentence when not.
+/// The combinations clap cannot check (each flag's own range is in its parser: exit 2).
 pub fn check_args(a: &Args) -> Result<(), StressError> {
-    if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 1e6) {
-        return Err(StressError::Range {
-            arg: "duration",
-            range: "a number of seconds above 0 and at most 1000000",
-            got: a.duration.to_string(),
-        });
-    }
-    range("forkers", a.forkers, 1, 64, "between 1 and 64")?;
-    range("pinners", a.pinners, 1, 64, "between 1 and 64")?;
-    range("mappings", a.mappings, 1, 1024, "between 1 and 1024")?;
-    range(
-        "mapping-kib",
-        a.mapping_kib,
-        4,
-        1 << 20,
-        "between 4 and 1048576",
-    )?;
-    range("pin-pages", a.pin_pages, 1, 512, "between 1 and 512")?;
-    range(
-        "fork-gap-us",
-        a.fork_gap_us,
-        0,
-        10_000_000,
-        "at most 10000000",
-    )?;
-    range(
-        "pin-gap-us",
-        a.pin_gap_us,
-        0,
-        10_000_000,
-        "at most 10000000",
-    )?;
     let kib = a.mappings as u128 * a.mapping_kib as u128;
     if kib > 4 << 20 {
         return Err(StressError::TooMuchMemory { kib });

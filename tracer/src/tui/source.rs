@@ -5,6 +5,7 @@ use std::{
     fs::File,
     io::{self, BufWriter, Read},
     os::unix::fs::FileExt,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -233,15 +234,7 @@ pub struct Spool {
 impl Spool {
     pub fn create(path: Option<&Path>) -> Result<Spool, SourceError> {
         let (file, shown) = match path {
-            Some(p) => (
-                File::options()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(p),
-                p.to_path_buf(),
-            ),
+            Some(p) => (crate::outfile::create(p, true), p.to_path_buf()),
             None => {
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -321,7 +314,10 @@ impl Spool {
             let out = File::options()
                 .write(true)
                 .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .mode(0o600)
                 .open(&dest)
+                .and_then(|f| crate::outfile::secure(&f).map(|()| f))
                 .map_err(|err| ExportError::Create {
                     path: dest.clone(),
                     err,

@@ -693,6 +693,8 @@ pub struct Validator {
     allow: LostAllowance,
     /// Findings that lost events could explain, waiting for a `lost` line (oldest first).
     deferred: VecDeque<Deferred>,
+    /// Events the header contradicts, not yet handed over by [`Validator::take_contradictions`].
+    contradicting: Vec<(u64, Kind)>,
     stats: Stats,
     events: u64,
     violations: Vec<Violation>,
@@ -731,6 +733,7 @@ impl Validator {
             lost_lines: BTreeMap::new(),
             allow: LostAllowance::default(),
             deferred: VecDeque::new(),
+            contradicting: Vec::new(),
             stats: Stats::default(),
             events: 0,
             violations: Vec::new(),
@@ -886,8 +889,14 @@ impl Validator {
             Body::GupEnter { pin, .. } => (pin, false),
             _ => (false, false),
         };
-        let mm = self.intern(mm);
         let kind = body.kind();
+        // An event of a kind whose probe the header does not list contradicts the header the
+        // rules are chosen by: it is not judged, and the reader is told (`contradiction`).
+        if self.cov.listed && !self.cov.probes.contains(&kind) {
+            self.contradicting.push((line, kind));
+            return;
+        }
+        let mm = self.intern(mm);
         self.seen.insert(kind);
         self.push_ev(Ev {
             ts,
@@ -1094,6 +1103,12 @@ impl Validator {
         *left -= n;
         self.stats.explained_by_loss += 1;
         true
+    }
+
+    /// Lines of events the header contradicts (a kind whose probe it does not list), taken
+    /// once: the caller decides whether they are bad input or skipped lines.
+    pub fn take_contradictions(&mut self) -> Vec<(u64, Kind)> {
+        std::mem::take(&mut self.contradicting)
     }
 
     pub fn stats(&self) -> &Stats {

@@ -6,12 +6,7 @@
 //! reports.
 mod engine;
 
-use std::{
-    fmt::Write as _,
-    io::{self, Read, Write},
-    path::PathBuf,
-    process::ExitCode,
-};
+use std::{fmt::Write as _, io::Read, path::PathBuf, process::ExitCode};
 
 pub use engine::{
     DEFAULT_SLACK_NS, DEFAULT_WINDOW, DefectReport, LOSS_REPORT_LAG_NS, MAX_STORED_OVERLAPS,
@@ -31,12 +26,12 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Reorder window, in events: how far out of timestamp order a line may be delivered.
-    #[arg(long, default_value_t = DEFAULT_WINDOW)]
+    #[arg(long, default_value_t = DEFAULT_WINDOW, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::cli::WINDOW_MAX))]
     pub window: usize,
     /// Timestamp uncertainty (ns) between CPUs: how far an event's ts may be from the access
     /// it reports. Default: the log header's `clock_slack_ns` (the recorder's estimate: 100 us
     /// on hardware, 50 ms under a hypervisor), else 100 us.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=crate::cli::SLACK_NS_MAX))]
     pub slack_ns: Option<u64>,
     #[command(flatten)]
     pub read: ReadArgs,
@@ -78,14 +73,21 @@ pub fn validate_reader<R: Read>(input: R, opts: Options) -> Result<Report, Input
 /// such a log is at best inconclusive.
 pub fn validate_log<R: Read>(log: &mut LogReader<R>, opts: Options) -> Result<Report, LogError> {
     let mut v = Validator::with_options(log.header(), opts);
-    log.for_each(|line, item| match item {
-        // The common case: no `Record` is built.
-        Item::Event(e) => v.push_fast(line, &e),
-        Item::Record(r) => {
-            v.push(line, &r);
+    let mut contradicted = Vec::new();
+    log.for_each(|line, item| {
+        match item {
+            // The common case: no `Record` is built.
+            Item::Event(e) => v.push_fast(line, &e),
+            Item::Record(r) => {
+                v.push(line, &r);
+            }
+            Item::Skipped(_) => {}
         }
-        Item::Skipped(_) => {}
+        contradicted.extend(v.take_contradictions());
     })?;
+    for (line, kind) in contradicted {
+        log.reject(line, logfile::LineError::NotInHeader(kind.as_str()))?;
+    }
     let mut report = v.finish();
     if let Some(note) = log.skip_note() {
         report.missing_evidence.push(note);
@@ -229,13 +231,11 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(note) = log.skip_note() {
         eprintln!("tracer: {note}");
     }
-    let mut out = io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
+    let text = if args.json {
+        serde_json::to_string(&report)? + "\n"
     } else {
-        out.write_all(render_text(&report).as_bytes())?;
-    }
-    out.flush()?;
+        render_text(&report)
+    };
+    crate::outfile::print(&text).map_err(|e| anyhow::anyhow!("writing the verdict: {e}"))?;
     Ok(ExitCode::from(report.verdict.exit_status()))
 }
