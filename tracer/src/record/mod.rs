@@ -45,9 +45,12 @@ pub fn main(args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if args.kprobe_events {
+        let mut text = String::new();
         for d in crate::probes::kprobe_events::definitions(&plan, "tbench", args.trace.maxactive) {
-            println!("{d}");
+            text.push_str(&d);
+            text.push('\n');
         }
+        crate::outfile::print(&text).context("writing to standard output")?;
         return Ok(ExitCode::SUCCESS);
     }
     session::warn_plan(&plan);

@@ -23,6 +23,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use clap::builder::RangedU64ValueParser;
 
 use super::{
     memory::{Mapping, PAGE},
@@ -35,23 +36,23 @@ pub struct Args {
     #[arg(value_enum)]
     pub what: What,
     /// Seconds to run (for block-pin: how long to stay blocked before exiting).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = crate::cli::workload_seconds)]
     pub duration: f64,
     /// Run on this CPU only (sched_setaffinity), so a consumer can have the other one.
-    #[arg(long)]
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(0..1024))]
     pub cpu: Option<usize>,
     /// fork: private anonymous mappings (1-1024).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub mappings: usize,
     /// fork: KiB per mapping (4-65536).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = RangedU64ValueParser::<usize>::new().range(4..=65536))]
     pub mapping_kib: usize,
     /// pin, block-pin: the pin method [default: io_uring where it pins through GUP-fast
     /// (6.10+), else rds].
     #[arg(long, value_enum)]
     pub method: Option<Method>,
     /// pin: pages per call (1-512).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = RangedU64ValueParser::<usize>::new().range(1..=512))]
     pub pages: usize,
     /// block-pin: create this file just before the call that blocks.
     #[arg(long)]
@@ -97,22 +98,17 @@ fn open_pinner(a: &Args, len: usize) -> Result<Pinner> {
     }
 }
 
-fn report(what: &str, ops: u64, secs: f64) {
-    println!(
-        "{}",
-        serde_json::json!({
-            "workload": what,
-            "ops": ops,
-            "secs": secs,
-            "per_s": ops as f64 / secs.max(1e-9),
-        })
-    );
+fn report(what: &str, ops: u64, secs: f64) -> Result<()> {
+    let line = serde_json::json!({
+        "workload": what,
+        "ops": ops,
+        "secs": secs,
+        "per_s": ops as f64 / secs.max(1e-9),
+    });
+    crate::outfile::print(&format!("{line}\n")).context("writing to standard output")
 }
 
 pub fn main(a: Args) -> Result<std::process::ExitCode> {
-    if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 1e6) {
-        bail!("--duration must be above 0 and at most 1000000 seconds");
-    }
     if let Some(c) = a.cpu {
         pin_to(c)?;
     }
@@ -126,9 +122,6 @@ pub fn main(a: Args) -> Result<std::process::ExitCode> {
 }
 
 fn fork_loop(a: &Args, duration: Duration) -> Result<()> {
-    if !(1..=1024).contains(&a.mappings) || !(4..=65536).contains(&a.mapping_kib) {
-        bail!("--mappings must be 1-1024 and --mapping-kib 4-65536");
-    }
     // Dirtied once: each mapping has an anon_vma and present PTEs, so every fork copies it
     // inside a write section. Not re-dirtied between forks: the page faults would dwarf the
     // copy being measured.
@@ -154,14 +147,10 @@ fn fork_loop(a: &Args, duration: Duration) -> Result<()> {
     }
     let secs = t0.elapsed().as_secs_f64();
     drop(maps);
-    report("fork", ops, secs);
-    Ok(())
+    report("fork", ops, secs)
 }
 
 fn pin_loop(a: &Args, duration: Duration) -> Result<()> {
-    if !(1..=512).contains(&a.pages) {
-        bail!("--pages must be 1-512");
-    }
     let m = Mapping::private(a.pages * PAGE).context("mapping the buffer")?;
     let p = open_pinner(a, a.pages * PAGE)?;
     let mut rng = Rng::stream(1, 0);
@@ -182,8 +171,7 @@ fn pin_loop(a: &Args, duration: Duration) -> Result<()> {
     if ops == 0 {
         bail!("no pin succeeded ({failed} failed)");
     }
-    report(&format!("pin:{}", p.method.name()), ops, secs);
-    Ok(())
+    report(&format!("pin:{}", p.method.name()), ops, secs)
 }
 
 // userfaultfd (include/uapi/linux/userfaultfd.h).
@@ -262,7 +250,6 @@ fn block_pin(a: &Args, duration: Duration) -> Result<()> {
             }
         );
     }
-    report("block-pin", 0, t0.elapsed().as_secs_f64());
     // Leaving ends the blocked thread with the process (the fault wait is killable).
-    Ok(())
+    report("block-pin", 0, t0.elapsed().as_secs_f64())
 }
