@@ -828,14 +828,7 @@ pub fn run(a: &Args) -> Result<()> {
     let events = a
         .events
         .unwrap_or(if a.quick { 200_000 } else { 10_000_000 });
-    let v = crate::bench::bench_validate(&tracer, events, &dir)?;
-    let b = Bench {
-        quick: a.quick,
-        machine: machine(kvm),
-        kernels,
-        validate: validate_figures(&v),
-    };
-    finish(&b, &dir)?;
+    let b = report(kernels, kvm, a.quick, events, &tracer)?;
     if !a.quick {
         let mut command = String::from("cargo xtask bench");
         for s in &a.kernels {
@@ -851,6 +844,38 @@ pub fn run(a: &Args) -> Result<()> {
     }
     println!("bench: done in {:.0}s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Adds the validator's figures (a log of `events` events) to the kernels' and writes
+/// target/bench/bench.json through [`finish`].
+pub fn report(
+    kernels: Vec<KernelBench>,
+    kvm: bool,
+    quick: bool,
+    events: u64,
+    tracer: &Path,
+) -> Result<Bench> {
+    let dir = crate::build::workspace().join("target/bench");
+    let v = crate::bench::bench_validate(tracer, events, &dir)?;
+    let b = Bench {
+        quick,
+        machine: machine(kvm),
+        kernels,
+        validate: validate_figures(&v),
+    };
+    finish(&b, &dir)?;
+    Ok(b)
+}
+
+/// `cargo xtask test`'s check that the benchmark still works (`--quick`'s figures, every one
+/// present and finite; never how fast): from the test boot that ran [`guest_script`] with
+/// [`QUICK`] into `/out/bench` when there was one, else from a boot of its own.
+pub fn quick_check(from_test_boot: Option<(&Path, bool)>, spec: &str, tracer: &Path) -> Result<()> {
+    let (k, kvm) = match from_test_boot {
+        Some((dir, kvm)) => (collect(dir, QUICK)?, kvm),
+        None => boot_and_collect(spec, QUICK, tracer)?,
+    };
+    report(vec![k], kvm, true, 200_000, tracer).map(|_| ())
 }
 
 /// Prints the table, writes `dir/bench.json` and checks every figure is there.
