@@ -145,18 +145,17 @@ pub fn bench_validate(tracer: &Path, events: u64, workdir: &Path) -> anyhow::Res
     let small_log = workdir.join("bench-validate-small.jsonl");
 
     println!("generating {events} events ...");
-    generate(&tracer, events, &log)?;
+    generate(tracer, events, &log)?;
     let bytes = warm(&log)?;
     let log_s = log.to_str().context("non-UTF-8 work directory")?;
     let tr = tracer.to_str().context("non-UTF-8 target directory")?;
-    let tracer = tracer.to_path_buf();
 
     let tracer_run = timed(&[tr, "validate", log_s])?;
     let jq_run = timed(&["jq", "-c", ".", log_s])?;
 
     let small_events = events / 10;
     let small = if small_events >= 1000 {
-        generate(&tracer, small_events, &small_log)?;
+        generate(tracer, small_events, &small_log)?;
         warm(&small_log)?;
         let r = timed(&[
             tr,
