@@ -62,6 +62,8 @@ overruns() {{ cat $T/per_cpu/cpu*/stats | awk '/^overrun:/{{s+=$2}} END{{print s
 drain() {{ a=-1; b=$(wc -c < $1); n=0; while [ "$a" != "$b" ] && [ $n -lt 100 ]; do sleep 0.2; a=$b; b=$(wc -c < $1); n=$((n+1)); done; }}
 one() {{
   f=$D/runs/$1.$2.$3.$4; cpu=; pre=
+  # On the console, so that a run that hangs the guest is named there.
+  echo "bench: $1 $2 $3 round $4"
   if [ $1 = pinned ]; then cpu="--cpu 1"; pre="taskset -c 0"; fi
   run="tracer workload $2 --duration $S $cpu"
   case $3 in
@@ -637,7 +639,7 @@ pub fn boot_and_collect(spec: &str, shape: Shape, tracer: &Path) -> Result<(Kern
         modules: crate::vm::guest_modules(),
         script,
         out: out.clone(),
-        timeout: std::time::Duration::from_secs(1800),
+        timeout: timeout(shape),
         nokaslr: false,
         interactive: false,
         memory_mb: 1024,
@@ -646,6 +648,16 @@ pub fn boot_and_collect(spec: &str, shape: Shape, tracer: &Path) -> Result<(Kern
     .with_context(|| format!("bench boot of {spec}"))?;
     println!("bench: {} ran in {:.0}s", kernel.release, r.boot_secs);
     Ok((collect(&out.join("bench"), shape)?, r.kvm))
+}
+
+/// A benchmark boot's limit: two minutes to boot plus each run's length and 15 s for its
+/// attach, drain and teardown (runs take 5-8 s in all under TCG on a busy host), so a guest
+/// that hangs (a 6.1 guest once locked up a vCPU in a tracefs write under TCG) fails the
+/// benchmark in minutes, not half an hour.
+fn timeout(shape: Shape) -> std::time::Duration {
+    let runs =
+        (PLACEMENTS.len() * WORKLOADS.len() * CONFIGS.len()) as f64 * f64::from(shape.rounds);
+    std::time::Duration::from_secs_f64(120.0 + runs * (shape.secs + 15.0))
 }
 
 /// The host and how its guests ran, for BENCHMARKS.md and bench.json.
