@@ -205,6 +205,10 @@ fn random_mutations_for_a_bounded_time() {
         let mut r = Rng(seed | 1);
         let mut input = base.clone();
         for _ in 0..1 + r.below(6) {
+            // A truncation to nothing leaves nothing to mutate (and no index to pick).
+            if input.is_empty() {
+                break;
+            }
             let at = r.below(input.len());
             match r.below(5) {
                 0 => input[at] = r.next() as u8,

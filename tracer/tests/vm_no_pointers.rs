@@ -8,9 +8,10 @@ mod kernels;
 
 use std::{path::Path, process::Command};
 
-/// The kernel half of x86-64's address space starts here (the direct map, vmalloc, the
-/// kernel image and modules are all above it).
-const KERNEL_MIN: u64 = 0xffff_8000_0000_0000;
+/// The kernel half of x86-64's address space starts here with 5-level paging (0xffff8000...
+/// with 4 levels). The VMs run `-cpu max`, which has LA57, and Debian's kernels use it: their
+/// direct map, where every mm_struct lives, starts at 0xff11000000000000.
+const KERNEL_MIN: u64 = 0xff00_0000_0000_0000;
 
 /// Files the tool did not write for people, or that hold addresses on purpose.
 const NOT_OURS: [&str; 8] = [
@@ -84,7 +85,7 @@ fn scan(path: &Path, hits: &mut Vec<String>, files: &mut usize) {
 #[test]
 fn the_pattern_finds_kernel_addresses_and_nothing_else() {
     let found = kernel_pointers(
-        "ip 0xffffffff81234567 mm 18446612682079682560 {\"a\":ffff888003c4e000} \
+        "ip 0xffffffff81234567 mm 18446612682079682560 {\"a\":ffff888003c4e000} la57 0xff11000003c51680 \
          user 0x00007ffc12345678 seq 18446744 mm7 0xffffffff ts 1733212345000000000",
     );
     assert_eq!(
@@ -92,7 +93,8 @@ fn the_pattern_finds_kernel_addresses_and_nothing_else() {
         [
             "0xffffffff81234567",
             "18446612682079682560",
-            "ffff888003c4e000"
+            "ffff888003c4e000",
+            "0xff11000003c51680"
         ]
     );
 }

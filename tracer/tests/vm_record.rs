@@ -485,3 +485,58 @@ fn hugetlb_copies_take_their_own_write_section() {
         );
     }
 }
+
+/// `record --dry-run` is what a user reads before tracing: it must name every probe the
+/// recording then attached (name and target, instruction sites with their offsets), the mode
+/// and the attach mode, and say how mm teardown is followed.
+#[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
+fn the_dry_run_plan_lists_what_the_recording_attached() {
+    for k in kernels::all() {
+        assert_eq!(k.rc("plan"), 0, "{}: {}", k.release, k.read("plan.txt"));
+        let plan = k.read("plan.txt");
+        let log = load(&k, "record.jsonl");
+        let Some(Record::Header(h)) = log.records.first() else {
+            panic!("{}: record.jsonl does not start with its header", k.release)
+        };
+        let first = plan.lines().next().unwrap_or_default();
+        let mode = h.extra["mode"].as_str().unwrap();
+        let attach = h.extra["attach"].as_str().unwrap();
+        assert_eq!(
+            first,
+            format!("kernel {}: {mode} mode (attach: {attach})", k.release),
+            "{}",
+            k.release
+        );
+        // A probe line: its name, then its target (`ret:`/`raw_tp:` say how it attaches).
+        let lines: Vec<(String, String)> = plan
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let (name, target) = (w.next()?, w.next()?);
+                let target = target.rsplit(':').next().unwrap_or(target);
+                Some((name.to_owned(), target.to_owned()))
+            })
+            .collect();
+        for p in &h.probes {
+            let want = if p.offset == 0 {
+                p.target.clone()
+            } else {
+                format!("{}+{:#x}", p.target, p.offset)
+            };
+            assert!(
+                lines.contains(&(p.name.clone(), want.clone())),
+                "{}: the plan does not list {} at {want}:\n{plan}",
+                k.release,
+                p.name
+            );
+        }
+        // Every kernel booted here has the exit_mmap tracepoint (6.1+): mm teardown is not
+        // followed by a kprobe on the scheduler path.
+        assert!(
+            lines.contains(&("mm_free".to_owned(), "exit_mmap".to_owned())),
+            "{}:\n{plan}",
+            k.release
+        );
+    }
+}

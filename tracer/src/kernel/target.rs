@@ -25,13 +25,35 @@ pub enum TargetError {
     NoGup(String),
 }
 
+/// Where a function-level probe's program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Function entry (kprobe, or fentry in fentry mode).
+    Entry,
+    /// Function return (kretprobe, or fexit).
+    Return,
+    /// A raw tracepoint, in every mode: no call site to patch, and cheaper than a kprobe.
+    RawTracepoint,
+}
+
+impl Hook {
+    /// As `tracer sites --json` names it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Entry => "entry",
+            Hook::Return => "return",
+            Hook::RawTracepoint => "raw_tracepoint",
+        }
+    }
+}
+
 /// One function-level probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FunctionProbe {
     pub probe: Probe,
+    /// The function, or the tracepoint for [`Hook::RawTracepoint`].
     pub symbol: String,
-    /// Return probe (kretprobe) rather than entry.
-    pub ret: bool,
+    pub hook: Hook,
     /// Why this target was chosen.
     pub reason: String,
 }
@@ -114,13 +136,13 @@ pub fn resolve(btf: &Btf, ks: &Kallsyms, release: &str) -> Result<FunctionPlan, 
         FunctionProbe {
             probe: Probe::CprEnter,
             symbol: cpr.clone(),
-            ret: false,
+            hook: Hook::Entry,
             reason: "fork copies each VMA's page tables here; the write section is inside".into(),
         },
         FunctionProbe {
             probe: Probe::CprExit,
             symbol: cpr.clone(),
-            ret: true,
+            hook: Hook::Return,
             reason: "seq after the copy: +2 for a COW VMA with page tables".into(),
         },
     ];
@@ -129,11 +151,14 @@ pub fn resolve(btf: &Btf, ks: &Kallsyms, release: &str) -> Result<FunctionPlan, 
     let hugetlb_vma_arg = param_index(btf, "copy_hugetlb_page_range", "src_vma", 3);
     let hugetlb = ks.get_function("copy_hugetlb_page_range");
     if let Some(h) = hugetlb.filter(|_| version >= (5, 19)) {
-        for (probe, ret) in [(Probe::HugetlbEnter, false), (Probe::HugetlbExit, true)] {
+        for (probe, hook) in [
+            (Probe::HugetlbEnter, Hook::Entry),
+            (Probe::HugetlbExit, Hook::Return),
+        ] {
             probes.push(FunctionProbe {
                 probe,
                 symbol: h.name.clone(),
-                ret,
+                hook,
                 reason: "hugetlb VMAs take their own write section since 5.19".into(),
             });
         }
@@ -171,25 +196,40 @@ pub fn resolve(btf: &Btf, ks: &Kallsyms, release: &str) -> Result<FunctionPlan, 
     probes.push(FunctionProbe {
         probe: Probe::GupEnter,
         symbol: gup_symbol.clone(),
-        ret: false,
+        hook: Hook::Entry,
         reason: why.clone(),
     });
     probes.push(FunctionProbe {
         probe: Probe::GupExit,
         symbol: gup_symbol.clone(),
-        ret: true,
+        hook: Hook::Return,
         reason: why,
     });
 
-    if ks.get("__mmdrop").is_some() {
+    // The exit_mmap tracepoint (6.1+) rather than a kprobe on __mmdrop: __mmdrop is called
+    // from the scheduler on every task switch away from a dead task, so patching its entry
+    // in and out puts the tracer on the hottest path there is (a 6.1 guest under TCG once
+    // called through a half-patched __mmdrop at detach and panicked). No task can report an
+    // mm after exit_mmap, so it ends the mm's name as well as __mmdrop does.
+    if btf.has_tracepoint("exit_mmap") {
+        probes.push(FunctionProbe {
+            probe: Probe::MmFree,
+            symbol: "exit_mmap".into(),
+            hook: Hook::RawTracepoint,
+            reason: "mm teardown: keeps mm names unique when an address is reused".into(),
+        });
+    } else if ks.get("__mmdrop").is_some() {
         probes.push(FunctionProbe {
             probe: Probe::MmFree,
             symbol: "__mmdrop".into(),
-            ret: false,
-            reason: "mm teardown: keeps mm names unique when an address is reused".into(),
+            hook: Hook::Entry,
+            reason: "mm teardown (no exit_mmap tracepoint before 6.1): keeps mm names unique when an address is reused".into(),
         });
     } else {
-        missing.push("__mmdrop: no mm teardown probe; a reused mm address keeps its name".into());
+        missing.push(
+            "exit_mmap tracepoint and __mmdrop: no mm teardown probe; a reused mm address keeps its name"
+                .into(),
+        );
     }
 
     let offsets = Offsets {

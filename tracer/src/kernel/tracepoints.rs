@@ -5,7 +5,7 @@
 //! (`mmap_lock_*` lost their memcg path argument in 6.13), so their positions come from the
 //! kernel's `btf_trace_*` typedefs rather than from a version table.
 use thiserror::Error;
-use tracer_common::TpConfig;
+use tracer_common::{Probe, TpConfig};
 
 use super::btf::{Btf, BtfError};
 
@@ -27,8 +27,9 @@ pub struct Hook {
     /// The eBPF program (tracer-ebpf/src/tracepoint.rs).
     pub program: &'static str,
     pub tracepoint: &'static str,
-    /// The event kind it contributes to (`fork`, `pin_syscall`), or `mm_free` (names only).
-    pub kind: &'static str,
+    /// The probe it reports as: the event kind it contributes to (`fork`, `pin_syscall`), or
+    /// `mm_free` (names only).
+    pub probe: Probe,
     pub reason: &'static str,
 }
 
@@ -89,19 +90,19 @@ pub fn resolve(btf: &Btf) -> Result<TracepointPlan, TracepointError> {
             Hook {
                 program: "tp_sys_enter",
                 tracepoint: "sys_enter",
-                kind: "fork",
+                probe: Probe::Fork,
                 reason: "a clone-family syscall marks its task as forking",
             },
             Hook {
                 program: "tp_sys_enter",
                 tracepoint: "sys_enter",
-                kind: "pin_syscall",
+                probe: Probe::PinSyscall,
                 reason: "seq at entry of O_DIRECT reads/writes, io_uring_register, RDS getsockopt",
             },
             Hook {
                 program: "tp_sys_exit",
                 tracepoint: "sys_exit",
-                kind: "pin_syscall",
+                probe: Probe::PinSyscall,
                 reason: "seq at their exit",
             },
         ],
@@ -119,13 +120,13 @@ pub fn resolve(btf: &Btf) -> Result<TracepointPlan, TracepointError> {
         plan.hooks.push(Hook {
             program: "tp_lock_acquired",
             tracepoint: LOCK_ACQUIRED,
-            kind: "fork",
+            probe: Probe::Fork,
             reason: "seq_before: dup_mmap holds the parent's mmap_lock for writing, which every write section needs",
         });
         plan.hooks.push(Hook {
             program: "tp_lock_released",
             tracepoint: LOCK_RELEASED,
-            kind: "fork",
+            probe: Probe::Fork,
             reason: "seq_after: read before the lock is dropped",
         });
     } else {
@@ -136,14 +137,14 @@ pub fn resolve(btf: &Btf) -> Result<TracepointPlan, TracepointError> {
     plan.hooks.push(Hook {
         program: "tp_fork",
         tracepoint: "sched_process_fork",
-        kind: "fork",
+        probe: Probe::Fork,
         reason: "reports the fork with its child (current is the parent)",
     });
     if btf.has_tracepoint("exit_mmap") {
         plan.hooks.push(Hook {
             program: "tp_exit_mmap",
             tracepoint: "exit_mmap",
-            kind: "mm_free",
+            probe: Probe::MmFree,
             reason: "mm teardown: keeps mm names unique when an address is reused",
         });
     } else {

@@ -331,9 +331,12 @@ const ARG_REGS: [&str; 6] = ["di", "si", "dx", "cx", "r8", "r9"];
 /// definition per line, in `group`; return probes with `maxactive` instances): the anchor
 /// `cargo xtask bench` compares the tracer with. What they cannot read: `current->mm` (no
 /// fetch argument reaches `current`), so GUP-fast's entry and exit and `retry_fail` carry no
-/// seq, and a copy's exit has no mm to read one from.
+/// seq, and a copy's exit has no mm to read one from. Raw tracepoints (mm teardown at
+/// `exit_mmap`, once per exiting process) get no definition: a kprobe event cannot express one,
+/// and the kernel's own tracepoint costs alike in both runs.
 pub fn definitions(plan: &super::AttachPlan, group: &str, maxactive: u32) -> Vec<String> {
     use super::SiteRead;
+    use crate::kernel::target::Hook;
     let o = &plan.function.offsets;
     let mut out = Vec::new();
     let vma = |arg: u32| {
@@ -346,18 +349,19 @@ pub fn definitions(plan: &super::AttachPlan, group: &str, maxactive: u32) -> Vec
     for p in &plan.function.probes {
         let name = p.probe.name();
         let sym = &p.symbol;
-        out.push(match (p.probe, p.ret) {
-            (_, true) => format!("r{maxactive}:{group}/{name} {sym} ret=$retval"),
-            (tracer_common::Probe::CprEnter, false) => {
+        out.push(match (p.probe, p.hook) {
+            (_, Hook::RawTracepoint) => continue,
+            (_, Hook::Return) => format!("r{maxactive}:{group}/{name} {sym} ret=$retval"),
+            (tracer_common::Probe::CprEnter, Hook::Entry) => {
                 format!("p:{group}/{name} {sym} {}", vma(o.cpr_vma_arg))
             }
-            (tracer_common::Probe::HugetlbEnter, false) => {
+            (tracer_common::Probe::HugetlbEnter, Hook::Entry) => {
                 format!("p:{group}/{name} {sym} {}", vma(o.hugetlb_vma_arg))
             }
-            (tracer_common::Probe::GupEnter, false) => {
+            (tracer_common::Probe::GupEnter, Hook::Entry) => {
                 format!("p:{group}/{name} {sym} start=%di second=%si flags=%dx:u32")
             }
-            (_, false) => format!("p:{group}/{name} {sym} arg=%di"),
+            (_, Hook::Entry) => format!("p:{group}/{name} {sym} arg=%di"),
         });
     }
     for (i, s) in plan.sites.iter().enumerate() {

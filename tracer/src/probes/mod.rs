@@ -5,6 +5,7 @@ pub mod env;
 pub mod kprobe_events;
 pub mod leftovers;
 pub mod placement;
+pub mod prog_stats;
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -28,7 +29,7 @@ use crate::{
     kernel::{
         btf::Btf,
         kallsyms::Kallsyms,
-        target::{self, FunctionPlan, TargetError},
+        target::{self, FunctionPlan, Hook, TargetError},
         tracepoints::TracepointPlan,
     },
 };
@@ -48,6 +49,8 @@ pub enum ProbeError {
     Btf(#[from] crate::kernel::btf::BtfError),
     #[error(transparent)]
     Kallsyms(#[from] crate::kernel::kallsyms::KallsymsError),
+    #[error(transparent)]
+    ProgStats(#[from] prog_stats::ProgStatsError),
     #[error("loading the eBPF programs failed: {0}")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object has no program or map named {0} (tracer and eBPF build disagree)")]
@@ -137,7 +140,7 @@ impl AttachPlan {
                 .hooks
                 .iter()
                 .map(|h| ProbeInfo {
-                    name: h.kind.to_owned(),
+                    name: h.probe.name().to_owned(),
                     target: h.tracepoint.to_owned(),
                     offset: 0,
                 })
@@ -240,6 +243,15 @@ struct Attachment {
     event: String,
 }
 
+/// A raw tracepoint or fentry/fexit program: the kernel counts the runs it skipped in the
+/// program's own statistics.
+struct SelfCounted {
+    probe: Probe,
+    program: &'static str,
+    /// Recursion misses when everything was attached.
+    baseline: u64,
+}
+
 /// Events the kernel could not deliver, per probe, by cause.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Losses {
@@ -266,7 +278,9 @@ pub struct Session {
     events: Option<kprobe_events::KprobeEvents>,
     /// Hits and runs when everything was attached: what happened before is not a loss.
     baseline: Vec<(u64, u64, u64)>,
-    _ebpf: Ebpf,
+    /// Programs that count their own skipped runs (raw tracepoints, fentry/fexit).
+    self_counted: Vec<SelfCounted>,
+    ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     runs: PerCpuArray<MapData, u64>,
@@ -438,21 +452,14 @@ impl Session {
             }
         }
 
-        let (events, uncounted, removed_stale, attachments) = match plan.attach {
+        // Ring-buffer losses are counted in every mode. Runs the kernel skipped are counted
+        // by kprobe_profile for kprobes (hits minus the programs' own runs), and by the
+        // programs themselves for raw tracepoints and fentry/fexit (recursion misses).
+        let (events, mut uncounted, removed_stale, attachments) = match plan.attach {
             Mode::Kprobe => attach_kprobes(&mut ebpf, plan, opts)?,
-            // Ring-buffer losses are counted in every mode; runs the kernel skipped are only
-            // countable for kprobes (their hit counts in kprobe_profile).
             Mode::Fentry => {
                 attach_fentry(&mut ebpf, plan)?;
-                (
-                    None,
-                    Some(
-                        "fentry mode: programs the kernel skipped (recursion) cannot be counted"
-                            .to_owned(),
-                    ),
-                    Vec::new(),
-                    Vec::new(),
-                )
+                (None, None, Vec::new(), Vec::new())
             }
             Mode::Tracepoint => {
                 attach_tracepoints(
@@ -461,14 +468,25 @@ impl Session {
                         .as_ref()
                         .ok_or(ProbeError::NoTracepointPlan)?,
                 )?;
-                (
-                    None,
-                    Some("tracepoint mode: programs the kernel skipped (recursion) cannot be counted".to_owned()),
-                    Vec::new(),
-                    Vec::new(),
-                )
+                (None, None, Vec::new(), Vec::new())
             }
         };
+        let raw_tps = attach_raw_tracepoint_probes(&mut ebpf, plan)?;
+        let mut self_counted = Vec::new();
+        for (probe, program) in self_counted_programs(plan).into_iter().chain(raw_tps) {
+            match program_misses(&ebpf, program)? {
+                Some(baseline) => self_counted.push(SelfCounted {
+                    probe,
+                    program,
+                    baseline,
+                }),
+                None => {
+                    uncounted.get_or_insert_with(|| {
+                        "this kernel's BPF program statistics have no recursion misses (before 5.12): runs it skipped cannot be counted".to_owned()
+                    });
+                }
+            }
+        }
 
         let ring = ebpf
             .take_map("EVENTS")
@@ -500,7 +518,8 @@ impl Session {
             attachments,
             events,
             baseline: Vec::new(),
-            _ebpf: ebpf,
+            self_counted,
+            ebpf,
             ring,
             lost,
             runs,
@@ -571,6 +590,10 @@ impl Session {
             ring: self.lost()?,
             ..Losses::default()
         };
+        for c in &self.self_counted {
+            let now = program_misses(&self.ebpf, c.program)?.unwrap_or(c.baseline);
+            l.skipped[c.probe as usize] += now.saturating_sub(c.baseline);
+        }
         if self.events.is_none() {
             return Ok(l);
         }
@@ -706,6 +729,7 @@ fn attach_kprobes(
         .function
         .probes
         .iter()
+        .filter(|p| p.hook != Hook::RawTracepoint)
         .map(|p| {
             (
                 program_for(p.probe),
@@ -713,7 +737,7 @@ fn attach_kprobes(
                 p.probe as u32,
                 p.symbol.as_str(),
                 0,
-                p.ret,
+                p.hook == Hook::Return,
                 p.probe.name().to_owned(),
             )
         })
@@ -780,7 +804,12 @@ fn fentry_program(p: Probe) -> Option<&'static str> {
 /// names functions without the compiler's clone suffixes (`.constprop.0`, `.isra.0`).
 fn attach_fentry(ebpf: &mut Ebpf, plan: &AttachPlan) -> Result<(), ProbeError> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::KernelBtf(e.to_string()))?;
-    for p in &plan.function.probes {
+    for p in plan
+        .function
+        .probes
+        .iter()
+        .filter(|p| p.hook != Hook::RawTracepoint)
+    {
         let name = fentry_program(p.probe).ok_or(ProbeError::Missing("fentry program"))?;
         let func = p.symbol.split('.').next().unwrap_or(&p.symbol);
         let attach_err = |source| ProbeError::Attach {
@@ -789,7 +818,7 @@ fn attach_fentry(ebpf: &mut Ebpf, plan: &AttachPlan) -> Result<(), ProbeError> {
             source: Box::new(source),
         };
         let prog = ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?;
-        if p.ret {
+        if p.hook == Hook::Return {
             let prog: &mut FExit = prog.try_into().map_err(load_err(name))?;
             prog.load(func, &btf).map_err(load_err(name))?;
             prog.attach().map_err(attach_err)?;
@@ -800,6 +829,82 @@ fn attach_fentry(ebpf: &mut Ebpf, plan: &AttachPlan) -> Result<(), ProbeError> {
         }
     }
     Ok(())
+}
+
+/// The raw tracepoint program of a function-level probe (tracer-ebpf/src/tracepoint.rs).
+fn raw_tracepoint_program(p: Probe) -> Option<&'static str> {
+    Some(match p {
+        Probe::MmFree => "tp_exit_mmap",
+        _ => return None,
+    })
+}
+
+/// Function-level probes that are raw tracepoints, in the kprobe and fentry modes (the
+/// tracepoint mode attaches its own). Returns each probe with its program.
+fn attach_raw_tracepoint_probes(
+    ebpf: &mut Ebpf,
+    plan: &AttachPlan,
+) -> Result<Vec<(Probe, &'static str)>, ProbeError> {
+    if plan.attach == Mode::Tracepoint {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for p in plan
+        .function
+        .probes
+        .iter()
+        .filter(|p| p.hook == Hook::RawTracepoint)
+    {
+        let name =
+            raw_tracepoint_program(p.probe).ok_or(ProbeError::Missing("raw tracepoint program"))?;
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::Missing(name))?
+            .try_into()
+            .map_err(load_err(name))?;
+        prog.load().map_err(load_err(name))?;
+        prog.attach(&p.symbol)
+            .map_err(|source| ProbeError::Attach {
+                what: p.probe.name().to_owned(),
+                target: format!("raw_tp:{}", p.symbol),
+                source: Box::new(source),
+            })?;
+        out.push((p.probe, name));
+    }
+    Ok(out)
+}
+
+/// The programs attached by [`attach_fentry`] or [`attach_tracepoints`], each with the probe
+/// its skipped runs are counted under (a tracepoint program serving several kinds counts
+/// under the first).
+fn self_counted_programs(plan: &AttachPlan) -> Vec<(Probe, &'static str)> {
+    match plan.attach {
+        Mode::Kprobe => Vec::new(),
+        Mode::Fentry => plan
+            .function
+            .probes
+            .iter()
+            .filter(|p| p.hook != Hook::RawTracepoint)
+            .filter_map(|p| Some((p.probe, fentry_program(p.probe)?)))
+            .collect(),
+        Mode::Tracepoint => {
+            let mut out: Vec<(Probe, &'static str)> = Vec::new();
+            for h in plan.tracepoints.iter().flat_map(|t| &t.hooks) {
+                if out.iter().any(|(_, p)| *p == h.program) {
+                    continue;
+                }
+                out.push((h.probe, h.program));
+            }
+            out
+        }
+    }
+}
+
+/// A loaded program's recursion misses (`None`: the kernel does not count them).
+fn program_misses(ebpf: &Ebpf, name: &'static str) -> Result<Option<u64>, ProbeError> {
+    let prog = ebpf.program(name).ok_or(ProbeError::Missing(name))?;
+    let fd = prog.fd().map_err(load_err(name))?;
+    Ok(prog_stats::recursion_misses(fd.as_fd())?)
 }
 
 /// The tracepoint mode's raw tracepoint programs.
@@ -819,7 +924,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf, tp: &TracepointPlan) -> Result<(), ProbeE
         prog.load().map_err(load_err(h.program))?;
         prog.attach(h.tracepoint)
             .map_err(|source| ProbeError::Attach {
-                what: h.kind.to_owned(),
+                what: h.probe.name().to_owned(),
                 target: format!("raw_tp:{}", h.tracepoint),
                 source: Box::new(source),
             })?;

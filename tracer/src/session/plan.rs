@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::TraceArgs;
 use crate::{
-    kernel::{btf::Btf, kallsyms::Kallsyms, tracepoints},
+    kernel::{btf::Btf, kallsyms::Kallsyms, target::Hook, tracepoints},
     probes::{self, AttachPlan, KernelSource, Mode, caps},
 };
 
@@ -197,22 +197,26 @@ pub fn plan_text(plan: &AttachPlan) -> String {
     for h in plan.tracepoints.iter().flat_map(|t| &t.hooks) {
         let _ = writeln!(
             out,
-            "  {:<14} raw_tp:{:<28} {}",
-            h.kind, h.tracepoint, h.reason
+            "  {:<14} {:<36} {}",
+            h.probe.name(),
+            format!("raw_tp:{}", h.tracepoint),
+            h.reason
         );
     }
     for p in &plan.function.probes {
+        let prefix = match (plan.attach, p.hook) {
+            (_, Hook::RawTracepoint) => "raw_tp:",
+            (Mode::Fentry, Hook::Entry) => "fentry:",
+            (Mode::Fentry, Hook::Return) => "fexit:",
+            (_, Hook::Return) => "ret:",
+            (_, Hook::Entry) => "    ",
+        };
+        // As wide as the instruction sites' column below, so that the reasons line up.
         let _ = writeln!(
             out,
-            "  {:<14} {}{:<28} {}",
+            "  {:<14} {:<36} {}",
             p.probe.name(),
-            match (plan.attach, p.ret) {
-                (Mode::Fentry, false) => "fentry:",
-                (Mode::Fentry, true) => "fexit:",
-                (_, true) => "ret:",
-                _ => "    ",
-            },
-            p.symbol,
+            format!("{prefix}{}", p.symbol),
             p.reason
         );
     }

@@ -34,6 +34,7 @@ use crate::kernel::{
     btf::{Btf, BtfError},
     image::{CodeSource, ElfImage, ImageError},
     kallsyms::Kallsyms,
+    target::Hook,
 };
 use find::reg_lower;
 use flow::{Ctx, Flow, Val};
@@ -1385,7 +1386,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                         serde_json::json!({
                             "probe": p.probe.name(),
                             "symbol": p.symbol,
-                            "ret": p.ret,
+                            "ret": p.hook == Hook::Return,
+                            "hook": p.hook.name(),
                             "evidence": p.reason,
                         })
                     })
@@ -1405,7 +1407,11 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                         s,
                         "{:<11} {}{}  ({})",
                         p.probe.name(),
-                        if p.ret { "return of " } else { "" },
+                        match p.hook {
+                            Hook::Entry => "",
+                            Hook::Return => "return of ",
+                            Hook::RawTracepoint => "tracepoint ",
+                        },
                         p.symbol,
                         p.reason
                     );
