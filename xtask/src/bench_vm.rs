@@ -622,8 +622,21 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Boots each kernel once with the benchmark steps and returns its figures.
+/// Boots a kernel with the benchmark steps and returns its figures, retrying once a boot that
+/// failed: under TCG, runtime code patching (kprobes, static keys: the bench toggles them
+/// dozens of times) has oopsed a 6.12 guest on a stray int3 in `__schedule` and soft-locked a
+/// 6.1 guest, the same QEMU race that rarely kills a guest in early boot.
 pub fn boot_and_collect(spec: &str, shape: Shape, tracer: &Path) -> Result<(KernelBench, bool)> {
+    match boot_once(spec, shape, tracer) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            println!("bench: {e:#}; retrying the boot once");
+            boot_once(spec, shape, tracer)
+        }
+    }
+}
+
+fn boot_once(spec: &str, shape: Shape, tracer: &Path) -> Result<(KernelBench, bool)> {
     let kernel = crate::kernels::fetch(spec, None)?;
     let out = crate::build::workspace()
         .join("target/bench/vm")
