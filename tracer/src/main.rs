@@ -74,6 +74,10 @@ enum Command {
     /// kprobes, memory): for tests that attach and detach many times.
     #[command(hide = true)]
     Leftovers,
+    /// One operation in a loop (fork, or a GUP-fast pin), timed: what `cargo xtask bench`
+    /// measures with and without tracing.
+    #[command(hide = true)]
+    Workload(tracer::stress::load::Args),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Report(a) => tracer::export::report::main(a),
         Command::Stress(a) => tracer::stress::main(a),
         Command::Check(a) => tracer::check::main(a),
+        Command::Workload(a) => tracer::stress::load::main(a),
         Command::Leftovers => serde_json::to_string(&tracer::probes::leftovers::collect())
             .map_err(anyhow::Error::from)
             .and_then(|j| tracer::outfile::print(&(j + "\n")).context("writing to standard output"))

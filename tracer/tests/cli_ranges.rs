@@ -71,6 +71,15 @@ fn table() -> Vec<(Vec<&'static str>, &'static str, Vec<&'static str>)> {
         (vec!["model", "generate"], "--writers", vec!["0", "17"]),
         (vec!["model", "generate"], "--readers", vec!["0", "65"]),
         (vec!["model", "generate"], "--jitter", vec!["65537"]),
+        (vec!["workload", "fork"], "--duration", vec!["0", "1000001"]),
+        (vec!["workload", "fork"], "--cpu", vec!["1024"]),
+        (vec!["workload", "fork"], "--mappings", vec!["0", "1025"]),
+        (
+            vec!["workload", "fork"],
+            "--mapping-kib",
+            vec!["3", "65537"],
+        ),
+        (vec!["workload", "pin"], "--pages", vec!["0", "513"]),
     ]);
     t
 }

@@ -7,7 +7,7 @@
 use std::{
     fs::File,
     io::Read,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Instant,
 };
@@ -37,13 +37,6 @@ pub struct BenchReport {
     pub ratio_wall: f64,
     /// (events, peak RSS KiB) of `tracer validate` on a log a tenth the size, for comparison.
     pub small: Option<(u64, Option<u64>)>,
-}
-
-fn workspace_root() -> PathBuf {
-    // xtask/ lives directly under the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// Children's CPU time so far (utime + stime of waited-for children), from /proc/self/stat.
@@ -141,29 +134,18 @@ fn generate(tracer: &Path, events: u64, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds `tracer` (release), generates a model log of `events` events in `workdir`, and
-/// times `tracer validate` and `jq -c .` on it (page cache warm for both). Also validates a
-/// log a tenth the size to show the peak memory does not grow with the log. Prints a report
-/// and returns it; the generated logs are removed.
-pub fn bench_validate(events: u64, workdir: &Path) -> anyhow::Result<BenchReport> {
-    let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "--release", "-p", "tracer"])
-        .current_dir(&root)
-        .status()?;
-    if !st.success() {
-        bail!("cargo build --release -p tracer failed");
-    }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let tracer = target.join("release").join("tracer");
+/// Generates a model log of `events` events in `workdir` with `tracer` (a release build: the
+/// static one the VMs use serves, and saves a second build), and times `tracer validate` and
+/// `jq -c .` on it (page cache warm for both). Also validates a log a tenth the size to show
+/// the peak memory does not grow with the log. Prints a report and returns it; the generated
+/// logs are removed.
+pub fn bench_validate(tracer: &Path, events: u64, workdir: &Path) -> anyhow::Result<BenchReport> {
     std::fs::create_dir_all(workdir)?;
     let log = workdir.join("bench-validate.jsonl");
     let small_log = workdir.join("bench-validate-small.jsonl");
 
     println!("generating {events} events ...");
-    generate(&tracer, events, &log)?;
+    generate(tracer, events, &log)?;
     let bytes = warm(&log)?;
     let log_s = log.to_str().context("non-UTF-8 work directory")?;
     let tr = tracer.to_str().context("non-UTF-8 target directory")?;
@@ -173,7 +155,7 @@ pub fn bench_validate(events: u64, workdir: &Path) -> anyhow::Result<BenchReport
 
     let small_events = events / 10;
     let small = if small_events >= 1000 {
-        generate(&tracer, small_events, &small_log)?;
+        generate(tracer, small_events, &small_log)?;
         warm(&small_log)?;
         let r = timed(&[
             tr,

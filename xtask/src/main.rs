@@ -1,5 +1,6 @@
 //! Developer and CI tasks: `cargo xtask setup | run | test | vm | validate-kernel | kernel | bench`.
 mod bench;
+mod bench_vm;
 mod build;
 mod cmd;
 mod kernels;
@@ -42,12 +43,11 @@ enum Cmd {
         #[arg(long, default_value = "6.12")]
         kernel: String,
     },
-    /// Benchmarks, as ratios taken in one run: `tracer validate` against `jq` on the same log.
-    Bench {
-        /// Events in the generated log.
-        #[arg(long, default_value_t = 2_000_000)]
-        events: u64,
-    },
+    /// Benchmarks, as ratios taken side by side in one run: the tracer's cost on fork and on
+    /// GUP-fast pins in a VM per kernel (against untraced and the kernel's own kprobe events),
+    /// and `tracer validate` against `jq` on the same log; writes target/bench/bench.json and,
+    /// unless --quick, BENCHMARKS.md.
+    Bench(bench_vm::Args),
 }
 
 #[derive(clap::Args)]
@@ -148,13 +148,7 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         })(),
-        Cmd::Bench { events } => (|| {
-            setup::setup()?;
-            let dir = build::workspace().join("target/bench");
-            std::fs::create_dir_all(&dir)?;
-            bench::bench_validate(events, &dir)?;
-            Ok(ExitCode::SUCCESS)
-        })(),
+        Cmd::Bench(a) => bench_vm::run(&a).map(|()| ExitCode::SUCCESS),
         Cmd::LiveTui { kernel } => (|| {
             let k = kernels::fetch(&kernel, None)?;
             let xtask = std::env::current_exe()?;

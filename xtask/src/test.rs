@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{build, cmd, kernels, setup, validate_kernel, vm};
+use crate::{bench_vm, build, cmd, kernels, setup, validate_kernel, vm};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -50,6 +50,10 @@ pub const DEFAULT_KERNELS: [&str; 4] = ["6.1", "6.12", "6.1-oldest", "6.12-oldes
 /// the newest of each series. 20 s of workload each keeps the whole run well inside CI's time.
 const CHECK_KERNELS: [&str; 2] = ["6.1", "6.12"];
 const CHECK_SECS: u64 = 20;
+
+/// The kernel whose test boot also runs `cargo xtask bench --quick`'s steps (about a minute
+/// under TCG), so the benchmark never rots without a boot of its own.
+const BENCH_KERNEL: &str = "6.12";
 
 /// The in-guest steps of a test boot. Each step's exit status lands in /out, so one failing
 /// step does not hide the others; the host-side tests judge them. The last block records the
@@ -141,6 +145,9 @@ struct Booted {
     release: String,
     /// Whether its boot ran `tracer check` too.
     checked: bool,
+    /// Whether its boot ran the quick benchmark's steps (into `<fixture>/bench`), and under KVM.
+    bench: bool,
+    kvm: bool,
 }
 
 /// The oldest 6.12 boots with four vCPUs: the recorder and the validator see more CPUs
@@ -164,6 +171,10 @@ fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<Booted>
             script.push_str(&validate_kernel::guest_step(CHECK_SECS, "/out/check"));
             script.push_str(RELIABILITY_SCRIPT);
         }
+        let bench = spec == BENCH_KERNEL;
+        if bench {
+            script.push_str(&bench_vm::guest_script(bench_vm::QUICK, "/out/bench"));
+        }
         // The steps' statuses are in /out; the boot itself succeeded.
         script.push_str("exit 0\n");
         let r = vm::run(&vm::VmOpts {
@@ -175,7 +186,9 @@ fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<Booted>
             out: out.clone(),
             // The checked boots run the check and the reliability steps: about 6 minutes
             // under TCG on two busy host cores.
-            timeout: Duration::from_secs(if checked { 1200 } else { 600 }),
+            timeout: Duration::from_secs(
+                if checked { 1200 } else { 600 } + if bench { 300 } else { 0 },
+            ),
             nokaslr: true,
             interactive: false,
             memory_mb: 1024,
@@ -205,6 +218,8 @@ fn vm_matrix(specs: &[String], tracer: &Path, t0: Instant) -> Result<Vec<Booted>
         done.push(Booted {
             release: kernel.release,
             checked,
+            bench,
+            kvm: r.kvm,
         });
     }
     // validate-kernel's summary of the checks, beside the fixtures; the host-side tests
@@ -241,12 +256,23 @@ pub fn test(a: TestArgs) -> Result<ExitCode> {
             a.kernels.clone()
         };
         let booted = vm_matrix(&specs, &tracer, t0)?;
+        // The benchmark's harness, reduced: every figure must come out (performance is not
+        // asserted). From the boot that ran its steps, else a short boot of its own.
+        let fixtures = kernels::cache_dir()?.join("fixtures");
+        let from_boot = booted.iter().find(|b| b.bench);
+        let bench_dir = from_boot.map(|b| fixtures.join(&b.release).join("bench"));
+        bench_vm::quick_check(
+            bench_dir.as_deref().zip(from_boot.map(|b| b.kvm)),
+            BENCH_KERNEL,
+            &tracer,
+        )
+        .context("cargo xtask bench --quick")?;
+        phase("bench --quick", t0);
         // The live TUI on the default kernel, through `cargo xtask run` in a real terminal.
         let live = kernels::fetch("6.12", None)?;
         let xtask = std::env::current_exe().context("locating the xtask binary")?;
         crate::live::tui_in_vm(&xtask, &build::workspace(), "6.12", &live.release)?;
         phase("live TUI in the VM", t0);
-        let fixtures = kernels::cache_dir()?.join("fixtures");
         env.push(("TRACER_FIXTURES".into(), fixtures.display().to_string()));
         env.push(("TRACER_REQUIRE_FIXTURES".into(), "1".into()));
         let list = |only_checked: bool| {

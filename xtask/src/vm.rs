@@ -51,6 +51,9 @@ pub struct VmResult {
     pub exit_code: i32,
     pub out: PathBuf,
     pub boot_secs: f64,
+    /// Whether the boot that finished ran under KVM (else QEMU's TCG emulation): benchmarks
+    /// say which.
+    pub kvm: bool,
 }
 
 // ---- initramfs (cpio newc) ----
@@ -491,6 +494,7 @@ pub fn run(opts: &VmOpts) -> Result<VmResult> {
         exit_code: code,
         out: opts.out.clone(),
         boot_secs,
+        kvm,
     })
 }
 

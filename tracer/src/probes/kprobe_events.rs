@@ -301,6 +301,85 @@ impl Drop for Attached {
     }
 }
 
+/// The x86-64 register as `kprobe_events` fetch arguments name it (`%ax`, `%r8`, ...).
+fn fetch_reg(r: tracer_common::Reg) -> &'static str {
+    use tracer_common::Reg;
+    match r {
+        Reg::R15 => "r15",
+        Reg::R14 => "r14",
+        Reg::R13 => "r13",
+        Reg::R12 => "r12",
+        Reg::Rbp => "bp",
+        Reg::Rbx => "bx",
+        Reg::R11 => "r11",
+        Reg::R10 => "r10",
+        Reg::R9 => "r9",
+        Reg::R8 => "r8",
+        Reg::Rax => "ax",
+        Reg::Rcx => "cx",
+        Reg::Rdx => "dx",
+        Reg::Rsi => "si",
+        Reg::Rdi => "di",
+    }
+}
+
+/// The argument registers of the x86-64 SysV ABI, by argument index.
+const ARG_REGS: [&str; 6] = ["di", "si", "dx", "cx", "r8", "r9"];
+
+/// The kernel's own kprobe events at the points `plan` attaches to, reading the values the
+/// eBPF programs read where a fetch argument can express them (`kprobe_events` syntax, one
+/// definition per line, in `group`; return probes with `maxactive` instances): the anchor
+/// `cargo xtask bench` compares the tracer with. What they cannot read: `current->mm` (no
+/// fetch argument reaches `current`), so GUP-fast's entry and exit and `retry_fail` carry no
+/// seq, and a copy's exit has no mm to read one from. Raw tracepoints (mm teardown at
+/// `exit_mmap`, once per exiting process) get no definition: a kprobe event cannot express one,
+/// and the kernel's own tracepoint costs alike in both runs.
+pub fn definitions(plan: &super::AttachPlan, group: &str, maxactive: u32) -> Vec<String> {
+    use super::SiteRead;
+    use crate::kernel::target::Hook;
+    let o = &plan.function.offsets;
+    let mut out = Vec::new();
+    let vma = |arg: u32| {
+        let r = ARG_REGS.get(arg as usize).copied().unwrap_or("si");
+        format!(
+            "vma_start=+{}(%{r}):x64 vma_end=+{}(%{r}):x64 vm_flags=+{}(%{r}):x64 anon_vma=+{}(%{r}):x64 seq=+{}(+{}(%{r})):u32",
+            o.vma_start, o.vma_end, o.vma_flags, o.vma_anon_vma, o.mm_seq, o.vma_mm
+        )
+    };
+    for p in &plan.function.probes {
+        let name = p.probe.name();
+        let sym = &p.symbol;
+        out.push(match (p.probe, p.hook) {
+            (_, Hook::RawTracepoint) => continue,
+            (_, Hook::Return) => format!("r{maxactive}:{group}/{name} {sym} ret=$retval"),
+            (tracer_common::Probe::CprEnter, Hook::Entry) => {
+                format!("p:{group}/{name} {sym} {}", vma(o.cpr_vma_arg))
+            }
+            (tracer_common::Probe::HugetlbEnter, Hook::Entry) => {
+                format!("p:{group}/{name} {sym} {}", vma(o.hugetlb_vma_arg))
+            }
+            (tracer_common::Probe::GupEnter, Hook::Entry) => {
+                format!("p:{group}/{name} {sym} start=%di second=%si flags=%dx:u32")
+            }
+            (_, Hook::Entry) => format!("p:{group}/{name} {sym} arg=%di"),
+        });
+    }
+    for (i, s) in plan.sites.iter().enumerate() {
+        let fetch = match s.read {
+            SiteRead::Memory(r, d) => format!(" seq={:+}(%{}):u32", d, fetch_reg(r)),
+            SiteRead::Loaded(r) => format!(" seq=%{}:u32", fetch_reg(r)),
+            SiteRead::Marker => String::new(),
+        };
+        out.push(format!(
+            "p:{group}/{}_{i} {}+{}{fetch}",
+            s.probe.name(),
+            s.symbol,
+            s.offset
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

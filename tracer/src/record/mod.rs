@@ -29,6 +29,11 @@ pub struct Args {
     /// Print the attach plan and exit without attaching.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the kernel's own kprobe event definitions (tracefs `kprobe_events` syntax, group
+    /// `tbench`) at the points the plan attaches to, and exit: the anchor `cargo xtask bench`
+    /// measures the tracer against.
+    #[arg(long, hide = true)]
+    pub kprobe_events: bool,
     #[command(flatten)]
     pub trace: TraceArgs,
 }
@@ -37,6 +42,15 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let plan = session::plan(&args.trace)?;
     if args.dry_run {
         crate::outfile::print(&session::plan_text(&plan)).context("writing to standard output")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.kprobe_events {
+        let mut text = String::new();
+        for d in crate::probes::kprobe_events::definitions(&plan, "tbench", args.trace.maxactive) {
+            text.push_str(&d);
+            text.push('\n');
+        }
+        crate::outfile::print(&text).context("writing to standard output")?;
         return Ok(ExitCode::SUCCESS);
     }
     session::warn_plan(&plan);
@@ -196,8 +210,18 @@ async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
         .as_ref()
         .map_or_else(|| "stdout".to_owned(), |p| p.display().to_string());
     if !to_stdout || std::io::stdout().is_terminal() {
+        // The consumer's own cost (what `cargo xtask bench` reads): CPU while tracing, as a
+        // share of one CPU over the trace, and the peak memory of the whole run.
+        let usage = match (stats.cpu_s, session::self_usage()) {
+            (Some(cpu), Some((_, rss))) => format!(
+                "; consumer cpu {cpu:.2}s ({:.0}% of one CPU), peak RSS {:.1} MiB",
+                100.0 * cpu / stats.duration.as_secs_f64().max(1e-3),
+                rss as f64 / 1024.0
+            ),
+            _ => String::new(),
+        };
         eprintln!(
-            "tracer: {} events, {} lost, in {:.1}s -> {dest}",
+            "tracer: {} events, {} lost, in {:.1}s -> {dest}{usage}",
             stats.events,
             stats.lost,
             stats.duration.as_secs_f64(),

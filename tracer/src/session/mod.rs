@@ -83,6 +83,24 @@ pub struct TraceArgs {
     pub command: Vec<String>,
 }
 
+/// This process's CPU time so far (user + system, seconds) and peak resident set (KiB), from
+/// getrusage: the consumer's cost, which the TUI header and `tracer record` report.
+pub fn self_usage() -> Option<(f64, u64)> {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct on success; it is only read then.
+    let ru = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) != 0 {
+            return None;
+        }
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some((
+        tv(ru.ru_utime) + tv(ru.ru_stime),
+        u64::try_from(ru.ru_maxrss).unwrap_or(0),
+    ))
+}
+
 /// Stops a running [`pump`]: cloned into every consumer (the recorder's signal handler, the
 /// TUI's quit key), so the session ends through one path that stops the workload, drains what
 /// the kernel already delivered and writes the summary.

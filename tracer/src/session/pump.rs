@@ -41,6 +41,8 @@ pub struct PumpStats {
     pub lost: u64,
     pub duration: Duration,
     pub command_status: Option<String>,
+    /// CPU seconds this process spent while tracing (attach and plan excluded).
+    pub cpu_s: Option<f64>,
 }
 
 struct Counts {
@@ -206,6 +208,7 @@ pub async fn pump<S: Sink>(
     };
 
     let started = Instant::now();
+    let cpu0 = super::self_usage().map(|(c, _)| c);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The kernel side wakes us only when the ring is an eighth full; below that, this timer
@@ -320,10 +323,15 @@ pub async fn pump<S: Sink>(
     }))
     .await?;
     sink.batch_done().await?;
+    let cpu_s = match (cpu0, super::self_usage()) {
+        (Some(a), Some((b, _))) => Some(b - a),
+        _ => None,
+    };
     Ok(PumpStats {
         events: counts.events,
         lost: lost_seen.iter().sum(),
         duration,
         command_status,
+        cpu_s,
     })
 }

@@ -8,6 +8,7 @@
 //! ([`workers`]). It says which methods it uses and why the others are not, and counts per
 //! method.
 mod direct;
+pub mod load;
 mod memory;
 mod pin;
 mod rng;

@@ -160,16 +160,7 @@ pub struct CpuMeter {
 }
 
 fn cpu_seconds() -> Option<f64> {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage fills the struct on success; we only read it then.
-    let ru = unsafe {
-        if libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) != 0 {
-            return None;
-        }
-        ru.assume_init()
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Some(tv(ru.ru_utime) + tv(ru.ru_stime))
+    crate::session::self_usage().map(|(cpu, _)| cpu)
 }
 
 impl CpuMeter {
