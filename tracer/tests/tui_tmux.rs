@@ -92,15 +92,22 @@ impl Tmux {
 
     /// Waits (up to 15 s) until the pane shows `what`, and returns the pane.
     fn wait_for(&self, what: &str) -> String {
+        self.wait_for_all(&[what])
+    }
+
+    /// Waits (up to 15 s) until one capture of the pane shows every one of `what` (the TUI
+    /// draws the header and the panes in one frame, but a capture can land between frames),
+    /// and returns that capture.
+    fn wait_for_all(&self, what: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let s = self.screen();
-            if s.contains(what) {
+            if what.iter().all(|w| s.contains(w)) {
                 return s;
             }
             assert!(
                 Instant::now() < deadline,
-                "never saw {what:?}; the pane shows:\n{s}"
+                "never saw all of {what:?}; the pane shows:\n{s}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -519,7 +526,8 @@ fn replay_and_follow_treat_bad_lines_as_every_reader_does() {
             };
             let where_ = format!("{} line {}:", log.display(), case.line);
             let t = Tmux::start(&format!("tui {source} {} {speed}", log.display()));
-            let s = t.wait_for(&where_);
+            // The header names the line; the messages pane gives the whole sentence.
+            let s = t.wait_for_all(&[&where_, case.says]);
             assert!(s.contains(case.says), "{} {source}:\n{s}", case.name);
             t.keys(&["q"]);
             let s = t.assert_restored(2);
