@@ -103,7 +103,14 @@ impl Tmux {
         loop {
             let s = self.screen();
             if what.iter().all(|w| s.contains(w)) {
-                return s;
+                // A capture can land while tmux applies half a frame: take the screen once
+                // two captures agree (a screen that keeps changing is taken as it is).
+                std::thread::sleep(Duration::from_millis(50));
+                let again = self.screen();
+                if again == s || Instant::now() >= deadline {
+                    return s;
+                }
+                continue;
             }
             assert!(
                 Instant::now() < deadline,
