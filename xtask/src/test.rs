@@ -115,7 +115,9 @@ for s in INT TERM HUP KILL; do
   i=0; while [ $i -lt 300 ] && [ ! -s /out/end_$s.jsonl ]; do sleep 0.1; i=$((i+1)); done
   sleep 1; kill -$s $p; wait $p; echo $? > /out/end_$s.rc
 done
-pkill -KILL -f 'stress --duration 60'; sleep 0.5
+# The SIGKILLed recorder's workload (comm tracer) is orphaned and forks on: stop it before the
+# next steps patch kprobes in and out (busybox has no pkill; the script ran on with it forking).
+killall -KILL tracer 2>/dev/null; sleep 0.5
 tracer leftovers > /out/leftovers_killed.json
 tracer record -o /dev/null --no-sites --duration 0.02 2>/out/after_kill.err; echo $? > /out/after_kill.rc
 tracer leftovers > /out/leftovers_after_kill.json
