@@ -168,7 +168,8 @@ pub mod anon {
 /// Kinds of eBPF-side diagnostics (indexes of the `DIAGS` counters). Each is logged through
 /// aya-log when its per-CPU count reaches a power of 16.
 pub mod diag {
-    /// `copy_page_range`'s (or the hugetlb copy's) pairing map was full: the exit loses its mm.
+    /// A call map was full: that call is reported event by event (a copy's exit then has no
+    /// mm).
     pub const PAIRING_FULL: u32 = 0;
     /// A probe could not read the seqcount: its event's seq is null.
     pub const UNREADABLE_SEQ: u32 = 1;
@@ -275,9 +276,129 @@ pub struct SiteConfig {
     pub base: u8,
     /// One of `site_mode`.
     pub mode: u8,
-    pub _pad: u8,
+    /// The call whose record the site's event joins (one of [`call`]): the function the site
+    /// is in.
+    pub func: u8,
+    /// Its place in that call (one of [`stage`]).
+    pub stage: u8,
+    pub _pad: [u8; 3],
     pub disp: i32,
 }
+
+/// The calls that are reported as one [`RawCall`] record each.
+pub mod call {
+    /// `copy_page_range`: entry, `write_begin`, `write_end`, return.
+    pub const CPR: u8 = 0;
+    /// `copy_hugetlb_page_range` (inside a `copy_page_range` of the same thread): entry, its
+    /// own `write_begin`, `write_end`, return.
+    pub const HUGETLB: u8 = 1;
+    /// The GUP-fast function: entry, `read_begin`, `read_retry`, `retry_fail`, return.
+    pub const GUP: u8 = 2;
+}
+
+/// The stages of a call, in the order a thread passes them: a record holds each at most once,
+/// in this order (a stage that comes again, or out of order, starts a new record).
+pub mod stage {
+    pub const ENTER: u8 = 0;
+    /// `write_begin`, `read_begin`.
+    pub const BEGIN: u8 = 1;
+    /// `write_end`, `read_retry`.
+    pub const END: u8 = 2;
+    /// `retry_fail`.
+    pub const FAIL: u8 = 3;
+    pub const EXIT: u8 = 4;
+    /// Number of stages.
+    pub const COUNT: usize = 5;
+}
+
+/// The probe that reports stage `stage` of a call of kind `func` (see [`call`], [`stage`]);
+/// `None` for a pair that does not exist (copies have no `FAIL`).
+pub const fn probe_of(func: u8, stage: u8) -> Option<Probe> {
+    Some(match (func, stage) {
+        (call::CPR, stage::ENTER) => Probe::CprEnter,
+        (call::CPR, stage::EXIT) => Probe::CprExit,
+        (call::HUGETLB, stage::ENTER) => Probe::HugetlbEnter,
+        (call::HUGETLB, stage::EXIT) => Probe::HugetlbExit,
+        (call::CPR | call::HUGETLB, stage::BEGIN) => Probe::WriteBegin,
+        (call::CPR | call::HUGETLB, stage::END) => Probe::WriteEnd,
+        (call::GUP, stage::ENTER) => Probe::GupEnter,
+        (call::GUP, stage::BEGIN) => Probe::ReadBegin,
+        (call::GUP, stage::END) => Probe::ReadRetry,
+        (call::GUP, stage::FAIL) => Probe::RetryFail,
+        (call::GUP, stage::EXIT) => Probe::GupExit,
+        _ => return None,
+    })
+}
+
+/// The stage a site probe reports; `None` for a function-level probe.
+pub const fn site_stage(p: Probe) -> Option<u8> {
+    Some(match p {
+        Probe::WriteBegin | Probe::ReadBegin => stage::BEGIN,
+        Probe::WriteEnd | Probe::ReadRetry => stage::END,
+        Probe::RetryFail => stage::FAIL,
+        _ => return None,
+    })
+}
+
+/// One call of `copy_page_range`, `copy_hugetlb_page_range` or the GUP-fast function, with
+/// every event it produced: each stage of [`stage`] whose bit is set in `present` happened,
+/// on CPU `cpu[i]` at `ts[i]`, and read `seq[i]` (valid when its bit is set in `seq_ok`).
+/// The eBPF side keeps it per thread while the call runs and puts it in the ring buffer once,
+/// at the call's return (or when a stage would repeat); userspace expands it into the same
+/// schema-1 lines one event per probe gave before. A record without `ENTER` is a call whose
+/// entry was not paired (its entry came before the trace, was lost, or the map was full).
+///
+/// `a`, `b`, `flags` and `anon` are the entry's (as in [`RawEvent`]), `ret` the return value;
+/// `mm` the mm all the stages are about (0 when unknown: a copy's return seen without its
+/// entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawCall {
+    pub ts: [u64; stage::COUNT],
+    pub mm: u64,
+    pub a: u64,
+    pub b: u64,
+    pub ret: u64,
+    pub seq: [u32; stage::COUNT],
+    pub cpu: [u32; stage::COUNT],
+    pub pid: u32,
+    pub tid: u32,
+    pub flags: u32,
+    /// One of [`call`].
+    pub func: u8,
+    pub present: u8,
+    pub seq_ok: u8,
+    pub anon: u8,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+impl RawCall {
+    /// An empty record (no stage present).
+    pub const EMPTY: RawCall = RawCall {
+        ts: [0; stage::COUNT],
+        mm: 0,
+        a: 0,
+        b: 0,
+        ret: 0,
+        seq: [0; stage::COUNT],
+        cpu: [0; stage::COUNT],
+        pid: 0,
+        tid: 0,
+        flags: 0,
+        func: 0,
+        present: 0,
+        seq_ok: 0,
+        anon: 0,
+        comm: [0; TASK_COMM_LEN],
+    };
+}
+
+// The reader tells records apart by length.
+const _: () = assert!(
+    core::mem::size_of::<RawCall>() != core::mem::size_of::<RawEvent>()
+        && core::mem::size_of::<RawCall>() != core::mem::size_of::<RawWide>()
+        && core::mem::size_of::<RawEvent>() != core::mem::size_of::<RawWide>()
+);
 
 /// What a tracepoint-mode record carries besides its [`RawEvent`]; both travel as one
 /// [`RawWide`] ring-buffer record. Field meaning depends on the probe:
@@ -428,6 +549,7 @@ mod user {
     unsafe impl aya::Pod for super::Filter {}
     unsafe impl aya::Pod for super::SiteConfig {}
     unsafe impl aya::Pod for super::TpConfig {}
+    unsafe impl aya::Pod for super::RawCall {}
 }
 
 #[cfg(test)]
@@ -443,5 +565,30 @@ mod tests {
         }
         assert_eq!(Probe::from_u8(PROBE_COUNT as u8), None);
         assert_eq!(Probe::from_name(b"nope"), None);
+    }
+
+    #[test]
+    fn every_probe_of_a_call_has_one_stage() {
+        let mut seen = [0u32; PROBE_COUNT];
+        for f in [call::CPR, call::HUGETLB, call::GUP] {
+            for st in 0..stage::COUNT as u8 {
+                if let Some(p) = probe_of(f, st) {
+                    seen[p as usize] += 1;
+                    if let Some(s) = site_stage(p) {
+                        assert_eq!(s, st, "{p:?}");
+                    }
+                }
+            }
+        }
+        // The write sites serve both copy functions; everything else one call.
+        for p in Probe::ALL {
+            let want = match p {
+                Probe::WriteBegin | Probe::WriteEnd => 2,
+                Probe::MmFree | Probe::Fork | Probe::PinSyscall => 0,
+                _ => 1,
+            };
+            assert_eq!(seen[p as usize], want, "{p:?}");
+        }
+        assert_eq!(core::mem::size_of::<RawCall>(), 144);
     }
 }

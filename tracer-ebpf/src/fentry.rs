@@ -1,17 +1,15 @@
 //! The function-level probes as fentry/fexit programs, for kernels that load BPF trampolines
 //! but cannot attach kprobes. They report exactly what the kprobe programs report (the same
 //! probes, records and loss counters); only the way arguments and return values are read
-//! differs. Instruction-level sites need kprobes and have no counterpart here.
+//! differs (one record per call, as in the crate docs). Instruction-level sites need kprobes
+//! and have no counterpart here.
 use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
-use tracer_common::Probe;
+use tracer_common::call;
 
-use crate::{
-    CPR_MM, HUGETLB_MM, copy_enter_vma, copy_exit_ret, gup_enter_args, gup_exit_ret, mm_free_addr,
-    offsets, read_u64,
-};
+use crate::{call_exit, copy_enter_vma, gup_enter_args, mm_free_addr, offsets, read_u64};
 
 /// The `n`th argument of the traced function. fentry's context is an array of 8-byte
 /// argument slots; `n` is only known at run time (it comes from BTF through `OFFSETS`), and
@@ -34,28 +32,28 @@ fn ret_of(ctx: &FExitContext) -> i64 {
 #[fentry]
 pub fn fe_cpr_enter(ctx: FEntryContext) -> u32 {
     if let Some(vma) = arg_at(&ctx, offsets().cpr_vma_arg) {
-        copy_enter_vma(vma, Probe::CprEnter, &CPR_MM);
+        copy_enter_vma(vma, call::CPR);
     }
     0
 }
 
 #[fexit]
 pub fn fx_cpr_exit(ctx: FExitContext) -> u32 {
-    copy_exit_ret(ret_of(&ctx), Probe::CprExit, &CPR_MM);
+    call_exit(call::CPR, ret_of(&ctx));
     0
 }
 
 #[fentry]
 pub fn fe_hugetlb_enter(ctx: FEntryContext) -> u32 {
     if let Some(vma) = arg_at(&ctx, offsets().hugetlb_vma_arg) {
-        copy_enter_vma(vma, Probe::HugetlbEnter, &HUGETLB_MM);
+        copy_enter_vma(vma, call::HUGETLB);
     }
     0
 }
 
 #[fexit]
 pub fn fx_hugetlb_exit(ctx: FExitContext) -> u32 {
-    copy_exit_ret(ret_of(&ctx), Probe::HugetlbExit, &HUGETLB_MM);
+    call_exit(call::HUGETLB, ret_of(&ctx));
     0
 }
 
@@ -70,7 +68,7 @@ pub fn fe_gup_enter(ctx: FEntryContext) -> u32 {
 
 #[fexit]
 pub fn fx_gup_exit(ctx: FExitContext) -> u32 {
-    gup_exit_ret(ret_of(&ctx));
+    call_exit(call::GUP, ret_of(&ctx));
     0
 }
 

@@ -1,10 +1,28 @@
 //! Kernel side of the tracer: kprobes on fork's page-table copy, GUP-fast, mm teardown and the
-//! seqcount's own instruction sites, all feeding one ring buffer of `RawEvent`s. The same
-//! function-level probes as fentry/fexit programs are in [`fentry`]; the tracepoint mode's
-//! programs (fork brackets, pinning syscalls) in [`tracepoint`].
+//! seqcount's own instruction sites, all feeding one ring buffer. The same function-level
+//! probes as fentry/fexit programs are in [`fentry`]; the tracepoint mode's programs (fork
+//! brackets, pinning syscalls) in [`tracepoint`].
 //!
-//! Layouts come from userspace (BTF) through the `OFFSETS` global; nothing here knows a kernel
-//! version. Every failed ring-buffer reservation is counted per probe in `LOST`.
+//! **One record per call.** A call of `copy_page_range`, `copy_hugetlb_page_range` or the
+//! GUP-fast function is kept per thread in a map (`CPR_CALLS`, `HUGETLB_CALLS`, `GUP_CALLS`,
+//! by tid) while it runs: its entry creates a `RawCall`, each instruction site of that
+//! function writes its own stage into it (time, CPU, value), and the return adds the last
+//! stage and puts the whole record into the ring buffer at once. Userspace expands it into
+//! the lines one event per probe gave (`events::decode`). That is one ring-buffer record per
+//! call instead of one per event, and no reservation at all in the site probes. A thread's
+//! slot is kept from call to call and removed when the thread exits (`task_exit`), so a call
+//! costs a map lookup, not an insert and a delete. Nothing is dropped on the way: a stage
+//! that would repeat (or come out of order) first sends what the record holds; a site, or a
+//! return, of a thread with no open call (its entry came before the trace, was not run, or
+//! found the map full) is sent on its own; an entry, or a thread's exit, that finds a call
+//! still open (a return that was never seen) sends it first; userspace reads what is still
+//! open when tracing stops.
+//!
+//! Layouts come from userspace (BTF) through the `OFFSETS` global, and the site slots'
+//! configuration through `SITE_CFG`; nothing here knows a kernel version. Both are read-only
+//! data fixed before load, so the verifier knows their values and prunes what a slot does not
+//! use. Every failed ring-buffer reservation is counted in `LOST`, under the probe of each
+//! event it carried.
 //!
 //! Diagnostics (a full pairing map, a seqcount that could not be read, a reservation that kept
 //! failing) go to userspace through aya-log, rarely: each kind is counted per CPU and logged
@@ -22,15 +40,27 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{kprobe, kretprobe, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{kprobe, kretprobe, map, raw_tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    DIAG_COUNT, FIRST_SITE, Filter, Offsets, PROBE_COUNT, PROGRAM_SLOTS, Probe, RawEvent,
-    SITE_SLOTS, SiteConfig, anon, diag, site_mode,
+    DIAG_COUNT, FIRST_SITE, Filter, Offsets, PROBE_COUNT, PROGRAM_SLOTS, Probe, RawCall, RawEvent,
+    SITE_SLOTS, SiteConfig, anon, call, diag, probe_of, site_mode, stage,
 };
+
+/// Set by userspace before load (aya `override_global`): one entry per `siteN` program.
+#[unsafe(no_mangle)]
+static SITE_CFG: [SiteConfig; SITE_SLOTS] = [SiteConfig {
+    probe: 0,
+    base: 0,
+    mode: 0,
+    func: 0,
+    stage: 0,
+    _pad: [0; 3],
+    disp: 0,
+}; SITE_SLOTS];
 
 /// Set by userspace before load (aya `override_global`).
 #[unsafe(no_mangle)]
@@ -81,14 +111,6 @@ fn ran(slot: u32) {
     }
 }
 
-/// The source mm of an in-flight `copy_page_range`, by tid, for the return probe.
-#[map]
-pub(crate) static CPR_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
-
-/// Same for `copy_hugetlb_page_range`, which runs inside `copy_page_range`.
-#[map]
-pub(crate) static HUGETLB_MM: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
-
 /// Diagnostics seen, per kind (`tracer_common::diag`) and CPU.
 #[map]
 static DIAGS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_COUNT as u32, 0);
@@ -120,7 +142,7 @@ pub extern "C" fn tracer_diag(kind: u32, probe: u32, tid: u32, mm: u64) -> u32 {
     match kind {
         diag::PAIRING_FULL => warn!(
             ctx,
-            "probe#{}: pairing map full: the exit of tid {} will carry no mm and a null seq (occurrence {} on this CPU)",
+            "probe#{}: pairing map full: the call of tid {} is reported event by event, and a copy's exit then carries no mm and a null seq (occurrence {} on this CPU)",
             probe,
             tid,
             n
@@ -148,9 +170,15 @@ fn diag(kind: u32, probe: Probe, tid: u32, mm: u64) {
     tracer_diag(kind, u32::from(probe as u8), tid, mm);
 }
 
-/// Instruction-level site configuration, one entry per `siteN` program.
-#[map]
-static SITES: Array<SiteConfig> = Array::with_max_entries(SITE_SLOTS as u32, 0);
+/// Reads one field of a global that userspace fills in before load; volatile so the
+/// compiler does not constant-fold the placeholder value, and one field so that a program
+/// loads only what it uses.
+macro_rules! ro {
+    ($place:expr) => {
+        // SAFETY: a plain read of an immutable global.
+        unsafe { core::ptr::read_volatile(&raw const $place) }
+    };
+}
 
 #[inline(always)]
 pub(crate) fn offsets() -> Offsets {
@@ -177,12 +205,13 @@ pub(crate) fn current_if_wanted() -> Option<Task> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    let f = filter();
-    if f.pid != 0 && f.pid != pid {
+    let want = ro!(FILTER.pid);
+    if want != 0 && want != pid {
         return None;
     }
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    if f.comm_enabled != 0 {
+    if ro!(FILTER.comm_enabled) != 0 {
+        let f = filter();
         let mut i = 0;
         while i < 16 {
             if comm[i] != f.comm[i] {
@@ -213,7 +242,7 @@ pub(crate) fn read_u32(addr: u64) -> Option<u32> {
 pub(crate) fn current_mm() -> u64 {
     // SAFETY: helper with no preconditions.
     let task = unsafe { bpf_get_current_task() };
-    read_u64(task + offsets().task_mm as u64).unwrap_or(0)
+    read_u64(task + u64::from(ro!(OFFSETS.task_mm))).unwrap_or(0)
 }
 
 #[inline(always)]
@@ -240,162 +269,285 @@ fn read_now(addr: u64) -> (Option<u32>, u64) {
     (seq, unsafe { bpf_ktime_get_ns() })
 }
 
-/// Reserves and submits one record; counts a loss when the ring buffer is full.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn emit(
-    task: &Task,
-    probe: Probe,
-    mm: u64,
-    (seq, ts): (Option<u32>, u64),
-    a: u64,
-    b: u64,
-    flags: u32,
-    anon_vma: u8,
-) {
+pub(crate) fn seq_of(mm: u64) -> Option<u32> {
+    if mm == 0 {
+        return None;
+    }
+    read_u32(mm + u64::from(ro!(OFFSETS.mm_seq)))
+}
+
+/// Each thread's call slot, by tid (see the crate docs): `present` 0 when no call is open. A
+/// slot is made at a thread's first call and kept for its later ones (a map update and delete
+/// per call would cost more than the rest of the probe), until the thread exits
+/// (`task_exit`). A full map reports the calls of threads without a slot event by event.
+#[map]
+pub(crate) static CPR_CALLS: HashMap<u32, RawCall> = HashMap::with_max_entries(8192, 0);
+#[map]
+pub(crate) static HUGETLB_CALLS: HashMap<u32, RawCall> = HashMap::with_max_entries(1024, 0);
+#[map]
+pub(crate) static GUP_CALLS: HashMap<u32, RawCall> = HashMap::with_max_entries(8192, 0);
+
+/// `bpf_map_update_elem` flag.
+const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+fn calls(func: u8) -> &'static HashMap<u32, RawCall> {
+    match func {
+        call::CPR => &CPR_CALLS,
+        call::HUGETLB => &HUGETLB_CALLS,
+        _ => &GUP_CALLS,
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper with no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn tid_now() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Wakes the consumer only once an eighth of the ring is waiting (`WAKEUP_BYTES`): one wakeup
+/// per record costs more than the record at high rates; below it userspace drains on a timer.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    // BPF_RB_AVAIL_DATA
+    if EVENTS.query(0) >= ro!(WAKEUP_BYTES) {
+        2 // BPF_RB_FORCE_WAKEUP
+    } else {
+        1 // BPF_RB_NO_WAKEUP
+    }
+}
+
+/// Counts every event `r` carries as lost, each under its own probe.
+#[inline(never)]
+fn lost_call(r: &RawCall) {
+    let mut st = 0u8;
+    while st < stage::COUNT as u8 {
+        if r.present & (1 << st) != 0
+            && let Some(p) = probe_of(r.func, st)
+        {
+            lost(p);
+        }
+        st += 1;
+    }
+}
+
+/// The probe of the latest stage `r` holds (what a diagnostic names).
+#[inline(always)]
+fn last_probe(r: &RawCall) -> Probe {
+    let mut st = stage::COUNT as u8;
+    while st > 0 {
+        st -= 1;
+        if r.present & (1 << st) != 0
+            && let Some(p) = probe_of(r.func, st)
+        {
+            return p;
+        }
+    }
+    Probe::GupExit
+}
+
+/// Puts `r` into the ring buffer, or counts each of its events as lost.
+#[inline(always)]
+fn send(r: &RawCall) {
+    if r.present == 0 {
+        return;
+    }
+    let flags = wakeup_flags();
     // A kprobe hit through int3 (instruction sites, functions not on an ftrace site) runs as
     // an NMI on x86, where the ring buffer only try-locks: another CPU reserving at the same
     // moment makes the reservation fail although there is room. That contention lasts a few
     // instructions, so a few more tries get the record through; only a full ring (or a lock
     // held throughout) counts as lost.
     let mut tries = 0;
-    let mut entry = loop {
-        if let Some(e) = EVENTS.reserve::<RawEvent>(0) {
-            break e;
-        }
+    while EVENTS.output::<RawCall>(r, flags).is_err() {
         tries += 1;
         if tries == 8 {
-            lost(probe);
-            diag(diag::RESERVE_FAILED, probe, task.tid, mm);
+            lost_call(r);
+            diag(diag::RESERVE_FAILED, last_probe(r), r.tid, r.mm);
             return;
         }
-    };
-    if seq.is_none() && probe != Probe::MmFree {
-        diag(diag::UNREADABLE_SEQ, probe, task.tid, mm);
     }
-    entry.write(RawEvent {
-        ts,
-        mm,
-        a,
-        b,
-        pid: task.pid,
-        tid: task.tid,
-        // SAFETY: helper with no preconditions.
-        cpu: unsafe { bpf_get_smp_processor_id() },
-        seq: seq.unwrap_or(0),
-        flags,
-        probe: probe as u8,
-        seq_ok: seq.is_some() as u8,
-        anon: anon_vma,
-        _pad: 0,
-        comm: task.comm,
-    });
-    // SAFETY: as for `offsets`.
-    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
-    // BPF_RB_AVAIL_DATA
-    let flags = if EVENTS.query(0) >= threshold {
-        2 // BPF_RB_FORCE_WAKEUP
-    } else {
-        1 // BPF_RB_NO_WAKEUP
-    };
-    entry.submit(flags);
 }
 
+/// Writes stage `st` (time, CPU, value) into `r`. A stage at or before one `r` already holds
+/// cannot belong to the same pass through the call: what `r` holds is sent first, and `r`
+/// goes on with this stage alone.
 #[inline(always)]
-pub(crate) fn seq_of(mm: u64) -> Option<u32> {
-    if mm == 0 {
-        return None;
+fn put_stage(r: &mut RawCall, st: u8, (seq, ts): (Option<u32>, u64)) {
+    if st >= stage::COUNT as u8 {
+        return;
     }
-    read_u32(mm + offsets().mm_seq as u64)
+    if r.present >> st != 0 {
+        send(r);
+        r.present = 0;
+        r.seq_ok = 0;
+    }
+    let i = st as usize;
+    if let (Some(t), Some(c), Some(v)) = (r.ts.get_mut(i), r.cpu.get_mut(i), r.seq.get_mut(i)) {
+        *t = ts;
+        // SAFETY: helper with no preconditions.
+        *c = unsafe { bpf_get_smp_processor_id() };
+        *v = seq.unwrap_or(0);
+    }
+    r.present |= 1 << st;
+    if seq.is_some() {
+        r.seq_ok |= 1 << st;
+    } else if let Some(p) = probe_of(r.func, st) {
+        diag(diag::UNREADABLE_SEQ, p, r.tid, r.mm);
+    }
+}
+
+/// Starts a record of `func` for `task` about `mm` in `r`, holding no stage yet.
+#[inline(always)]
+fn start_call(r: &mut RawCall, task: &Task, func: u8, mm: u64) {
+    r.pid = task.pid;
+    r.tid = task.tid;
+    r.comm = task.comm;
+    r.func = func;
+    r.mm = mm;
+    r.present = 0;
+    r.seq_ok = 0;
+}
+
+/// The slot of `task` for calls of `func`, made at its first call. A call still open there
+/// never returned as far as the probes saw (a return probe out of instances, a run the
+/// kernel skipped): its events happened, so they are sent before the slot is reused. `None`
+/// when the map is full.
+#[inline(always)]
+fn slot(task: &Task, func: u8) -> Option<&'static mut RawCall> {
+    let map = calls(func);
+    let p = match map.get_ptr_mut(task.tid) {
+        Some(p) => p,
+        None => {
+            // A racing insert of the same tid cannot happen (only this thread makes its slot).
+            let _ = map.insert(task.tid, &RawCall::EMPTY, BPF_NOEXIST);
+            map.get_ptr_mut(task.tid)?
+        }
+    };
+    // SAFETY: the map value of this thread, which only this thread writes while it lives.
+    let r = unsafe { &mut *p };
+    send(r);
+    Some(r)
+}
+
+/// The open call of `func` of the current thread, if there is one.
+#[inline(always)]
+fn open_call(func: u8, tid: u32) -> Option<&'static mut RawCall> {
+    let p = calls(func).get_ptr_mut(tid)?;
+    // SAFETY: as in `slot`.
+    let r = unsafe { &mut *p };
+    (r.present != 0).then_some(r)
+}
+
+/// A record that could not have a slot (a full map): it goes out on its own, event by event.
+#[inline(always)]
+fn send_alone(task: &Task, func: u8, mm: u64, st: u8, read: (Option<u32>, u64), ret: u64) {
+    let mut r = RawCall::EMPTY;
+    start_call(&mut r, task, func, mm);
+    r.ret = ret;
+    put_stage(&mut r, st, read);
+    send(&r);
 }
 
 /// Entry of a page-table copy function: `vma` is its `src_vma` argument. Shared by the kprobe
 /// and fentry programs.
 #[inline(always)]
-pub(crate) fn copy_enter_vma(vma: u64, probe: Probe, stash: &HashMap<u32, u64>) {
+pub(crate) fn copy_enter_vma(vma: u64, func: u8) {
     let Some(task) = current_if_wanted() else {
         return;
     };
-    let off = offsets();
-    let mm = read_u64(vma + off.vma_mm as u64).unwrap_or(0);
-    let start = read_u64(vma + off.vma_start as u64).unwrap_or(0);
-    let end = read_u64(vma + off.vma_end as u64).unwrap_or(0);
-    let vm_flags = read_u64(vma + off.vma_flags as u64).unwrap_or(0);
-    let anon_vma = match read_u64(vma + off.vma_anon_vma as u64) {
+    let mm = read_u64(vma + u64::from(ro!(OFFSETS.vma_mm))).unwrap_or(0);
+    let start = read_u64(vma + u64::from(ro!(OFFSETS.vma_start))).unwrap_or(0);
+    let end = read_u64(vma + u64::from(ro!(OFFSETS.vma_end))).unwrap_or(0);
+    let flags = read_u64(vma + u64::from(ro!(OFFSETS.vma_flags))).unwrap_or(0) as u32;
+    let anon = match read_u64(vma + u64::from(ro!(OFFSETS.vma_anon_vma))) {
         Some(0) => anon::NO,
         Some(_) => anon::YES,
         None => anon::UNREADABLE,
     };
-    // A full map only loses the exit's mm; the exit then reports mm 0 and no seq.
-    if stash.insert(&task.tid, &mm, 0).is_err() {
-        diag(diag::PAIRING_FULL, probe, task.tid, mm);
+    let read = seq_now(mm);
+    let mut alone = RawCall::EMPTY;
+    let r = match slot(&task, func) {
+        Some(r) => r,
+        None => {
+            diag(
+                diag::PAIRING_FULL,
+                probe_of(func, stage::ENTER).unwrap_or(Probe::CprEnter),
+                task.tid,
+                mm,
+            );
+            &mut alone
+        }
+    };
+    start_call(r, &task, func, mm);
+    r.a = start;
+    r.b = end;
+    r.flags = flags;
+    r.anon = anon;
+    put_stage(r, stage::ENTER, read);
+    if alone.present != 0 {
+        send(&alone);
     }
-    emit(
-        &task,
-        probe,
-        mm,
-        seq_now(mm),
-        start,
-        end,
-        vm_flags as u32,
-        anon_vma,
-    );
 }
 
 #[inline(always)]
-fn copy_enter(ctx: &ProbeContext, vma_arg: u32, probe: Probe, stash: &HashMap<u32, u64>) {
-    ran(probe as u32);
+fn copy_enter(ctx: &ProbeContext, vma_arg: u32, func: u8) {
     let Some(vma) = arg_at(ctx, vma_arg) else {
         return;
     };
-    copy_enter_vma(vma, probe, stash);
+    copy_enter_vma(vma, func);
 }
 
-/// Return of a page-table copy function. Shared by the kretprobe and fexit programs.
+/// The return of a call of `func`: closes the thread's open call and sends it, or sends the
+/// return on its own (about `current->mm` for GUP-fast; a copy's mm is unknown without its
+/// entry). Shared by the kretprobe and fexit programs.
 #[inline(always)]
-pub(crate) fn copy_exit_ret(ret: i64, probe: Probe, stash: &HashMap<u32, u64>) {
+pub(crate) fn call_exit(func: u8, ret: i64) {
+    if let Some(r) = open_call(func, tid_now()) {
+        put_stage(r, stage::EXIT, seq_now(r.mm));
+        r.ret = ret as u64;
+        send(r);
+        r.present = 0;
+        return;
+    }
     let Some(task) = current_if_wanted() else {
         return;
     };
-    // SAFETY: the value is copied out before the entry is removed.
-    let mm = unsafe { stash.get(&task.tid) }.copied().unwrap_or(0);
-    let _ = stash.remove(&task.tid);
-    emit(&task, probe, mm, seq_now(mm), ret as u64, 0, 0, 0);
-}
-
-#[inline(always)]
-fn copy_exit(ctx: &RetProbeContext, probe: Probe, stash: &HashMap<u32, u64>) {
-    ran(probe as u32);
-    let ret: i64 = ctx.ret();
-    copy_exit_ret(ret, probe, stash);
+    let mm = if func == call::GUP { current_mm() } else { 0 };
+    send_alone(&task, func, mm, stage::EXIT, seq_now(mm), ret as u64);
 }
 
 #[kprobe]
 pub fn cpr_enter(ctx: ProbeContext) -> u32 {
-    copy_enter(&ctx, offsets().cpr_vma_arg, Probe::CprEnter, &CPR_MM);
+    ran(Probe::CprEnter as u32);
+    copy_enter(&ctx, ro!(OFFSETS.cpr_vma_arg), call::CPR);
     0
 }
 
 #[kretprobe]
 pub fn cpr_exit(ctx: RetProbeContext) -> u32 {
-    copy_exit(&ctx, Probe::CprExit, &CPR_MM);
+    ran(Probe::CprExit as u32);
+    call_exit(call::CPR, ctx.ret());
     0
 }
 
 #[kprobe]
 pub fn hugetlb_enter(ctx: ProbeContext) -> u32 {
-    copy_enter(
-        &ctx,
-        offsets().hugetlb_vma_arg,
-        Probe::HugetlbEnter,
-        &HUGETLB_MM,
-    );
+    ran(Probe::HugetlbEnter as u32);
+    copy_enter(&ctx, ro!(OFFSETS.hugetlb_vma_arg), call::HUGETLB);
     0
 }
 
 #[kretprobe]
 pub fn hugetlb_exit(ctx: RetProbeContext) -> u32 {
-    copy_exit(&ctx, Probe::HugetlbExit, &HUGETLB_MM);
+    ran(Probe::HugetlbExit as u32);
+    call_exit(call::HUGETLB, ctx.ret());
     0
 }
 
@@ -406,32 +558,28 @@ pub(crate) fn gup_enter_args(start: u64, second: u64, flags: u64) {
     let Some(task) = current_if_wanted() else {
         return;
     };
-    let nr_pages = if offsets().gup_arg_is_end != 0 {
+    let mm = current_mm();
+    let read = seq_now(mm);
+    let mut alone = RawCall::EMPTY;
+    let r = match slot(&task, call::GUP) {
+        Some(r) => r,
+        None => {
+            diag(diag::PAIRING_FULL, Probe::GupEnter, task.tid, mm);
+            &mut alone
+        }
+    };
+    start_call(r, &task, call::GUP, mm);
+    r.a = start;
+    r.b = if ro!(OFFSETS.gup_arg_is_end) != 0 {
         second.saturating_sub(start) >> 12
     } else {
         second
     };
-    let mm = current_mm();
-    emit(
-        &task,
-        Probe::GupEnter,
-        mm,
-        seq_now(mm),
-        start,
-        nr_pages,
-        flags as u32,
-        0,
-    );
-}
-
-/// Return of the GUP-fast function. Shared by the kretprobe and fexit programs.
-#[inline(always)]
-pub(crate) fn gup_exit_ret(ret: i64) {
-    let Some(task) = current_if_wanted() else {
-        return;
-    };
-    let mm = current_mm();
-    emit(&task, Probe::GupExit, mm, seq_now(mm), ret as u64, 0, 0, 0);
+    r.flags = flags as u32;
+    put_stage(r, stage::ENTER, read);
+    if alone.present != 0 {
+        send(&alone);
+    }
 }
 
 #[kprobe]
@@ -447,8 +595,23 @@ pub fn gup_enter(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn gup_exit(ctx: RetProbeContext) -> u32 {
     ran(Probe::GupExit as u32);
-    let ret: i64 = ctx.ret();
-    gup_exit_ret(ret);
+    call_exit(call::GUP, ctx.ret());
+    0
+}
+
+/// A thread is exiting: its call slots go (their calls, if any are open, never returned as
+/// far as the probes saw; their events are sent first). Not a probe of the protocol: it only
+/// keeps the maps from filling with the slots of threads that are gone.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn task_exit(_ctx: RawTracePointContext) -> i32 {
+    let tid = tid_now();
+    for map in [&CPR_CALLS, &HUGETLB_CALLS, &GUP_CALLS] {
+        if let Some(p) = map.get_ptr(tid) {
+            // SAFETY: the slot of the exiting thread, which no one else writes.
+            send(unsafe { &*p });
+            let _ = map.remove(tid);
+        }
+    }
     0
 }
 
@@ -458,14 +621,36 @@ pub fn gup_exit(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 pub(crate) fn mm_free_addr(mm: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let task = Task {
+    let mut tries = 0;
+    let mut entry = loop {
+        if let Some(e) = EVENTS.reserve::<RawEvent>(0) {
+            break e;
+        }
+        tries += 1;
+        if tries == 8 {
+            lost(Probe::MmFree);
+            diag(diag::RESERVE_FAILED, Probe::MmFree, pid_tgid as u32, mm);
+            return;
+        }
+    };
+    entry.write(RawEvent {
+        ts: now(),
+        mm,
+        a: 0,
+        b: 0,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
-    // SAFETY: helper with no preconditions.
-    let ts = unsafe { bpf_ktime_get_ns() };
-    emit(&task, Probe::MmFree, mm, (None, ts), 0, 0, 0, 0);
+        // SAFETY: helper with no preconditions.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        seq: 0,
+        flags: 0,
+        probe: Probe::MmFree as u8,
+        seq_ok: 0,
+        anon: 0,
+        _pad: 0,
+        comm: [0; 16],
+    });
+    entry.submit(wakeup_flags());
 }
 
 /// `__mmdrop(mm)`.
@@ -505,41 +690,51 @@ fn arg_at(ctx: &ProbeContext, n: u32) -> Option<u64> {
 }
 
 #[inline(always)]
-fn site(ctx: &ProbeContext, slot: u32) {
-    ran(FIRST_SITE + slot);
-    let Some(cfg) = SITES.get(slot) else {
+fn site(ctx: &ProbeContext, slot: usize) {
+    ran(FIRST_SITE + slot as u32);
+    let Some(cfg) = SITE_CFG.get(slot) else {
         return;
     };
-    let Some(probe) = Probe::from_u8(cfg.probe) else {
-        return;
-    };
-    let Some(task) = current_if_wanted() else {
-        return;
-    };
-    let off = offsets();
-    let (mm, read) = match cfg.mode {
+    let (func, st, mode, base) = (ro!(cfg.func), ro!(cfg.stage), ro!(cfg.mode), ro!(cfg.base));
+    let open = open_call(func, tid_now());
+    let open_mm = open.as_ref().map(|r| r.mm);
+    let (mm, read) = match mode {
         site_mode::MEMORY => {
             // `Reg` discriminants are pt_regs slots in order, 8 bytes each.
-            let Some(base) = regs_at(ctx, u64::from(cfg.base) * 8) else {
+            let Some(b) = regs_at(ctx, u64::from(base) * 8) else {
                 return;
             };
-            let addr = base.wrapping_add(cfg.disp as i64 as u64);
-            (addr.wrapping_sub(off.mm_seq as u64), read_now(addr))
+            let addr = b.wrapping_add(ro!(cfg.disp) as i64 as u64);
+            (
+                addr.wrapping_sub(u64::from(ro!(OFFSETS.mm_seq))),
+                read_now(addr),
+            )
         }
         site_mode::LOADED => {
-            let Some(v) = regs_at(ctx, u64::from(cfg.base) * 8) else {
+            let Some(v) = regs_at(ctx, u64::from(base) * 8) else {
                 return;
             };
-            // SAFETY: helper with no preconditions.
-            let ts = unsafe { bpf_ktime_get_ns() };
-            (current_mm(), (Some(v as u32), ts))
+            let ts = now();
+            // The mm of an open call is `current->mm`, read at its entry: a task's mm does not
+            // change inside a call.
+            (open_mm.unwrap_or_else(current_mm), (Some(v as u32), ts))
         }
         _ => {
-            let mm = current_mm();
+            let mm = open_mm.unwrap_or_else(current_mm);
             (mm, seq_now(mm))
         }
     };
-    emit(&task, probe, mm, read, 0, 0, 0, 0);
+    if let Some(r) = open
+        && r.mm == mm
+    {
+        put_stage(r, st, read);
+        return;
+    }
+    // No open call of this thread about this mm: the event goes on its own.
+    let Some(task) = current_if_wanted() else {
+        return;
+    };
+    send_alone(&task, func, mm, st, read, 0);
 }
 
 macro_rules! site_slots {

@@ -72,6 +72,11 @@ impl Sink for Progress {
         self.log.put(rec).await
     }
 
+    async fn put_event(&mut self, e: &crate::events::Event) -> Result<()> {
+        self.events += 1;
+        self.log.put_event(e).await
+    }
+
     async fn batch_done(&mut self) -> Result<()> {
         self.log.batch_done().await?;
         if self.last.elapsed().as_secs() >= 5 {

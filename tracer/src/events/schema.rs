@@ -97,6 +97,26 @@ impl Kind {
         })
     }
 
+    /// Whether the recorder's ring-buffer record is written when this event happens: a call's
+    /// return (the whole call travels in one record, written at its return) and the
+    /// tracepoint mode's events. A call's earlier events reach the log only with its return,
+    /// so only these say how far delivery order and timestamp order disagree.
+    pub const fn written_at_its_time(self) -> bool {
+        match self {
+            Kind::CprExit | Kind::HugetlbExit | Kind::GupExit | Kind::Fork | Kind::PinSyscall => {
+                true
+            }
+            Kind::CprEnter
+            | Kind::HugetlbEnter
+            | Kind::GupEnter
+            | Kind::WriteBegin
+            | Kind::WriteEnd
+            | Kind::ReadBegin
+            | Kind::ReadRetry
+            | Kind::RetryFail => false,
+        }
+    }
+
     /// The instruction site that reports this kind, for the kinds sites report.
     pub const fn site(self) -> Option<SiteKind> {
         Some(match self {

@@ -14,14 +14,14 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, KProbe, RawTracePoint},
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tracer_common::{
-    FIRST_SITE, Filter, PROBE_COUNT, PROGRAM_SLOTS, Probe, RawEvent, RawTail, RawWide, Reg,
-    SITE_SLOTS, SiteConfig, TpConfig, site_mode,
+    FIRST_SITE, Filter, PROBE_COUNT, PROGRAM_SLOTS, Probe, RawCall, RawEvent, RawWide, Reg,
+    SITE_SLOTS, SiteConfig, TpConfig, site_mode, site_stage,
 };
 
 use crate::{
@@ -97,6 +97,9 @@ pub struct SiteProbe {
     pub symbol: String,
     pub offset: u64,
     pub read: SiteRead,
+    /// The call (`tracer_common::call`) whose record the site's event joins: the function it
+    /// is in.
+    pub func: u8,
 }
 
 /// How a site probe gets the seqcount value (see `tracer_common::site_mode`).
@@ -225,8 +228,9 @@ pub struct Options {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub ring_size: u32,
-    /// Test hook: make `copy_page_range`'s pairing map full from the start, so that the eBPF
-    /// side's "pairing map full" diagnostic (and null seqs on the exits) can be provoked.
+    /// Test hook: make `copy_page_range`'s call map full from the start, so that the eBPF
+    /// side's "pairing map full" diagnostic (copies reported event by event, null seqs on
+    /// their exits) can be provoked.
     pub fill_pairing_map: bool,
     /// Instances of each return probe (tracefs-attached ones).
     pub maxactive: u32,
@@ -284,6 +288,9 @@ pub struct Session {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     runs: PerCpuArray<MapData, u64>,
+    /// The calls in flight (`CPR_CALLS`, `HUGETLB_CALLS`, `GUP_CALLS`): read when tracing
+    /// stops, for the calls it interrupted.
+    calls: Vec<BpfHashMap<MapData, u32, RawCall>>,
     /// Why kprobe misses and skipped runs cannot be counted, when they cannot.
     pub uncounted: Option<String>,
     /// Kprobe groups of dead tracers removed at start.
@@ -384,33 +391,53 @@ impl Session {
             .tracepoints
             .as_ref()
             .map_or_else(TpConfig::default, |t| t.config);
+        let mut site_cfg = [SiteConfig::default(); SITE_SLOTS];
+        for (cfg, s) in site_cfg.iter_mut().zip(&plan.sites) {
+            let (base, disp, mode) = match s.read {
+                SiteRead::Memory(r, d) => (r as u8, d, site_mode::MEMORY),
+                SiteRead::Loaded(r) => (r as u8, 0, site_mode::LOADED),
+                SiteRead::Marker => (0, 0, site_mode::MARKER),
+            };
+            *cfg = SiteConfig {
+                probe: s.probe as u8,
+                base,
+                mode,
+                func: s.func,
+                stage: site_stage(s.probe).unwrap_or(0),
+                _pad: [0; 3],
+                disp,
+            };
+        }
         let mut loader = EbpfLoader::new();
         loader
+            .override_global("SITE_CFG", &site_cfg, true)
             .override_global("OFFSETS", &offsets, true)
             .override_global("TP_CONFIG", &tp_config, true)
             .override_global("FILTER", &f, true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .map_max_entries("EVENTS", size);
         if opts.fill_pairing_map {
-            loader.map_max_entries("CPR_MM", 1);
+            loader.map_max_entries("CPR_CALLS", 1);
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         if opts.fill_pairing_map {
             let map = ebpf
-                .map_mut("CPR_MM")
-                .ok_or(ProbeError::Missing("CPR_MM"))?;
-            let mut m: aya::maps::HashMap<&mut MapData, u32, u64> =
-                aya::maps::HashMap::try_from(map).map_err(|source| ProbeError::Map {
-                    name: "CPR_MM",
+                .map_mut("CPR_CALLS")
+                .ok_or(ProbeError::Missing("CPR_CALLS"))?;
+            let mut m: BpfHashMap<&mut MapData, u32, RawCall> =
+                BpfHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                    name: "CPR_CALLS",
                     source: Box::new(source),
                 })?;
-            // No task has tid u32::MAX (PID_MAX_LIMIT is 2^22): the one slot stays taken.
-            m.insert(u32::MAX, 0, 0).map_err(|source| ProbeError::Map {
-                name: "CPR_MM",
-                source: Box::new(source),
-            })?;
+            // No task has tid u32::MAX (PID_MAX_LIMIT is 2^22): the one slot stays taken. The
+            // record holds no stage, so reading the open calls at the end skips it.
+            m.insert(u32::MAX, RawCall::EMPTY, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "CPR_CALLS",
+                    source: Box::new(source),
+                })?;
         }
         // Before any program runs, so no diagnostic is missed. Without the map (an object
         // built without aya-log) tracing goes on; say so.
@@ -421,36 +448,6 @@ impl Session {
                 None
             }
         };
-
-        // Site configuration goes in before any site program is attached.
-        {
-            let map = ebpf.map_mut("SITES").ok_or(ProbeError::Missing("SITES"))?;
-            let mut sites: Array<&mut MapData, SiteConfig> =
-                Array::try_from(map).map_err(|source| ProbeError::Map {
-                    name: "SITES",
-                    source: Box::new(source),
-                })?;
-            for (i, s) in plan.sites.iter().enumerate() {
-                let (base, disp, mode) = match s.read {
-                    SiteRead::Memory(r, d) => (r as u8, d, site_mode::MEMORY),
-                    SiteRead::Loaded(r) => (r as u8, 0, site_mode::LOADED),
-                    SiteRead::Marker => (0, 0, site_mode::MARKER),
-                };
-                let cfg = SiteConfig {
-                    probe: s.probe as u8,
-                    base,
-                    mode,
-                    _pad: 0,
-                    disp,
-                };
-                sites
-                    .set(i as u32, cfg, 0)
-                    .map_err(|source| ProbeError::Map {
-                        name: "SITES",
-                        source: Box::new(source),
-                    })?;
-            }
-        }
 
         // Ring-buffer losses are counted in every mode. Runs the kernel skipped are counted
         // by kprobe_profile for kprobes (hits minus the programs' own runs), and by the
@@ -488,6 +485,14 @@ impl Session {
             }
         }
 
+        if plan.attach != Mode::Tracepoint {
+            // Keeps the call maps free of the slots of exited threads; without it a long
+            // trace of many short-lived threads fills them, and calls are then reported event
+            // by event (exactly, at a higher cost).
+            if let Err(e) = attach_task_exit(&mut ebpf) {
+                log::warn!("{e}: the call maps keep the slots of exited threads");
+            }
+        }
         let ring = ebpf
             .take_map("EVENTS")
             .ok_or(ProbeError::Missing("EVENTS"))?;
@@ -514,6 +519,14 @@ impl Session {
             name: "RUNS",
             source: Box::new(source),
         })?;
+        let mut calls = Vec::new();
+        for name in ["CPR_CALLS", "HUGETLB_CALLS", "GUP_CALLS"] {
+            let m = ebpf.take_map(name).ok_or(ProbeError::Missing(name))?;
+            calls.push(BpfHashMap::try_from(m).map_err(|source| ProbeError::Map {
+                name,
+                source: Box::new(source),
+            })?);
+        }
         let mut s = Session {
             attachments,
             events,
@@ -523,6 +536,7 @@ impl Session {
             ring,
             lost,
             runs,
+            calls,
             uncounted,
             removed_stale,
             logger,
@@ -643,17 +657,49 @@ impl Session {
         Ok(out)
     }
 
+    /// The calls still open in the kernel: entered, their return not seen. Read after
+    /// [`Session::stop_programs`], these are the calls the end of tracing interrupted; their
+    /// events happened and go into the log like any other (each record holds what the call
+    /// did before tracing stopped). Removed as they are read, so a second call returns only
+    /// what opened since.
+    pub fn take_open_calls(&mut self) -> Result<Vec<RawCall>, ProbeError> {
+        let mut out = Vec::new();
+        for m in &mut self.calls {
+            let keys: Vec<u32> = m.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                // A key removed meanwhile (a program still finishing) is simply gone.
+                if let Ok(r) = m.get(&k, 0)
+                    && r.present != 0
+                {
+                    out.push(r);
+                }
+                let _ = m.remove(&k);
+            }
+        }
+        // In the order the calls began, as they would have been seen.
+        out.sort_by_key(|r| {
+            r.ts.iter()
+                .zip(0..)
+                .find(|(_, i)| r.present & (1 << i) != 0)
+                .map(|(t, _)| *t)
+        });
+        Ok(out)
+    }
+
     pub fn ring_fd(&self) -> i32 {
         self.ring.get_ref().as_raw_fd()
     }
 }
 
-/// One ring-buffer record: a [`RawEvent`], and for the tracepoint mode's probes the
-/// [`RawTail`] that follows it.
+/// One ring-buffer record.
 #[derive(Clone, Copy, Debug)]
-pub struct Raw {
-    pub ev: RawEvent,
-    pub tail: Option<RawTail>,
+pub enum Raw {
+    /// One event (`mm_free`).
+    Event(RawEvent),
+    /// A tracepoint-mode record: an event and its tail.
+    Wide(RawWide),
+    /// One call, with every event it produced.
+    Call(RawCall),
 }
 
 /// Records taken from the ring buffer at once. Bounded, because producers that keep up would
@@ -666,20 +712,23 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Raw>) -> usize {
     while n < MAX_BATCH
         && let Some(item) = ring.next()
     {
-        let raw = if item.len() >= std::mem::size_of::<RawWide>() {
-            // SAFETY: the eBPF side writes whole `RawWide`s (repr(C), plain data) in records
-            // this long; the length was checked and read_unaligned copes with any alignment.
-            let w = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawWide>()) };
-            Raw {
-                ev: w.ev,
-                tail: Some(w.tail),
+        // The three record types have different lengths (a const assertion in
+        // tracer-common): the length says which one the eBPF side wrote.
+        let raw = match item.len() {
+            n if n == std::mem::size_of::<RawCall>() => {
+                // SAFETY: the eBPF side writes whole `RawCall`s (repr(C), plain data) in
+                // records this long; read_unaligned copes with any alignment.
+                Raw::Call(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawCall>()) })
             }
-        } else if item.len() >= std::mem::size_of::<RawEvent>() {
-            // SAFETY: as above, for a plain `RawEvent`.
-            let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawEvent>()) };
-            Raw { ev, tail: None }
-        } else {
-            continue;
+            n if n == std::mem::size_of::<RawWide>() => {
+                // SAFETY: as above, for a `RawWide`.
+                Raw::Wide(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawWide>()) })
+            }
+            n if n == std::mem::size_of::<RawEvent>() => {
+                // SAFETY: as above, for a plain `RawEvent`.
+                Raw::Event(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawEvent>()) })
+            }
+            _ => continue,
         };
         out.push(raw);
         n += 1;
@@ -905,6 +954,24 @@ fn program_misses(ebpf: &Ebpf, name: &'static str) -> Result<Option<u64>, ProbeE
     let prog = ebpf.program(name).ok_or(ProbeError::Missing(name))?;
     let fd = prog.fd().map_err(load_err(name))?;
     Ok(prog_stats::recursion_misses(fd.as_fd())?)
+}
+
+/// `task_exit` on `sched_process_exit`: removes an exiting thread's call slots.
+fn attach_task_exit(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    const NAME: &str = "task_exit";
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(NAME)
+        .ok_or(ProbeError::Missing(NAME))?
+        .try_into()
+        .map_err(load_err(NAME))?;
+    prog.load().map_err(load_err(NAME))?;
+    prog.attach("sched_process_exit")
+        .map_err(|source| ProbeError::Attach {
+            what: NAME.to_owned(),
+            target: "raw_tp:sched_process_exit".to_owned(),
+            source: Box::new(source),
+        })?;
+    Ok(())
 }
 
 /// The tracepoint mode's raw tracepoint programs.

@@ -39,6 +39,7 @@ pub fn place(site: &Site, code: &dyn CodeSource, ks: &Kallsyms) -> (SiteProbe, O
                 symbol: site.symbol.clone(),
                 offset: site.offset,
                 read,
+                func: site.call(),
             },
             why,
         )
@@ -86,6 +87,7 @@ pub fn place(site: &Site, code: &dyn CodeSource, ks: &Kallsyms) -> (SiteProbe, O
             symbol: site.symbol.clone(),
             offset: next - sym.addr,
             read: SiteRead::Loaded(dest),
+            func: site.call(),
         },
         None,
     )

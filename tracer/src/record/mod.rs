@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    events::{Record, log as logfile, text::EventText},
+    events::{Event, Record, log as logfile, text::EventText},
     probes::AttachPlan,
     session::{self, Cancel, Sink, TraceArgs, pump},
 };
@@ -73,6 +73,11 @@ impl Sink for LogWriter {
         Ok(())
     }
 
+    async fn put_event(&mut self, e: &Event) -> Result<()> {
+        self.w.write_event(e)?;
+        Ok(())
+    }
+
     async fn batch_done(&mut self) -> Result<()> {
         // One write per ring-buffer batch, not per line.
         self.w.flush_buffer()?;
@@ -118,17 +123,23 @@ impl<W: Write> Sink for TextSink<W> {
                     h.kernel
                 );
             }
-            Record::Event(e) => {
-                let first = *self.first_ts.get_or_insert(e.ts);
-                let t = EventText::new(&e, first, self.foll.as_ref());
-                self.buf.push_str(&t.plain());
-                self.buf.push('\n');
-            }
+            Record::Event(e) => return self.put_event(&e).await,
             Record::Lost { probe, count } => {
                 let _ = writeln!(self.buf, "LOST {count} {probe} events (ring buffer full)");
             }
             Record::Summary(_) | Record::Unknown(_) => {}
         }
+        if self.buf.len() > 1 << 16 {
+            self.batch_done().await?;
+        }
+        Ok(())
+    }
+
+    async fn put_event(&mut self, e: &Event) -> Result<()> {
+        let first = *self.first_ts.get_or_insert(e.ts);
+        let t = EventText::new(e, first, self.foll.as_ref());
+        self.buf.push_str(&t.plain());
+        self.buf.push('\n');
         if self.buf.len() > 1 << 16 {
             self.batch_done().await?;
         }

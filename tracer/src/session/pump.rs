@@ -12,7 +12,7 @@ use tracer_common::{PROBE_COUNT, Probe};
 use super::{Cancel, TraceArgs, header};
 use crate::{
     events::{
-        Body, CopyFn, Record, Summary,
+        Body, CopyFn, Event, Record, Summary,
         decode::{Decoded, Decoder},
     },
     probes::{AttachPlan, Losses, Options, Raw, Session},
@@ -29,6 +29,11 @@ pub const TEST_FULL_PAIRING_MAP: &str = "TRACER_TEST_FULL_PAIRING_MAP";
 #[allow(async_fn_in_trait)]
 pub trait Sink {
     async fn put(&mut self, rec: Record) -> Result<()>;
+    /// One event. Sinks that only write it out take it by reference, so the decoder's
+    /// buffers are reused from record to record; the default hands over a copy.
+    async fn put_event(&mut self, e: &Event) -> Result<()> {
+        self.put(Record::Event(e.clone())).await
+    }
     /// Called after each ring-buffer batch.
     async fn batch_done(&mut self) -> Result<()> {
         Ok(())
@@ -88,30 +93,30 @@ async fn take<S: Sink>(
     raw: &Raw,
     sink: &mut S,
 ) -> Result<()> {
-    if !window.holds(raw.ev.ts) {
-        counts.outside += 1;
-        return Ok(());
-    }
-    let decoded = match &raw.tail {
-        Some(tail) => decoder.decode_wide(&raw.ev, tail),
-        None => decoder.decode(&raw.ev),
-    };
-    match decoded {
-        Decoded::Event(e) => {
-            counts.events += 1;
-            if matches!(
-                e.body,
-                Body::CopyEnter {
-                    func: CopyFn::Hugetlb,
-                    ..
-                } | Body::CopyExit {
-                    func: CopyFn::Hugetlb,
-                    ..
+    match decoder.feed(raw) {
+        Decoded::Events => {
+            for e in decoder.events() {
+                // Each event of a call record by its own time: a call that straddles the
+                // window keeps only the stages traced with every probe attached.
+                if !window.holds(e.ts) {
+                    counts.outside += 1;
+                    continue;
                 }
-            ) {
-                counts.hugetlb += 1;
+                counts.events += 1;
+                if matches!(
+                    e.body,
+                    Body::CopyEnter {
+                        func: CopyFn::Hugetlb,
+                        ..
+                    } | Body::CopyExit {
+                        func: CopyFn::Hugetlb,
+                        ..
+                    }
+                ) {
+                    counts.hugetlb += 1;
+                }
+                sink.put_event(e).await?;
             }
-            sink.put(Record::Event(e)).await?;
         }
         Decoded::MmFreed => counts.mm_freed += 1,
         Decoded::Invalid(_) => counts.invalid += 1,
@@ -274,6 +279,11 @@ pub async fn pump<S: Sink>(
         for raw in batch.drain(..) {
             take(&mut decoder, &mut counts, window, &raw, sink).await?;
         }
+    }
+    // Calls the end of tracing interrupted (entered, their return never seen) are still in
+    // the kernel's call maps; what they did so far happened, and goes into the log.
+    for call in session.take_open_calls()? {
+        take(&mut decoder, &mut counts, window, &Raw::Call(call), sink).await?;
     }
     let losses = report_lost(&session, &mut lost_seen, sink).await?;
     session.flush_logs();

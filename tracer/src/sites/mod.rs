@@ -165,18 +165,36 @@ pub struct Site {
 }
 
 impl Site {
-    /// The eBPF slot configuration for this site.
+    /// The eBPF slot configuration for this site, probed on the instruction itself.
     pub fn config(&self) -> SiteConfig {
+        let probe = self.kind.probe();
         SiteConfig {
-            probe: self.kind.probe() as u8,
+            probe: probe as u8,
             base: self.base.map_or(0, |r| r as u8),
             mode: if self.base.is_some() {
                 tracer_common::site_mode::MEMORY
             } else {
                 tracer_common::site_mode::MARKER
             },
-            _pad: 0,
+            func: self.call(),
+            stage: tracer_common::site_stage(probe).unwrap_or(0),
+            _pad: [0; 3],
             disp: self.disp,
+        }
+    }
+
+    /// The call (`tracer_common::call`) whose record this site's event joins: the function
+    /// it is in.
+    pub fn call(&self) -> u8 {
+        use tracer_common::call;
+        match self.kind {
+            SiteKind::ReadBegin | SiteKind::ReadRetry | SiteKind::RetryFail => call::GUP,
+            SiteKind::WriteBegin | SiteKind::WriteEnd
+                if self.symbol.starts_with("copy_hugetlb_page_range") =>
+            {
+                call::HUGETLB
+            }
+            SiteKind::WriteBegin | SiteKind::WriteEnd => call::CPR,
         }
     }
 }

@@ -189,8 +189,9 @@ pub struct Stats {
     /// Events that arrived older than an event already replayed (beyond the reorder window);
     /// they are not replayed.
     pub out_of_window: u64,
-    /// The largest amount by which an event's ts was older than an event delivered before it.
-    /// A single ring buffer delivers nearly in ts order; milliseconds here mean the CPUs'
+    /// The largest amount by which an event's ts was older than an event delivered before it,
+    /// among the events written to the ring buffer at their own time
+    /// ([`Kind::written_at_its_time`]). A single ring buffer delivers those nearly in ts order; milliseconds here mean the CPUs'
     /// clocks disagree (seen under QEMU's TCG), and ts order is then not real order.
     pub max_ts_inversion_ns: u64,
     /// Findings not reported as violations because events lost (`lost` lines) can explain
@@ -945,11 +946,13 @@ impl Validator {
 
     fn push_ev(&mut self, ev: Ev) {
         self.events += 1;
-        match self.max_ts {
-            Some(m) if m > ev.ts => {
-                self.stats.max_ts_inversion_ns = self.stats.max_ts_inversion_ns.max(m - ev.ts);
+        if ev.kind.written_at_its_time() {
+            match self.max_ts {
+                Some(m) if m > ev.ts => {
+                    self.stats.max_ts_inversion_ns = self.stats.max_ts_inversion_ns.max(m - ev.ts);
+                }
+                _ => self.max_ts = Some(ev.ts),
             }
-            _ => self.max_ts = Some(ev.ts),
         }
         if self.released_ts.is_some_and(|r| ev.ts < r) {
             self.stats.out_of_window += 1;
