@@ -540,3 +540,53 @@ fn the_dry_run_plan_lists_what_the_recording_attached() {
         );
     }
 }
+
+/// A call running when tracing stops is logged with what it did so far: the recorder reads
+/// the calls the kernel still holds open once the programs are stopped. The guest traces a
+/// stress that outlives the trace with the return probes left out (the test hook
+/// `TRACER_TEST_NO_RETURN_PROBES`), so each of its threads' last call is still open then.
+#[test]
+#[ignore = "needs the kernel fixtures that `cargo xtask test` makes by booting Debian kernels"]
+fn calls_open_when_tracing_stops_reach_the_log() {
+    for k in kernels::all() {
+        assert_eq!(
+            k.rc("open_end"),
+            0,
+            "{}: {}",
+            k.release,
+            k.read("open_end.err")
+        );
+        let log = load(&k, "open_end.jsonl");
+        let Some(Record::Header(h)) = log.records.first() else {
+            panic!("{}: no header", k.release)
+        };
+        let returns: Vec<&str> = h
+            .probes
+            .iter()
+            .map(|p| p.name.as_str())
+            .filter(|n| n.ends_with("_exit"))
+            .collect();
+        assert!(
+            returns.is_empty(),
+            "{}: return probes {returns:?}",
+            k.release
+        );
+        let Some(Record::Summary(s)) = log.records.last() else {
+            panic!("{}: no summary", k.release)
+        };
+        let open = s
+            .extra
+            .get("open_at_end")
+            .and_then(|v| v.as_u64())
+            .unwrap_or_else(|| panic!("{}: summary without open_at_end", k.release));
+        let evs: Vec<&Event> = events(&log).collect();
+        assert_eq!(s.events, evs.len() as u64, "{}", k.release);
+        // Two forking threads and the pinning threads were inside or past a call each.
+        assert!(open >= 2, "{}: {open} calls open at the end", k.release);
+        eprintln!(
+            "{}: {open} calls open when tracing stopped, logged last ({} events)",
+            k.release,
+            evs.len()
+        );
+    }
+}

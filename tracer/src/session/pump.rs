@@ -15,6 +15,7 @@ use crate::{
         Body, CopyFn, Event, Record, Summary,
         decode::{Decoded, Decoder},
     },
+    kernel::target::Hook,
     probes::{AttachPlan, Losses, Options, Raw, Session},
 };
 
@@ -23,6 +24,13 @@ use crate::{
 /// exits then carry null seqs). The VM tests use it to see a BPF diagnostic reach stderr and
 /// the TUI; an environment variable, so that no command line grows a test-only option.
 pub const TEST_FULL_PAIRING_MAP: &str = "TRACER_TEST_FULL_PAIRING_MAP";
+
+/// Test hook: with this variable set, the return probes are left out of the plan (and so of
+/// the header's `probes`), so every thread's last call is still open in the kernel when
+/// tracing stops. The VM tests use it to see the calls the end of tracing interrupted reach
+/// the log (`open_at_end`), which otherwise happens only when a call is running at that
+/// instant.
+pub const TEST_NO_RETURN_PROBES: &str = "TRACER_TEST_NO_RETURN_PROBES";
 
 /// Where decoded output goes. `put` may wait (backpressure): the ring buffer then fills and
 /// the kernel counts the losses, which reach the sink as `lost` records.
@@ -158,6 +166,15 @@ pub async fn pump<S: Sink>(
     sink: &mut S,
     cancel: &Cancel,
 ) -> Result<PumpStats> {
+    let without_returns;
+    let plan = if std::env::var_os(TEST_NO_RETURN_PROBES).is_some() {
+        let mut p = plan.clone();
+        p.function.probes.retain(|p| p.hook != Hook::Return);
+        without_returns = p;
+        &without_returns
+    } else {
+        plan
+    };
     let opts = Options {
         pid: args.pid,
         comm: args.comm.clone(),
@@ -282,7 +299,9 @@ pub async fn pump<S: Sink>(
     }
     // Calls the end of tracing interrupted (entered, their return never seen) are still in
     // the kernel's call maps; what they did so far happened, and goes into the log.
-    for call in session.take_open_calls()? {
+    let open = session.take_open_calls()?;
+    let open_at_end = open.len();
+    for call in open {
         take(&mut decoder, &mut counts, window, &Raw::Call(call), sink).await?;
     }
     let losses = report_lost(&session, &mut lost_seen, sink).await?;
@@ -312,6 +331,7 @@ pub async fn pump<S: Sink>(
         "outside_window".to_owned(),
         serde_json::json!(counts.outside),
     );
+    extra.insert("open_at_end".to_owned(), serde_json::json!(open_at_end));
     if let Some(s) = &command_status {
         extra.insert("command_status".to_owned(), serde_json::json!(s));
     }
