@@ -542,7 +542,9 @@ fn the_dry_run_plan_lists_what_the_recording_attached() {
 }
 
 /// A call running when tracing stops is logged with what it did so far: the recorder reads
-/// the calls the kernel still holds open once the programs are stopped. The guest traces a
+/// the calls the kernel still holds open once the programs are stopped. And a trace of a
+/// system already busy when it starts and still busy when it stops counts no loss that did
+/// not happen. The guest traces a
 /// stress that outlives the trace with the return probes left out (the test hook
 /// `TRACER_TEST_NO_RETURN_PROBES`), so each of its threads' last call is still open then.
 #[test]
@@ -583,6 +585,14 @@ fn calls_open_when_tracing_stops_reach_the_log() {
         assert_eq!(s.events, evs.len() as u64, "{}", k.release);
         // Two forking threads and the pinning threads were inside or past a call each.
         assert!(open >= 2, "{}: {open} calls open at the end", k.release);
+        // The stress ran while the probes were attached and detached: hits the kernel counted
+        // then, with no program attached yet or any more, are not runs the trace skipped.
+        let skipped = s
+            .extra
+            .get("lost_by_cause")
+            .and_then(|c| c.get("runs_skipped"))
+            .and_then(|v| v.as_u64());
+        assert_eq!(skipped, Some(0), "{}: {:?}", k.release, s.extra);
         eprintln!(
             "{}: {open} calls open when tracing stopped, logged last ({} events)",
             k.release,

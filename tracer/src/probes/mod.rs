@@ -275,6 +275,9 @@ impl Losses {
     }
 }
 
+/// Hits and misses of each kprobe event, by event name (tracefs `kprobe_profile`).
+type Profile = std::collections::BTreeMap<String, (u64, u64)>;
+
 /// Loaded and attached programs; dropping it detaches everything (and removes its kprobes).
 pub struct Session {
     // Detach before the programs and maps go: the attachments are dropped first.
@@ -282,6 +285,10 @@ pub struct Session {
     events: Option<kprobe_events::KprobeEvents>,
     /// Hits and runs when everything was attached: what happened before is not a loss.
     baseline: Vec<(u64, u64, u64)>,
+    /// Hits and runs when tracing stopped ([`Session::stop_programs`]): the kernel frees a
+    /// kprobe's program before it disarms the kprobe, so hits that land in between are not
+    /// runs the trace skipped.
+    at_stop: Option<(Profile, [u64; PROGRAM_SLOTS])>,
     /// Programs that count their own skipped runs (raw tracepoints, fentry/fexit).
     self_counted: Vec<SelfCounted>,
     ebpf: Ebpf,
@@ -531,6 +538,7 @@ impl Session {
             attachments,
             events,
             baseline: Vec::new(),
+            at_stop: None,
             self_counted,
             ebpf,
             ring,
@@ -579,7 +587,7 @@ impl Session {
         Ok(out)
     }
 
-    fn profile_now(&self) -> Result<std::collections::BTreeMap<String, (u64, u64)>, ProbeError> {
+    fn profile_now(&self) -> Result<Profile, ProbeError> {
         Ok(match &self.events {
             Some(k) => k.profile()?,
             None => Default::default(),
@@ -589,6 +597,13 @@ impl Session {
     /// Stops every tracefs-attached program from running (the kprobe events stay until drop,
     /// with their counts frozen), so that the final [`Session::losses`] is exact.
     pub fn stop_programs(&mut self) {
+        // Hits before runs, as in `losses`: a count can then be low, never high. A failed
+        // read leaves the counts to be read afterwards, as before.
+        if self.events.is_some()
+            && let (Ok(hits), Ok(runs)) = (self.profile_now(), self.runs_now())
+        {
+            self.at_stop = Some((hits, runs));
+        }
         for a in &mut self.attachments {
             if let Some(t) = &mut a.tracefs {
                 t.stop();
@@ -611,8 +626,10 @@ impl Session {
         if self.events.is_none() {
             return Ok(l);
         }
-        let hits = self.profile_now()?;
-        let runs = self.runs_now()?;
+        let (hits, runs) = match &self.at_stop {
+            Some((h, r)) => (h.clone(), *r),
+            None => (self.profile_now()?, self.runs_now()?),
+        };
         for (a, &(h0, m0, r0)) in self.attachments.iter().zip(&self.baseline) {
             let (h, m) = hits.get(&a.event).copied().unwrap_or((h0, m0));
             let r = runs.get(a.slot as usize).copied().unwrap_or(r0);
