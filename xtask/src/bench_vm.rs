@@ -582,6 +582,10 @@ pub struct Args {
     /// Events in the log the validator and jq read [default: 10000000, as issue 10 asks for the peak RSS; 200000 with --quick].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1000..=100_000_000))]
     pub events: Option<u64>,
+    /// Only the host part: `tracer validate` against `jq` (no VM boots, so it can run beside
+    /// other VM work); prints the figures and writes neither bench.json nor BENCHMARKS.md.
+    #[arg(long, conflicts_with_all = ["quick", "kernels", "rewrite"])]
+    pub validate_only: bool,
 }
 
 /// The validator against jq on the host, as in bench.json.
@@ -902,8 +906,23 @@ fn write_md(b: &Bench) -> Result<()> {
 
 /// `cargo xtask bench`.
 pub fn run(a: &Args) -> Result<()> {
-    crate::setup::setup()?;
     let dir = crate::build::workspace().join("target/bench");
+    if a.validate_only {
+        // Needs the static tracer and jq only, none of the VM setup.
+        let tracer = crate::build::static_tracer()?;
+        let r = crate::bench::bench_validate(&tracer, a.events.unwrap_or(10_000_000), &dir)?;
+        let v = validate_figures(&r);
+        println!(
+            "validator: {:.0} events/s vs jq {:.0} events/s (CPU time, {} events): {:.1}x; peak RSS {:.1} MiB",
+            v.tracer_eps,
+            v.jq_eps,
+            v.events,
+            v.tracer_eps / v.jq_eps,
+            v.tracer_peak_rss_kib / 1024.0
+        );
+        return Ok(());
+    }
+    crate::setup::setup()?;
     if a.rewrite {
         let path = dir.join("bench.json");
         let b: Bench = serde_json::from_str(&read(&path)?)

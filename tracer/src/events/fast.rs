@@ -149,6 +149,40 @@ impl<'a> Cur<'a> {
         Some(out)
     }
 
+    /// A hex string value (`"0x…"`), parsed as it is scanned, with the acceptance of
+    /// [`parse_hex`] on the string (an optional `+`, then digits of either case, no overflow).
+    /// Any other byte, an escape or a control character included, refuses it as it would
+    /// there; no UTF-8 check is needed since a non-ASCII byte is no digit.
+    fn hex(&mut self) -> Option<u64> {
+        self.lit(b"\"0x")?;
+        if self.b.get(self.i) == Some(&b'+') {
+            self.i += 1;
+        }
+        let start = self.i;
+        let mut v: u64 = 0;
+        loop {
+            let c = *self.b.get(self.i)?;
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                b'"' => break,
+                _ => return None,
+            };
+            // The next digit overflows exactly when the top four bits are in use.
+            if v >> 60 != 0 {
+                return None;
+            }
+            v = (v << 4) | u64::from(d);
+            self.i += 1;
+        }
+        if self.i == start {
+            return None;
+        }
+        self.i += 1;
+        Some(v)
+    }
+
     /// A string without escapes or control characters.
     fn string(&mut self) -> Option<&'a str> {
         // The line may not have been checked as UTF-8 yet (the canonical path works on bytes):
@@ -161,10 +195,17 @@ impl<'a> Cur<'a> {
         let start = self.i;
         let mut v: u64 = 0;
         while let Some(&c) = self.b.get(self.i) {
-            if !c.is_ascii_digit() {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
                 break;
             }
-            v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            // 19 digits cannot overflow a u64 (10^19 - 1 < 2^64), so only longer numbers pay
+            // for checked arithmetic: a timestamp has about ten digits.
+            v = if self.i - start < 19 {
+                v * 10 + u64::from(d)
+            } else {
+                v.checked_mul(10)?.checked_add(u64::from(d))?
+            };
             self.i += 1;
         }
         let n = self.i - start;
@@ -327,16 +368,16 @@ pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
     c.lit(b",\"mm\":")?;
     let mm = c.string()?;
     let mm_addr = if c.lit(b",\"mm_addr\":").is_some() {
-        Some(parse_hex(c.string()?)?)
+        Some(c.hex()?)
     } else {
         None
     };
     let body = match kind {
         Kind::CprEnter | Kind::HugetlbEnter => {
             c.lit(b",\"vma_start\":")?;
-            let vma_start = parse_hex(c.string()?)?;
+            let vma_start = c.hex()?;
             c.lit(b",\"vma_end\":")?;
-            let vma_end = parse_hex(c.string()?)?;
+            let vma_end = c.hex()?;
             c.lit(b",\"cow\":")?;
             let cow = c.boolean()?;
             let anon = if c.lit(b",\"anon\":").is_some() {
@@ -345,7 +386,7 @@ pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
                 None
             };
             let vm_flags = if c.lit(b",\"vm_flags\":").is_some() {
-                Some(parse_hex(c.string()?)?)
+                Some(c.hex()?)
             } else {
                 None
             };
@@ -372,7 +413,7 @@ pub fn parse_canonical(line: &[u8]) -> Option<FastEvent<'_>> {
         }
         Kind::GupEnter => {
             c.lit(b",\"start\":")?;
-            let start = parse_hex(c.string()?)?;
+            let start = c.hex()?;
             c.lit(b",\"nr_pages\":")?;
             let nr_pages = c.uint()?;
             c.lit(b",\"flags\":")?;
@@ -595,6 +636,155 @@ mod tests {
             })
         );
         agree(l);
+    }
+
+    /// The byte-at-a-time reading `Cur::int` replaced, as the reference.
+    fn int_reference(b: &[u8]) -> Option<((bool, u64), usize)> {
+        let mut i = 0;
+        let neg = b.first() == Some(&b'-');
+        if neg {
+            i += 1;
+        }
+        let start = i;
+        let mut v: u64 = 0;
+        while let Some(&c) = b.get(i) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            i += 1;
+        }
+        let n = i - start;
+        if n == 0 || (n > 1 && b.get(start) == Some(&b'0')) || (neg && v == 0) {
+            return None;
+        }
+        if matches!(b.get(i), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        Some(((neg, v), i))
+    }
+
+    #[test]
+    fn integers_are_read_as_one_byte_at_a_time() {
+        let mut cases: Vec<String> = [
+            "0",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "9999999999999999999",
+            "-9223372036854775808",
+            "-0",
+            "01",
+            "1.5",
+            "1e3",
+            "-",
+            "",
+            "12345678",
+            "123456789",
+            "00000000",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        // Every length up to past u64::MAX's, before each kind of byte that can follow, with
+        // enough after it for the eight-byte path or not.
+        let digits = "98765432109876543210123";
+        let mut x: u64 = 1;
+        for n in 0..=digits.len() {
+            for tail in [
+                "",
+                ",",
+                "}",
+                ",\"cpu\":1}",
+                ".5,\"x\":1}",
+                "e1",
+                ":",
+                "/",
+                "a",
+            ] {
+                for sign in ["", "-"] {
+                    cases.push(format!("{sign}{}{tail}", &digits[..n]));
+                    cases.push(format!("{sign}1{}{tail}", "0".repeat(n)));
+                    // Pseudo-random digits.
+                    let mut s = String::new();
+                    for _ in 0..n {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        s.push(char::from(b'0' + ((x >> 33) % 10) as u8));
+                    }
+                    cases.push(format!("{sign}{s}{tail}"));
+                }
+            }
+        }
+        for c in &cases {
+            let mut cur = Cur {
+                b: c.as_bytes(),
+                i: 0,
+            };
+            let got = cur.int().map(|v| (v, cur.i));
+            assert_eq!(got, int_reference(c.as_bytes()), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn hex_values_are_read_as_from_str_radix_reads_them() {
+        let mut cases: Vec<String> = [
+            "",
+            "0x",
+            "0x+",
+            "0x-",
+            "0x-1",
+            "0x+1",
+            "0x++1",
+            "1",
+            "x1",
+            "0X1",
+            "0x0",
+            "0xg",
+            "0xfFfF",
+            "0x7f0000001000",
+            "0xffffffffffffffff",
+            "0x10000000000000000",
+            "0x00000000000000000001",
+            "0x0ffffffffffffffff",
+            "0x1ffffffffffffffff",
+            "0x+ffffffffffffffff",
+            "0x 1",
+            "0x1 ",
+            "0x\u{e9}",
+            "0x\u{663}",
+            "0x1\\n",
+            "0x1\t",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        // Every length around the overflow boundary, with and without leading zeros.
+        for n in 1..=22 {
+            for d in ["f", "0", "1", "A"] {
+                cases.push(format!("0x{}", d.repeat(n)));
+                cases.push(format!("0x0{}", d.repeat(n)));
+            }
+        }
+        for c in &cases {
+            let quoted = format!("\"{c}\"");
+            let mut cur = Cur {
+                b: quoted.as_bytes(),
+                i: 0,
+            };
+            // What the string then `parse_hex` made of it.
+            let want = Cur {
+                b: quoted.as_bytes(),
+                i: 0,
+            }
+            .string()
+            .and_then(parse_hex);
+            assert_eq!(cur.hex(), want, "{c:?}");
+            if want.is_some() {
+                assert_eq!(cur.i, quoted.len(), "{c:?}");
+            }
+        }
     }
 
     #[test]

@@ -357,6 +357,29 @@ impl Hasher for FastHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
+/// A set of event kinds as a bit mask: every event is checked against the header's probes
+/// and added to the kinds seen, and a `BTreeSet` walk there cost more than the check.
+#[derive(Clone, Copy, Debug, Default)]
+struct KindSet(u32);
+
+// Each kind needs a bit of its own.
+const _: () = assert!(Kind::ALL.len() <= u32::BITS as usize);
+
+impl KindSet {
+    fn bit(k: Kind) -> u32 {
+        // Fieldless enum discriminants are 0..Kind::ALL.len(), within the mask (asserted above).
+        1 << (k as u32)
+    }
+
+    fn insert(&mut self, k: Kind) {
+        self.0 |= Self::bit(k);
+    }
+
+    fn contains(&self, k: &Kind) -> bool {
+        self.0 & Self::bit(*k) != 0
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct CprOpen {
     func: CopyFn,
@@ -528,7 +551,7 @@ struct LostAllowance {
 struct Coverage {
     /// The header lists its probes; otherwise the kinds seen in the log decide.
     listed: bool,
-    probes: BTreeSet<Kind>,
+    probes: KindSet,
     /// Copy functions with write sites attached.
     write_sited: BTreeSet<CopyFn>,
     /// The header carries discovery's account of the kernel's code.
@@ -673,7 +696,7 @@ pub struct Validator {
     opts: Options,
     cov: Coverage,
     /// Event kinds seen so far (for logs whose header lists no probes).
-    seen: BTreeSet<Kind>,
+    seen: KindSet,
     buf: VecDeque<Ev>,
     /// Timestamp of the last replayed event, and the largest timestamp pushed.
     released_ts: Option<u64>,
@@ -721,7 +744,7 @@ impl Validator {
                 ..opts
             },
             cov: Coverage::from_header(header),
-            seen: BTreeSet::new(),
+            seen: KindSet::default(),
             buf: VecDeque::new(),
             released_ts: None,
             max_ts: None,
@@ -921,8 +944,13 @@ impl Validator {
 
     fn intern(&mut self, name: &str) -> u32 {
         // Events of a few busy mms interleave: a small most-recently-used cache avoids hashing.
+        // Names of one log tend to share their length and prefix ("mm1", "mm2"), so the last
+        // byte is compared first: most misses then cost no full comparison.
+        let last = name.as_bytes().last();
         for &id in &self.recent_mms {
-            if self.mms.get(id as usize).is_some_and(|m| &*m.name == name) {
+            if self.mms.get(id as usize).is_some_and(|m| {
+                m.name.len() == name.len() && m.name.as_bytes().last() == last && &*m.name == name
+            }) {
                 return id;
             }
         }
@@ -1110,6 +1138,12 @@ impl Validator {
 
     /// Lines of events the header contradicts (a kind whose probe it does not list), taken
     /// once: the caller decides whether they are bad input or skipped lines.
+    /// Whether [`Validator::take_contradictions`] has anything to hand over (checked per
+    /// line, so that the common case moves no vector).
+    pub fn has_contradictions(&self) -> bool {
+        !self.contradicting.is_empty()
+    }
+
     pub fn take_contradictions(&mut self) -> Vec<(u64, Kind)> {
         std::mem::take(&mut self.contradicting)
     }

@@ -75,15 +75,18 @@ pub fn validate_log<R: Read>(log: &mut LogReader<R>, opts: Options) -> Result<Re
     let mut v = Validator::with_options(log.header(), opts);
     let mut contradicted = Vec::new();
     log.for_each(|line, item| {
-        match item {
+        // Matched by reference: moving the event out of the item is a copy per line.
+        match &item {
             // The common case: no `Record` is built.
-            Item::Event(e) => v.push_fast(line, &e),
+            Item::Event(e) => v.push_fast(line, e),
             Item::Record(r) => {
-                v.push(line, &r);
+                v.push(line, r);
             }
             Item::Skipped(_) => {}
         }
-        contradicted.extend(v.take_contradictions());
+        if v.has_contradictions() {
+            contradicted.extend(v.take_contradictions());
+        }
     })?;
     for (line, kind) in contradicted {
         log.reject(line, logfile::LineError::NotInHeader(kind.as_str()))?;
