@@ -323,33 +323,30 @@ fn wakeup_flags() -> u64 {
     }
 }
 
-/// Counts every event `r` carries as lost, each under its own probe.
+/// Counts every event of a call record the ring buffer refused (`present`'s stages of a
+/// call of `func`), each under its own probe, and reports it under the latest. A global BPF
+/// function with scalar arguments, like `tracer_diag`: verified once on its own. Inlined along
+/// every path of the site programs, its loops made the 6.1.0-47 verifier lose track of a
+/// stack slot and refuse `site6`.
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn lost_call(r: &RawCall) {
+pub extern "C" fn tracer_lost_call(func: u32, present: u32, tid: u32, mm: u64) -> u32 {
+    let func = func as u8;
+    let mut last = None;
     let mut st = 0u8;
     while st < stage::COUNT as u8 {
-        if r.present & (1 << st) != 0
-            && let Some(p) = probe_of(r.func, st)
+        if present & (1 << st) != 0
+            && let Some(p) = probe_of(func, st)
         {
             lost(p);
+            last = Some(p);
         }
         st += 1;
     }
-}
-
-/// The probe of the latest stage `r` holds (what a diagnostic names).
-#[inline(always)]
-fn last_probe(r: &RawCall) -> Probe {
-    let mut st = stage::COUNT as u8;
-    while st > 0 {
-        st -= 1;
-        if r.present & (1 << st) != 0
-            && let Some(p) = probe_of(r.func, st)
-        {
-            return p;
-        }
+    if let Some(p) = last {
+        diag(diag::RESERVE_FAILED, p, tid, mm);
     }
-    Probe::GupExit
+    0
 }
 
 /// Puts `r` into the ring buffer, or counts each of its events as lost.
@@ -368,8 +365,7 @@ fn send(r: &RawCall) {
     while EVENTS.output::<RawCall>(r, flags).is_err() {
         tries += 1;
         if tries == 8 {
-            lost_call(r);
-            diag(diag::RESERVE_FAILED, last_probe(r), r.tid, r.mm);
+            tracer_lost_call(u32::from(r.func), u32::from(r.present), r.tid, r.mm);
             return;
         }
     }
@@ -384,7 +380,9 @@ fn put_stage(r: &mut RawCall, st: u8, (seq, ts): (Option<u32>, u64)) {
         return;
     }
     if r.present >> st != 0 {
-        send(r);
+        // Only a map record can hold stages here (a record on the stack starts empty and
+        // takes one): its slot is (`func`, `tid`).
+        tracer_flush(u32::from(r.func), r.tid);
         r.present = 0;
         r.seq_ok = 0;
     }
@@ -401,6 +399,24 @@ fn put_stage(r: &mut RawCall, st: u8, (seq, ts): (Option<u32>, u64)) {
     } else if let Some(p) = probe_of(r.func, st) {
         diag(diag::UNREADABLE_SEQ, p, r.tid, r.mm);
     }
+}
+
+/// Sends what the open call of `func` of thread `tid` holds and empties its slot. A global BPF
+/// function with scalar arguments, like `tracer_diag`: verified once on its own. Inlined into
+/// the site programs (a stage that repeats flushes the record), it made the 6.1.0-47 verifier
+/// lose track of a stack slot and refuse `site6`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tracer_flush(func: u32, tid: u32) -> u32 {
+    let Some(p) = calls(func as u8).get_ptr_mut(tid) else {
+        return 0;
+    };
+    // SAFETY: the slot of the current thread, which only this thread writes while it lives.
+    let r = unsafe { &mut *p };
+    send(r);
+    r.present = 0;
+    r.seq_ok = 0;
+    0
 }
 
 /// Starts a record of `func` for `task` about `mm` in `r`, holding no stage yet.

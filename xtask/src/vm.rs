@@ -411,7 +411,8 @@ fn boot_once(
         .append(true)
         .open(log)?;
     f.write_all(text.as_bytes())?;
-    let outcome = if oopsed_at.is_some() && reached_init(&text) {
+    // A panic can power the guest off (-no-reboot) before the loop above sees the oops.
+    let outcome = if (oopsed_at.is_some() || oopsed(&text)) && reached_init(&text) {
         Outcome::Oops
     } else if !reached_init(&text) {
         if timed_out {
