@@ -124,19 +124,10 @@ impl Probe {
     }
 }
 
-/// One record in the ring buffer. Field meaning depends on `probe`:
-///
-/// | probe            | `a`        | `b`       | `flags`            |
-/// |------------------|------------|-----------|--------------------|
-/// | cpr/hugetlb enter| vma start  | vma end   | vm_flags (low 32)  |
-/// | cpr/hugetlb exit | return     | -         | -                  |
-/// | gup_enter        | start      | nr_pages  | gup_flags          |
-/// | gup_exit         | return     | -         | -                  |
-/// | site probes      | -          | -         | -                  |
-///
-/// `seq` is `mm->write_protect_seq.sequence` read by the probe (for sites: at the accessed
-/// address, at that instant); `seq_ok` is 0 when it could not be read. `anon` (copy entries
-/// only) is one of [`anon`].
+/// One event in the ring buffer: `mm_free` on its own, and the first part of the tracepoint
+/// mode's [`RawWide`] records (the calls of the kprobe and fentry modes travel as [`RawCall`]s).
+/// `seq` is `mm->write_protect_seq.sequence` read by the probe; `seq_ok` is 0 when it could not
+/// be read. `a`, `b`, `flags` and `anon` are as in [`RawCall`] where a record carries them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RawEvent {
@@ -348,9 +339,13 @@ pub const fn site_stage(p: Probe) -> Option<u8> {
 /// schema-1 lines one event per probe gave before. A record without `ENTER` is a call whose
 /// entry was not paired (its entry came before the trace, was lost, or the map was full).
 ///
-/// `a`, `b`, `flags` and `anon` are the entry's (as in [`RawEvent`]), `ret` the return value;
-/// `mm` the mm all the stages are about (0 when unknown: a copy's return seen without its
-/// entry).
+/// The entry's arguments, `ret` the return value, `mm` the mm all the stages are about (0 when
+/// unknown: a copy's return seen without its entry):
+///
+/// | call         | `a`        | `b`       | `flags`            | `anon`       |
+/// |--------------|------------|-----------|--------------------|--------------|
+/// | cpr, hugetlb | vma start  | vma end   | vm_flags (low 32)  | one of [`anon`] |
+/// | gup          | start      | nr_pages  | gup_flags          | -            |
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RawCall {
