@@ -471,6 +471,39 @@ fn send_alone(task: &Task, func: u8, mm: u64, st: u8, read: (Option<u32>, u64), 
     send(&r);
 }
 
+/// Opens a call of `func` by `task` about `mm` at its entry: `args` fills in what the entry
+/// saw, `read` is the seqcount then. The call goes into the thread's slot; when the map is
+/// full (a diagnostic says so) it goes out at once, on its own, and its later stages follow it
+/// the same way.
+#[inline(always)]
+fn enter_call(
+    task: &Task,
+    func: u8,
+    mm: u64,
+    read: (Option<u32>, u64),
+    args: impl FnOnce(&mut RawCall),
+) {
+    let mut alone = RawCall::EMPTY;
+    let r = match slot(task, func) {
+        Some(r) => r,
+        None => {
+            diag(
+                diag::PAIRING_FULL,
+                probe_of(func, stage::ENTER).unwrap_or(Probe::CprEnter),
+                task.tid,
+                mm,
+            );
+            &mut alone
+        }
+    };
+    start_call(r, task, func, mm);
+    args(r);
+    put_stage(r, stage::ENTER, read);
+    if alone.present != 0 {
+        send(&alone);
+    }
+}
+
 /// Entry of a page-table copy function: `vma` is its `src_vma` argument. Shared by the kprobe
 /// and fentry programs.
 #[inline(always)]
@@ -487,29 +520,12 @@ pub(crate) fn copy_enter_vma(vma: u64, func: u8) {
         Some(_) => anon::YES,
         None => anon::UNREADABLE,
     };
-    let read = seq_now(mm);
-    let mut alone = RawCall::EMPTY;
-    let r = match slot(&task, func) {
-        Some(r) => r,
-        None => {
-            diag(
-                diag::PAIRING_FULL,
-                probe_of(func, stage::ENTER).unwrap_or(Probe::CprEnter),
-                task.tid,
-                mm,
-            );
-            &mut alone
-        }
-    };
-    start_call(r, &task, func, mm);
-    r.a = start;
-    r.b = end;
-    r.flags = flags;
-    r.anon = anon;
-    put_stage(r, stage::ENTER, read);
-    if alone.present != 0 {
-        send(&alone);
-    }
+    enter_call(&task, func, mm, seq_now(mm), |r| {
+        r.a = start;
+        r.b = end;
+        r.flags = flags;
+        r.anon = anon;
+    });
 }
 
 #[inline(always)]
@@ -575,27 +591,16 @@ pub(crate) fn gup_enter_args(start: u64, second: u64, flags: u64) {
         return;
     };
     let mm = current_mm();
-    let read = seq_now(mm);
-    let mut alone = RawCall::EMPTY;
-    let r = match slot(&task, call::GUP) {
-        Some(r) => r,
-        None => {
-            diag(diag::PAIRING_FULL, Probe::GupEnter, task.tid, mm);
-            &mut alone
-        }
-    };
-    start_call(r, &task, call::GUP, mm);
-    r.a = start;
-    r.b = if ro!(OFFSETS.gup_arg_is_end) != 0 {
+    let count = if ro!(OFFSETS.gup_arg_is_end) != 0 {
         second.saturating_sub(start) >> 12
     } else {
         second
     };
-    r.flags = flags as u32;
-    put_stage(r, stage::ENTER, read);
-    if alone.present != 0 {
-        send(&alone);
-    }
+    enter_call(&task, call::GUP, mm, seq_now(mm), |r| {
+        r.a = start;
+        r.b = count;
+        r.flags = flags as u32;
+    });
 }
 
 #[kprobe]
