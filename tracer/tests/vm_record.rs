@@ -593,6 +593,34 @@ fn calls_open_when_tracing_stops_reach_the_log() {
             .and_then(|c| c.get("runs_skipped"))
             .and_then(|v| v.as_u64());
         assert_eq!(skipped, Some(0), "{}: {:?}", k.release, s.extra);
+        // Without return probes an entry event reaches the log only when the thread's next
+        // call reuses its slot, when the thread exits, or from the calls read at the end: every
+        // run of an entry probe is an event in the log, unless counted lost or outside the
+        // window (records made while the probes were attached or stopped).
+        let runs = s
+            .extra
+            .get("runs")
+            .and_then(|v| v.as_object())
+            .unwrap_or_else(|| panic!("{}: summary without runs", k.release));
+        let outside = s
+            .extra
+            .get("outside_window")
+            .and_then(|v| v.as_u64())
+            .unwrap_or_else(|| panic!("{}: summary without outside_window", k.release));
+        for (probe, kind) in [("cpr_enter", Kind::CprEnter), ("gup_enter", Kind::GupEnter)] {
+            let ran = runs
+                .get(probe)
+                .and_then(|v| v.as_u64())
+                .unwrap_or_else(|| panic!("{}: no runs of {probe}", k.release));
+            let logged = evs.iter().filter(|e| e.body.kind() == kind).count() as u64;
+            let lost = s.lost.get(probe).copied().unwrap_or(0);
+            assert!(
+                logged <= ran && logged + lost + outside >= ran,
+                "{}: {probe} ran {ran} times, {logged} events logged, {lost} lost, {outside} outside the window",
+                k.release
+            );
+            assert!(logged > 0, "{}: no {probe} events", k.release);
+        }
         eprintln!(
             "{}: {open} calls open when tracing stopped, logged last ({} events)",
             k.release,

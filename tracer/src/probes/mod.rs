@@ -8,6 +8,7 @@ pub mod placement;
 pub mod prog_stats;
 
 use std::{
+    collections::BTreeMap,
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
 };
@@ -276,7 +277,7 @@ impl Losses {
 }
 
 /// Hits and misses of each kprobe event, by event name (tracefs `kprobe_profile`).
-type Profile = std::collections::BTreeMap<String, (u64, u64)>;
+type Profile = BTreeMap<String, (u64, u64)>;
 
 /// Loaded and attached programs; dropping it detaches everything (and removes its kprobes).
 pub struct Session {
@@ -638,6 +639,28 @@ impl Session {
             l.skipped[i] += h.saturating_sub(h0).saturating_sub(r.saturating_sub(r0));
         }
         Ok(l)
+    }
+
+    /// Runs of each probe's kprobe-attached programs since everything was attached, read now.
+    /// After [`Session::stop_programs`] tracefs probes run no more, so the counts are final:
+    /// every run of an entry probe with nothing filtered and nothing lost is one event in the
+    /// log.
+    pub fn runs(&self) -> Result<BTreeMap<&'static str, u64>, ProbeError> {
+        let now = self.runs_now()?;
+        let mut out = BTreeMap::new();
+        let mut counted = [false; PROGRAM_SLOTS];
+        for (a, &(_, _, r0)) in self.attachments.iter().zip(&self.baseline) {
+            let n = out.entry(a.probe.name()).or_insert(0);
+            let s = a.slot as usize;
+            // Several attachments can share a program, and so its count.
+            if let (Some(done), Some(&r)) = (counted.get_mut(s), now.get(s))
+                && !*done
+            {
+                *done = true;
+                *n += r.saturating_sub(r0);
+            }
+        }
+        Ok(out)
     }
 
     /// Waits until the ring buffer has data, then appends up to [`MAX_BATCH`] records to

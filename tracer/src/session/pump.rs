@@ -305,6 +305,7 @@ pub async fn pump<S: Sink>(
         take(&mut decoder, &mut counts, window, &Raw::Call(call), sink).await?;
     }
     let losses = report_lost(&session, &mut lost_seen, sink).await?;
+    let runs = session.runs()?;
     session.flush_logs();
 
     let mut lost = BTreeMap::new();
@@ -332,6 +333,7 @@ pub async fn pump<S: Sink>(
         serde_json::json!(counts.outside),
     );
     extra.insert("open_at_end".to_owned(), serde_json::json!(open_at_end));
+    extra.insert("runs".to_owned(), serde_json::json!(runs));
     if let Some(s) = &command_status {
         extra.insert("command_status".to_owned(), serde_json::json!(s));
     }
