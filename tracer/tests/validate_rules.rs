@@ -6,7 +6,7 @@ mod validate_common;
 
 use tracer::{
     events::Record,
-    validate::{Options, Rule, Validator, Verdict, validate_reader},
+    validate::{Options, Rule, Validator, Verdict, render_text, validate_reader},
 };
 use validate_common::{ALL_PROBES, FUNCTION_PROBES, Log, rules};
 
@@ -451,7 +451,7 @@ fn a_call_delivered_whole_at_its_return_is_not_a_clock_disagreement() {
     let text = lines.join("\n") + "\n";
     let r = validate_reader(text.as_bytes(), Options::default()).unwrap();
     assert_eq!(r.verdict, Verdict::Clean);
-    assert_eq!(r.stats.max_ts_inversion_ns, 0);
+    assert_eq!(r.stats.max_ts_inversion_ns, Some(0));
     assert_eq!(r.stats, in_ts_order.stats);
 }
 
@@ -466,7 +466,7 @@ fn delivery_order_is_reordered_by_ts_within_the_window() {
         .summary();
     let sorted = l.report();
     assert_eq!(sorted.verdict, Verdict::Clean);
-    assert_eq!(sorted.stats.max_ts_inversion_ns, 0);
+    assert_eq!(sorted.stats.max_ts_inversion_ns, Some(0));
     // Reverse the events (not header/summary): still the same replay.
     let mut shuffled = l.lines.clone();
     let n = shuffled.len();
@@ -477,9 +477,9 @@ fn delivery_order_is_reordered_by_ts_within_the_window() {
     // 9 events 10 ns apart, reversed. Only returns say how late delivery is (a call's other
     // events travel in its record, written at the return): the GUP-fast return (80 ns) came
     // before the copy's return (50 ns).
-    assert_eq!(r.stats.max_ts_inversion_ns, 30);
+    assert_eq!(r.stats.max_ts_inversion_ns, Some(30));
     let mut st = r.stats.clone();
-    st.max_ts_inversion_ns = 0;
+    st.max_ts_inversion_ns = Some(0);
     assert_eq!(st, sorted.stats);
     // With a window of 2 the reversal exceeds it: late events are counted, not replayed.
     let r = validate_reader(
@@ -829,4 +829,17 @@ fn a_lost_line_after_the_gap_still_explains_it() {
     let mut l = Log::new(ALL_PROBES);
     body(&mut l, tracer::validate::LOSS_REPORT_LAG_NS + 1_000 * MS);
     assert_eq!(rules(&l.report()), vec![Rule::SeqUnexplained]);
+}
+
+#[test]
+fn delivery_order_is_unknown_without_events_written_at_their_time() {
+    // Entries and sites only (no return probes fired): nothing says how late delivery was.
+    let mut l = Log::new(ALL_PROBES);
+    l.gup_enter(20, "m", 0, true).rb(20, "m", 0).summary();
+    let r = l.report();
+    assert_eq!(r.stats.max_ts_inversion_ns, None);
+    let text = render_text(&r);
+    assert!(text.contains("delivery order was not measured"), "{text}");
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json["stats"]["max_ts_inversion_ns"].is_null(), "{json}");
 }

@@ -416,12 +416,16 @@ fn limits(o: &mut String, f: &Facts) {
             stat("explained_by_loss")
         ));
     }
-    let inv = stat("max_ts_inversion_ns");
-    if inv >= 1_000_000 {
-        l.push(format!(
+    match f.verdict.get("stats").and_then(|s| s.get("max_ts_inversion_ns")) {
+        Some(Value::Null) if num(f.verdict, &["events"]).unwrap_or(0) > 0 => l.push(
+            "Delivery order was not measured (no event is written at its own time, such as a return): whether the CPUs' clocks agree is unknown."
+                .into(),
+        ),
+        Some(v) if v.as_u64().is_some_and(|ns| ns >= 1_000_000) => l.push(format!(
             "Events were delivered up to {:.1} ms out of timestamp order (the CPUs' clocks disagree).",
-            inv as f64 / 1e6
-        ));
+            v.as_u64().unwrap_or(0) as f64 / 1e6
+        )),
+        _ => {}
     }
     match f.mode {
         "instruction" => {}

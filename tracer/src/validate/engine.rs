@@ -192,8 +192,9 @@ pub struct Stats {
     /// The largest amount by which an event's ts was older than an event delivered before it,
     /// among the events written to the ring buffer at their own time
     /// ([`Kind::written_at_its_time`]). A single ring buffer delivers those nearly in ts order; milliseconds here mean the CPUs'
-    /// clocks disagree (seen under QEMU's TCG), and ts order is then not real order.
-    pub max_ts_inversion_ns: u64,
+    /// clocks disagree (seen under QEMU's TCG), and ts order is then not real order. `None`
+    /// (`null`) when no such event was seen (no return probes): the order was not measured.
+    pub max_ts_inversion_ns: Option<u64>,
     /// Findings not reported as violations because events lost (`lost` lines) can explain
     /// them: a seq jump within the lost write events' increments, a write section or PIN call
     /// missing an event of a kind that was lost.
@@ -975,12 +976,15 @@ impl Validator {
     fn push_ev(&mut self, ev: Ev) {
         self.events += 1;
         if ev.kind.written_at_its_time() {
-            match self.max_ts {
-                Some(m) if m > ev.ts => {
-                    self.stats.max_ts_inversion_ns = self.stats.max_ts_inversion_ns.max(m - ev.ts);
+            let late = match self.max_ts {
+                Some(m) if m > ev.ts => m - ev.ts,
+                _ => {
+                    self.max_ts = Some(ev.ts);
+                    0
                 }
-                _ => self.max_ts = Some(ev.ts),
-            }
+            };
+            let inv = self.stats.max_ts_inversion_ns.get_or_insert(0);
+            *inv = (*inv).max(late);
         }
         if self.released_ts.is_some_and(|r| ev.ts < r) {
             self.stats.out_of_window += 1;

@@ -176,11 +176,16 @@ pub fn render_text(r: &Report) -> String {
         );
     }
     let mut limits = Vec::new();
-    if s.max_ts_inversion_ns >= 1_000_000 {
-        limits.push(format!(
+    match s.max_ts_inversion_ns {
+        Some(ns) if ns >= 1_000_000 => limits.push(format!(
             "events were delivered up to {:.1} ms out of timestamp order: the CPUs' clocks may disagree, and ts order may not be real order",
-            s.max_ts_inversion_ns as f64 / 1e6
-        ));
+            ns as f64 / 1e6
+        )),
+        None if r.events > 0 => limits.push(
+            "delivery order was not measured (no event is written at its own time, such as a return): whether the CPUs' clocks agree is unknown"
+                .to_owned(),
+        ),
+        _ => {}
     }
     if s.explained_by_loss > 0 {
         limits.push(format!(
