@@ -51,6 +51,21 @@ fn a_full_ring_is_counted_and_the_verdict_is_inconclusive() {
         let r = verdict(&k, "tiny_ring.jsonl");
         assert_ne!(r.verdict, Verdict::Clean, "{}", k.release);
         assert_eq!(r.stats.lost, total, "{}", k.release);
+        // The recorder's own last words name each losing probe and why, as the summary does.
+        let err = k.read("tiny_ring.err");
+        let said = err
+            .lines()
+            .find_map(|l| l.strip_prefix("tracer: lost: "))
+            .unwrap_or_else(|| panic!("{}: losses not named on stderr: {err}", k.release));
+        for (probe, n) in s.lost.iter().filter(|(_, n)| **n > 0) {
+            assert!(
+                said.split("; ")
+                    .any(|p| p.starts_with(&format!("{probe} ("))),
+                "{}: {probe} lost {n}, not named in {said:?}",
+                k.release
+            );
+        }
+        assert!(said.contains("ring buffer full"), "{}: {said}", k.release);
         eprintln!("{}: one-page ring: {ring} events lost, counted", k.release);
     }
 }

@@ -270,6 +270,26 @@ pub struct Losses {
 }
 
 impl Losses {
+    /// Each probe that lost events, with how many by cause, e.g. `gup_exit 1 (kprobe missed)`.
+    pub fn by_probe(&self) -> Vec<String> {
+        Probe::ALL
+            .iter()
+            .filter_map(|&p| {
+                let i = p as usize;
+                let causes: Vec<String> = [
+                    (self.ring[i], "ring buffer full"),
+                    (self.missed[i], "kprobe missed"),
+                    (self.skipped[i], "run skipped"),
+                ]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, why)| format!("{n} {why}"))
+                .collect();
+                (!causes.is_empty()).then(|| format!("{} ({})", p.name(), causes.join(", ")))
+            })
+            .collect()
+    }
+
     pub fn total(&self, p: Probe) -> u64 {
         let i = p as usize;
         self.ring[i] + self.missed[i] + self.skipped[i]

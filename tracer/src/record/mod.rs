@@ -237,6 +237,10 @@ async fn record(plan: AttachPlan, args: Args) -> Result<ExitCode> {
             stats.lost,
             stats.duration.as_secs_f64(),
         );
+        let by_probe = stats.losses.by_probe();
+        if !by_probe.is_empty() {
+            eprintln!("tracer: lost: {}", by_probe.join("; "));
+        }
     }
     if let Some(s) = stats.command_status {
         eprintln!("tracer: workload exited: {s}");

@@ -56,6 +56,8 @@ pub struct PumpStats {
     pub command_status: Option<String>,
     /// CPU seconds this process spent while tracing (attach and plan excluded).
     pub cpu_s: Option<f64>,
+    /// What was lost, per probe and cause.
+    pub losses: Losses,
 }
 
 struct Counts {
@@ -365,5 +367,6 @@ pub async fn pump<S: Sink>(
         duration,
         command_status,
         cpu_s,
+        losses,
     })
 }
