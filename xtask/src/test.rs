@@ -85,10 +85,14 @@ i=0; while [ $i -lt 120 ] && ! grep -q 'pairing map full' /dev/vcs1; do sleep 0.
 cat /dev/vcs1 > /out/diag-tui.screen; kill -TERM $t; wait $t; echo $? > /out/diag-tui.rc
 # One record per call (issue 10): with the return probes left out (a test hook), every
 # thread's last call is still open in the kernel when tracing stops, and the recorder must
-# read those calls and log them (summary open_at_end). The stress outlives the trace.
+# read those calls and log them (summary open_at_end). The stress outlives the trace, frozen
+# after a second of it (its threads' last calls stay open in the kernel all the same) so that
+# it does not fork through the probes' teardown, which under QEMU TCG can oops (RELIABILITY.md).
 tracer stress --duration 60 --fork-gap-us 100 > /dev/null 2>&1 & s=$!
-sleep 1; TRACER_TEST_NO_RETURN_PROBES=1 tracer record -o /out/open_end.jsonl --duration 3 2> /out/open_end.err; echo $? > /out/open_end.rc
-kill $s; wait $s
+sleep 1; TRACER_TEST_NO_RETURN_PROBES=1 tracer record -o /out/open_end.jsonl --duration 4 2> /out/open_end.err & r=$!
+i=0; while [ $i -lt 300 ] && [ ! -s /out/open_end.jsonl ]; do sleep 0.1; i=$((i+1)); done
+sleep 1; kill -STOP $s; wait $r; echo $? > /out/open_end.rc
+sleep 1; kill -KILL $s; wait $s
 for m in tp4:tracepoint:4 tp9:tracepoint:9 kp4:kprobe:4 fe4:fentry:4; do
   n=${m%%:*}; r=${m#*:}; mode=${r%%:*}; maps=${r#*:}
   tracer record --mode $mode --no-sites -o /out/$n.jsonl --ring-size 16777216 --duration 60 -- tracer stress --duration 2 --mappings $maps --fork-gap-us 100 2> /out/$n.err; echo $? > /out/$n.rc
@@ -119,10 +123,17 @@ tracer record -o /out/end_duration.jsonl --ring-size 16777216 --duration 4 -- tr
 for s in INT TERM HUP KILL; do
   tracer record -o /out/end_$s.jsonl --ring-size 16777216 -- tracer stress --duration 60 --fork-gap-us 100 2>/out/end_$s.err & p=$!
   i=0; while [ $i -lt 300 ] && [ ! -s /out/end_$s.jsonl ]; do sleep 0.1; i=$((i+1)); done
-  # SIGKILL goes to the recorder and its workload (comm tracer) at once: an orphaned workload
-  # pinning and forking hot while the dead recorder's kprobes were disarmed oopsed both 6.12
-  # boots of a CI run under TCG (a stray int3 at the GUP-fast site, a call to address 0).
-  sleep 1; if [ $s = KILL ]; then killall -KILL tracer; else kill -$s $p; fi; wait $p; echo $? > /out/end_$s.rc
+  sleep 1
+  if [ $s = KILL ]; then
+    # The kernel disarms a killed recorder's kprobes as it dies, and under QEMU TCG code
+    # patched while another vCPU runs it can oops (a call to address 0, a stray int3 in
+    # copy_page_range: seen in three CI boots while the workload forked on through the
+    # teardown). So the recorder and its workload (comm tracer) are frozen first, the recorder
+    # alone is killed, the kprobe optimizer gets a second to finish unpatching, and only then
+    # does the frozen workload die. The recorder still dies mid-trace, by SIGKILL.
+    killall -STOP tracer; sleep 0.5; kill -KILL $p; wait $p; echo $? > /out/end_$s.rc
+    sleep 1; killall -KILL tracer
+  else kill -$s $p; wait $p; echo $? > /out/end_$s.rc; fi
 done
 killall -KILL tracer 2>/dev/null; sleep 0.5
 tracer leftovers > /out/leftovers_killed.json
