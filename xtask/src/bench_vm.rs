@@ -37,7 +37,10 @@ pub const QUICK: Shape = Shape {
 };
 
 pub const WORKLOADS: [&str; 2] = ["fork", "pin"];
-pub const CONFIGS: [&str; 4] = ["untraced", "function", "all", "kprobe_events"];
+pub const CONFIGS: [&str; 5] = ["untraced", "function", "all", "idle", "kprobe_events"];
+/// The `--comm` of the `idle` runs: no task has it, so every program returns without
+/// recording (the probes' own cost, the floor for any program at these points).
+pub const IDLE_COMM: &str = "bench-no-task";
 pub const PLACEMENTS: [&str; 2] = ["free", "pinned"];
 
 /// The guest steps (busybox sh: every variable is global, so the functions use names the
@@ -72,6 +75,8 @@ one() {{
     wc -c < /tmp/r.jsonl > $f.bytes; rm -f /tmp/r.jsonl;;
   all) $pre tracer record -o /tmp/r.jsonl -- sh -c "$run > $f.json; sed 's/^[0-9a-f]*[[:space:]]*//' /sys/kernel/debug/kprobes/list > $f.kprobes" 2> $f.err; rc=$?
     wc -c < /tmp/r.jsonl > $f.bytes; rm -f /tmp/r.jsonl;;
+  idle) $pre tracer record --comm {idle_comm} -o /tmp/r.jsonl -- sh -c "$run > $f.json" 2> $f.err; rc=$?
+    wc -c < /tmp/r.jsonl > $f.bytes; rm -f /tmp/r.jsonl;;
   kprobe_events)
     echo > $T/trace
     if echo > $T/kprobe_events && cat $D/kprobe_events.txt > $T/kprobe_events && echo 1 > $T/events/tbench/enable; then
@@ -93,9 +98,8 @@ one() {{
 }}
 i=1
 while [ $i -le $R ]; do
-  case $((i % 4)) in
-    1) cs="untraced function all kprobe_events";; 2) cs="function all kprobe_events untraced";;
-    3) cs="all kprobe_events untraced function";; *) cs="kprobe_events untraced function all";;
+  case $((i % {n_configs})) in
+{rotations}
   esac
   for p in {placements}; do for w in {workloads}; do for c in $cs; do one $p $w $c $i; done; done; done
   echo "bench: round $i of $R done"
@@ -106,7 +110,30 @@ done
         rounds = shape.rounds,
         placements = PLACEMENTS.join(" "),
         workloads = WORKLOADS.join(" "),
+        idle_comm = IDLE_COMM,
+        n_configs = CONFIGS.len(),
+        rotations = rotations(),
     )
+}
+
+/// The busybox `case` arms that order the configurations of round `i`: each round starts one
+/// later, so no configuration always runs first (a cold guest) or right after another.
+fn rotations() -> String {
+    let n = CONFIGS.len();
+    // `*` (a round that is a multiple of n) last: a case takes the first arm that matches.
+    (1..=n)
+        .map(|k| k % n)
+        .map(|k| {
+            let order: Vec<&str> = (0..n).map(|j| CONFIGS[(k + n - 1 + j) % n]).collect();
+            let arm = if k == 0 {
+                "*".to_owned()
+            } else {
+                k.to_string()
+            };
+            format!("    {arm}) cs=\"{}\";;", order.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Operations per second of one workload under each configuration (medians over rounds), and
@@ -116,6 +143,9 @@ pub struct Rates {
     pub untraced: f64,
     pub function: f64,
     pub all: f64,
+    /// The same probes as `all`, every program returning without recording (a `--comm` no
+    /// task has): what the kprobes themselves cost, which no program at these points avoids.
+    pub idle: f64,
     pub kprobe_events: f64,
     /// Each traced rate divided by the untraced one (of the same boot and placement).
     pub ratio: Ratios,
@@ -125,6 +155,7 @@ pub struct Rates {
 pub struct Ratios {
     pub function: f64,
     pub all: f64,
+    pub idle: f64,
     pub kprobe_events: f64,
 }
 
@@ -387,15 +418,23 @@ pub fn collect(dir: &Path, shape: Shape) -> Result<KernelBench> {
                     .unwrap_or_default(),
             )
         };
-        let (u, f, a, k) = (m("untraced"), m("function"), m("all"), m("kprobe_events"));
+        let (u, f, a, i, k) = (
+            m("untraced"),
+            m("function"),
+            m("all"),
+            m("idle"),
+            m("kprobe_events"),
+        );
         Rates {
             untraced: u,
             function: f,
             all: a,
+            idle: i,
             kprobe_events: k,
             ratio: Ratios {
                 function: f / u,
                 all: a / u,
+                idle: i / u,
                 kprobe_events: k / u,
             },
         }
@@ -719,19 +758,21 @@ pub fn table(b: &Bench) -> String {
         );
         let _ = writeln!(
             t,
-            "  {:<13} {:>10} {:>18} {:>18} {:>18}",
-            "", "untraced", "tracer function", "tracer all", "kprobe events"
+            "  {:<13} {:>10} {:>18} {:>18} {:>18} {:>18}",
+            "", "untraced", "tracer function", "tracer all", "idle programs", "kprobe events"
         );
         let row = |t: &mut String, name: &str, r: &Rates| {
             let _ = writeln!(
                 t,
-                "  {:<13} {:>10.0} {:>10.0} ({:>5}) {:>10.0} ({:>5}) {:>10.0} ({:>5})",
+                "  {:<13} {:>10.0} {:>10.0} ({:>5}) {:>10.0} ({:>5}) {:>10.0} ({:>5}) {:>10.0} ({:>5})",
                 name,
                 r.untraced,
                 r.function,
                 x(r.ratio.function),
                 r.all,
                 x(r.ratio.all),
+                r.idle,
+                x(r.ratio.idle),
                 r.kprobe_events,
                 x(r.ratio.kprobe_events)
             );
@@ -822,9 +863,10 @@ fn checks(b: &Bench) -> Vec<(String, bool)> {
         for (w, r) in &k.pinned {
             c.push((
                 format!(
-                    "{} {w}, pinned runs: all probes at {} of untraced (target 0.75x)",
+                    "{} {w}, pinned runs: all probes at {} of untraced (target 0.75x; the same probes with idle programs: {}, the floor for any program there)",
                     k.release,
-                    x(r.ratio.all)
+                    x(r.ratio.all),
+                    x(r.ratio.idle)
                 ),
                 r.ratio.all >= 0.75,
             ));
@@ -869,8 +911,10 @@ fn benchmarks_md(b: &Bench) -> String {
          dirtied private mappings) and `tracer workload pin` (one FOLL_PIN GUP-fast call per \
          operation: io_uring buffer registration on 6.10+, RDS info getsockopt on 6.1, where \
          io_uring registration is slow GUP), each untraced, under `tracer record --no-sites` \
-         (function level), under `tracer record` (all probes) and under the kernel's own kprobe \
-         events at the same points (`tracer record --kprobe-events`, trace_pipe read into a file), \
+         (function level), under `tracer record` (all probes), under `tracer record --comm \
+         {idle_comm}` (\"idle programs\": the same probes, every program returning without \
+         recording, since no task has that name: the cost of the kprobes themselves, a floor for \
+         any program at these points) and under the kernel's own kprobe events at the same points (`tracer record --kprobe-events`, trace_pipe read into a file), \
          in alternating rounds in one boot per kernel; \"pinned\" rows put the workload on vCPU 1 \
          and the consumer on vCPU 0. Ratios are to untraced of the same boot and placement. The \
          consumer figures are from the free-placement runs with all probes. The validator is \
@@ -894,6 +938,7 @@ fn benchmarks_md(b: &Bench) -> String {
             .join(", "),
         table = table(b),
         verdict = verdict(b),
+        idle_comm = IDLE_COMM,
     )
 }
 
@@ -1043,6 +1088,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_configuration_leads_one_round_and_the_catch_all_arm_is_last() {
+        let text = rotations();
+        let arms: Vec<&str> = text.lines().map(str::trim).collect();
+        assert_eq!(arms.len(), CONFIGS.len());
+        assert!(arms.last().unwrap().starts_with("*)"), "{arms:?}");
+        let mut leaders = Vec::new();
+        for arm in &arms {
+            let order = arm.split('"').nth(1).unwrap();
+            let mut sorted: Vec<&str> = order.split(' ').collect();
+            leaders.push(sorted[0]);
+            sorted.sort_unstable();
+            let mut all = CONFIGS.to_vec();
+            all.sort_unstable();
+            assert_eq!(sorted, all, "{arm}");
+        }
+        leaders.sort_unstable();
+        let mut all = CONFIGS.to_vec();
+        all.sort_unstable();
+        assert_eq!(leaders, all);
+        // Round 1 runs in the listed order.
+        assert!(arms[0].starts_with(&format!("1) cs=\"{}\"", CONFIGS.join(" "))));
+    }
+
+    #[test]
     fn the_recorders_summary_line_parses() {
         let err = "stress: x\ntracer: 454180 events, 3 lost, in 20.3s -> /tmp/r.jsonl; consumer cpu 1.52s (7% of one CPU), peak RSS 12.5 MiB\n";
         assert_eq!(
@@ -1085,11 +1154,11 @@ mod tests {
         let good = serde_json::json!({
             "kernels": [{
                 "release": "6.12", "pin_method": "io_uring",
-                "fork": {"untraced": 1.0, "function": 1.0, "all": 1.0, "kprobe_events": 1.0},
-                "pin": {"untraced": 1.0, "function": 1.0, "all": 1.0, "kprobe_events": 1.0},
+                "fork": {"untraced": 1.0, "function": 1.0, "all": 1.0, "idle": 1.0, "kprobe_events": 1.0},
+                "pin": {"untraced": 1.0, "function": 1.0, "all": 1.0, "idle": 1.0, "kprobe_events": 1.0},
                 "pinned": {
-                    "fork": {"untraced": 1.0, "function": 1.0, "all": 1.0, "kprobe_events": 1.0},
-                    "pin": {"untraced": 1.0, "function": 1.0, "all": 1.0, "kprobe_events": 1.0}
+                    "fork": {"untraced": 1.0, "function": 1.0, "all": 1.0, "idle": 1.0, "kprobe_events": 1.0},
+                    "pin": {"untraced": 1.0, "function": 1.0, "all": 1.0, "idle": 1.0, "kprobe_events": 1.0}
                 },
                 "max_rate_zero_loss": 1.0, "consumer_cpu": {}, "consumer": {},
                 "kprobe_events_reader": {}, "record_peak_rss_kib": 1.0,
