@@ -132,8 +132,10 @@ fn no_output_carries_a_kernel_address() {
             .arg(&log)
             .output()
             .unwrap();
+        // The exit status is the verdict: clean (0), or inconclusive (3) when the VM's clocks
+        // or a lost event limit it; either way the report is written, and it is what is searched.
         assert!(
-            o.status.success(),
+            matches!(o.status.code(), Some(0 | 3)) && dir.join("report/report.md").is_file(),
             "{}: {}",
             k.release,
             String::from_utf8_lossy(&o.stderr)

@@ -310,6 +310,10 @@ pub struct Session {
     /// kprobe's program before it disarms the kprobe, so hits that land in between are not
     /// runs the trace skipped.
     at_stop: Option<(Profile, [u64; PROGRAM_SLOTS])>,
+    /// The hits read by the previous [`Session::losses`] while tracing: a hit just counted may
+    /// have its program still running (a vCPU descheduled under TCG), and would read as a
+    /// skipped run; a reading later, it has run.
+    earlier_hits: Option<Profile>,
     /// Programs that count their own skipped runs (raw tracepoints, fentry/fexit).
     self_counted: Vec<SelfCounted>,
     ebpf: Ebpf,
@@ -560,6 +564,7 @@ impl Session {
             events,
             baseline: Vec::new(),
             at_stop: None,
+            earlier_hits: None,
             self_counted,
             ebpf,
             ring,
@@ -618,24 +623,26 @@ impl Session {
     /// Stops every tracefs-attached program from running (the kprobe events stay until drop,
     /// with their counts frozen), so that the final [`Session::losses`] is exact.
     pub fn stop_programs(&mut self) {
-        // Hits before runs, as in `losses`: a count can then be low, never high. A failed
-        // read leaves the counts to be read afterwards, as before.
-        if self.events.is_some()
-            && let (Ok(hits), Ok(runs)) = (self.profile_now(), self.runs_now())
-        {
-            self.at_stop = Some((hits, runs));
-        }
+        // Hits before stopping (the kernel frees a kprobe's program before it disarms the
+        // kprobe: later hits are not skipped runs), runs after (every program that began for
+        // those hits has finished): a count can then be low, never high. A failed read leaves
+        // the counts to be read afterwards, as before.
+        let hits = self.events.as_ref().and_then(|_| self.profile_now().ok());
         for a in &mut self.attachments {
             if let Some(t) = &mut a.tracefs {
                 t.stop();
             }
         }
+        if let (Some(hits), Ok(runs)) = (hits, self.runs_now()) {
+            self.at_stop = Some((hits, runs));
+        }
     }
 
     /// Every loss so far, per probe: ring-buffer reservations that failed, kprobe misses, and
     /// program runs the kernel skipped (kprobe hits minus the program's own runs). While
-    /// tracing, hits are read before runs, so a count can be low, never high.
-    pub fn losses(&self) -> Result<Losses, ProbeError> {
+    /// tracing, the hits are those of the previous reading and the runs are read now, so a
+    /// count can be low (one reading late), never high.
+    pub fn losses(&mut self) -> Result<Losses, ProbeError> {
         let mut l = Losses {
             ring: self.lost()?,
             ..Losses::default()
@@ -649,7 +656,12 @@ impl Session {
         }
         let (hits, runs) = match &self.at_stop {
             Some((h, r)) => (h.clone(), *r),
-            None => (self.profile_now()?, self.runs_now()?),
+            None => {
+                let now = self.profile_now()?;
+                let runs = self.runs_now()?;
+                // The first reading has no earlier one: nothing is counted skipped yet.
+                (self.earlier_hits.replace(now).unwrap_or_default(), runs)
+            }
         };
         for (a, &(h0, m0, r0)) in self.attachments.iter().zip(&self.baseline) {
             let (h, m) = hits.get(&a.event).copied().unwrap_or((h0, m0));

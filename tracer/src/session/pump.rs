@@ -137,7 +137,7 @@ async fn take<S: Sink>(
 /// Sends a `lost` record for every probe whose losses (of any cause) grew since `seen`, and
 /// returns the latest counts.
 async fn report_lost<S: Sink>(
-    session: &Session,
+    session: &mut Session,
     seen: &mut [u64; PROBE_COUNT],
     sink: &mut S,
 ) -> Result<Losses> {
@@ -262,7 +262,7 @@ pub async fn pump<S: Sink>(
                 session.flush_logs();
             }
             _ = tick.tick() => {
-                report_lost(&session, &mut lost_seen, sink).await?;
+                report_lost(&mut session, &mut lost_seen, sink).await?;
             }
             () = cancel.cancelled() => break,
             _ = sleep_until => break,
@@ -306,7 +306,7 @@ pub async fn pump<S: Sink>(
     for call in open {
         take(&mut decoder, &mut counts, window, &Raw::Call(call), sink).await?;
     }
-    let losses = report_lost(&session, &mut lost_seen, sink).await?;
+    let losses = report_lost(&mut session, &mut lost_seen, sink).await?;
     let runs = session.runs()?;
     session.flush_logs();
 
